@@ -1,0 +1,68 @@
+// CKernels: the innermost loops of Tandem's engine (quantized dot products and their activation quantizers).
+//
+// Everything here has a plain Swift reference in the Kernels target, and KernelsTests compares the two on random
+// data. Each entry point picks the widest SIMD path the CPU supports at run time (AVX-512 VNNI, AVX2, or scalar).
+#ifndef TANDEM_CKERNELS_H
+#define TANDEM_CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Activations quantized to 8 bits in blocks of 32: scale `d`, `s` = d * sum(qs) (both rounded through fp16, as
+/// llama.cpp's Q8_1 stores them), and the 32 signed quants.
+typedef struct {
+    float d;
+    float s;
+    int8_t qs[32];
+} tk_block_q8;
+
+/// SIMD level in use: 0 scalar, 1 AVX2, 2 AVX-512 VNNI.
+int tk_simd_level(void);
+/// Forces a SIMD level no higher than the CPU supports (for tests); returns the level now in use.
+int tk_set_simd_level(int level);
+
+/// Quantizes `n` floats (a multiple of 32) into n/32 blocks.
+void tk_quantize_q8(const float *x, tk_block_q8 *y, int n);
+
+/// Dot product of one weight row (n elements, ggml block layout) with quantized activations.
+float tk_dot_q4_0(const void *w, const tk_block_q8 *x, int n);
+float tk_dot_q4_1(const void *w, const tk_block_q8 *x, int n);
+float tk_dot_q8_0(const void *w, const tk_block_q8 *x, int n);
+
+/// Matrix times activation rows: for each weight row r in [row_begin, row_end) and each activation row b in
+/// [0, n_act), out[b * out_stride + r] = dot(w row r, x row b). `type` is the ggml type id (2 Q4_0, 3 Q4_1, 8 Q8_0).
+/// Returns 0, or -1 for an unsupported type.
+int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
+                const tk_block_q8 *x, int n_act, float *out, int out_stride);
+
+/// Dot product of n fp16 values with n floats.
+float tk_dot_f16_f32(const uint16_t *a, const float *b, int n);
+/// y[i] += alpha * (float)a[i] for n fp16 values.
+void tk_axpy_f16(float alpha, const uint16_t *a, float *y, int n);
+/// Converts n floats to fp16 (round to nearest even).
+void tk_f32_to_f16(const float *x, uint16_t *y, int n);
+/// Converts n fp16 values to floats.
+void tk_f16_to_f32(const uint16_t *x, float *y, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/// Attention of one query head over `length` cached positions, with the arithmetic of llama.cpp's CPU flash
+/// attention: the query rounded to fp16, scores in fp32, an online softmax, and the weighted sum of V accumulated in
+/// fp16. Position t's key is at k_base + table[t / block_size] * block_stride + (t % block_size) * slot_stride
+/// (likewise V). Writes head_dim floats to out.
+void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
+                   const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
+                   float *out);
+#ifdef __cplusplus
+}
+#endif

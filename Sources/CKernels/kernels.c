@@ -1,0 +1,390 @@
+// Quantized dot-product kernels with run-time SIMD dispatch. See CKernels.h.
+#include "CKernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TK_X86 1
+#else
+#define TK_X86 0
+#endif
+
+static inline float tk_half_to_float(uint16_t h) {
+    _Float16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
+}
+
+static inline uint16_t tk_float_to_half(float x) {
+    _Float16 f = (_Float16)x;
+    uint16_t h;
+    memcpy(&h, &f, 2);
+    return h;
+}
+
+static inline float tk_round_half(float x) { return tk_half_to_float(tk_float_to_half(x)); }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// SIMD level selection
+
+static int tk_level = -1;
+
+static int tk_detect_level(void) {
+#if TK_X86
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c")) {
+        return 0;
+    }
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw")) {
+        return 2;
+    }
+    return 1;
+#endif
+    return 0;
+}
+
+int tk_simd_level(void) {
+    if (tk_level < 0) tk_level = tk_detect_level();
+    return tk_level;
+}
+
+int tk_set_simd_level(int level) {
+    int best = tk_detect_level();
+    tk_level = level < best ? (level < 0 ? 0 : level) : best;
+    return tk_level;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Activation quantization (shared by every path; its result does not depend on the SIMD level)
+
+void tk_quantize_q8(const float *x, tk_block_q8 *y, int n) {
+    const int nb = n / 32;
+    for (int i = 0; i < nb; i++) {
+        const float *xb = x + i * 32;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)nearbyintf(xb[j] * id);
+            y[i].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        y[i].d = tk_round_half(d);
+        y[i].s = tk_round_half((float)sum * d);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Scalar paths
+
+static float dot_q4_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
+    float acc = 0.0f;
+    for (int i = 0; i < nb; i++, w += 18) {
+        uint16_t dh;
+        memcpy(&dh, w, 2);
+        const uint8_t *qs = w + 2;
+        int sum = 0;
+        for (int j = 0; j < 16; j++) {
+            sum += ((qs[j] & 0x0F) - 8) * x[i].qs[j] + ((qs[j] >> 4) - 8) * x[i].qs[j + 16];
+        }
+        acc += tk_half_to_float(dh) * x[i].d * (float)sum;
+    }
+    return acc;
+}
+
+static float dot_q4_1_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
+    float acc = 0.0f;
+    for (int i = 0; i < nb; i++, w += 20) {
+        uint16_t dh, mh;
+        memcpy(&dh, w, 2);
+        memcpy(&mh, w + 2, 2);
+        const uint8_t *qs = w + 4;
+        int sum = 0;
+        for (int j = 0; j < 16; j++) {
+            sum += (qs[j] & 0x0F) * x[i].qs[j] + (qs[j] >> 4) * x[i].qs[j + 16];
+        }
+        acc += tk_half_to_float(dh) * x[i].d * (float)sum + tk_half_to_float(mh) * x[i].s;
+    }
+    return acc;
+}
+
+static float dot_q8_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
+    float acc = 0.0f;
+    for (int i = 0; i < nb; i++, w += 34) {
+        uint16_t dh;
+        memcpy(&dh, w, 2);
+        const int8_t *qs = (const int8_t *)(w + 2);
+        int sum = 0;
+        for (int j = 0; j < 32; j++) sum += qs[j] * x[i].qs[j];
+        acc += tk_half_to_float(dh) * x[i].d * (float)sum;
+    }
+    return acc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// AVX2 and AVX-512 VNNI paths. Each block's integer sum is exact, so every path returns the same per-block terms;
+// only the float accumulation order differs (8 lanes, then a horizontal sum).
+
+#if TK_X86
+#define TK_AVX2 __attribute__((target("avx2,fma")))
+#define TK_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// Horizontal sum in the order ggml uses: (v0+v4, ...), then (0+2, 1+3), then 0+1.
+TK_AVX2 static inline float hsum8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+// Expands 16 bytes of packed nibbles into 32 bytes: low nibbles first, then high nibbles (ggml's element order).
+TK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(packed, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    return _mm256_set_m128i(hi, lo);
+}
+
+// Sum of products of 32 unsigned bytes with 32 signed bytes, as 8 int32 lanes.
+TK_AVX2 static inline __m256i dot_u8_s8_avx2(__m256i u, __m256i s) {
+    const __m256i p16 = _mm256_maddubs_epi16(u, s);
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+
+#define TK_DEFINE_Q4_1(NAME, ATTR, DOT)                                                                \
+    ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
+        __m256 acc = _mm256_setzero_ps();                                                              \
+        float mins = 0.0f;                                                                             \
+        for (int i = 0; i < nb; i++, w += 20) {                                                        \
+            uint16_t dh, mh;                                                                           \
+            memcpy(&dh, w, 2);                                                                         \
+            memcpy(&mh, w + 2, 2);                                                                     \
+            const __m256i q = unpack_nibbles(w + 4);                                                   \
+            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
+            const __m256 sum = _mm256_cvtepi32_ps(DOT(q, y));                                          \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
+            mins += tk_half_to_float(mh) * x[i].s;                                                     \
+        }                                                                                              \
+        return hsum8(acc) + mins;                                                                      \
+    }
+
+#define TK_DEFINE_Q4_0(NAME, ATTR, DOT)                                                                \
+    ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
+        __m256 acc = _mm256_setzero_ps();                                                              \
+        const __m256i eight = _mm256_set1_epi8(8);                                                     \
+        for (int i = 0; i < nb; i++, w += 18) {                                                        \
+            uint16_t dh;                                                                               \
+            memcpy(&dh, w, 2);                                                                         \
+            const __m256i q = _mm256_sub_epi8(unpack_nibbles(w + 2), eight);                           \
+            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
+            const __m256i aq = _mm256_sign_epi8(q, q);                                                 \
+            const __m256i sy = _mm256_sign_epi8(y, q);                                                 \
+            const __m256 sum = _mm256_cvtepi32_ps(DOT(aq, sy));                                        \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
+        }                                                                                              \
+        return hsum8(acc);                                                                             \
+    }
+
+#define TK_DEFINE_Q8_0(NAME, ATTR, DOT)                                                                \
+    ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
+        __m256 acc = _mm256_setzero_ps();                                                              \
+        for (int i = 0; i < nb; i++, w += 34) {                                                        \
+            uint16_t dh;                                                                               \
+            memcpy(&dh, w, 2);                                                                         \
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));                            \
+            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
+            const __m256i aq = _mm256_sign_epi8(q, q);                                                 \
+            const __m256i sy = _mm256_sign_epi8(y, q);                                                 \
+            const __m256 sum = _mm256_cvtepi32_ps(DOT(aq, sy));                                        \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
+        }                                                                                              \
+        return hsum8(acc);                                                                             \
+    }
+
+TK_DEFINE_Q4_1(dot_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
+TK_DEFINE_Q4_1(dot_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
+TK_DEFINE_Q4_0(dot_q4_0_avx2, TK_AVX2, dot_u8_s8_avx2)
+TK_DEFINE_Q4_0(dot_q4_0_vnni, TK_VNNI, dot_u8_s8_vnni)
+TK_DEFINE_Q8_0(dot_q8_0_avx2, TK_AVX2, dot_u8_s8_avx2)
+TK_DEFINE_Q8_0(dot_q8_0_vnni, TK_VNNI, dot_u8_s8_vnni)
+#endif
+
+typedef float (*tk_dot_fn)(const uint8_t *, const tk_block_q8 *, int);
+
+static tk_dot_fn tk_pick(int type) {
+    const int level = tk_simd_level();
+    switch (type) {
+    case 2:
+#if TK_X86
+        if (level == 2) return dot_q4_0_vnni;
+        if (level == 1) return dot_q4_0_avx2;
+#endif
+        return dot_q4_0_scalar;
+    case 3:
+#if TK_X86
+        if (level == 2) return dot_q4_1_vnni;
+        if (level == 1) return dot_q4_1_avx2;
+#endif
+        return dot_q4_1_scalar;
+    case 8:
+#if TK_X86
+        if (level == 2) return dot_q8_0_vnni;
+        if (level == 1) return dot_q8_0_avx2;
+#endif
+        return dot_q8_0_scalar;
+    default:
+        return 0;
+    }
+}
+
+float tk_dot_q4_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(2)(w, x, n / 32); }
+float tk_dot_q4_1(const void *w, const tk_block_q8 *x, int n) { return tk_pick(3)(w, x, n / 32); }
+float tk_dot_q8_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(8)(w, x, n / 32); }
+
+int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
+                const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+    tk_dot_fn dot = tk_pick(type);
+    if (!dot) return -1;
+    const int nb = n / 32;
+    for (int r = row_begin; r < row_end; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+        for (int b = 0; b < n_act; b++) {
+            out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// fp16 helpers for the KV cache. The SIMD versions convert with F16C; sums use 8 lanes then a fixed reduction.
+
+static float dot_f16_scalar(const uint16_t *a, const float *b, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += tk_half_to_float(a[i]) * b[i];
+    return sum;
+}
+
+#if TK_X86
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));
+        acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + i), acc);
+    }
+    float sum = hsum8(acc);
+    for (; i < n; i++) sum += tk_half_to_float(a[i]) * b[i];
+    return sum;
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float alpha, const uint16_t *a, float *y, int n) {
+    const __m256 va = _mm256_set1_ps(alpha);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, x, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) y[i] += alpha * tk_half_to_float(a[i]);
+}
+
+__attribute__((target("avx2,f16c"))) static void f32_to_f16_avx2(const float *x, uint16_t *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) y[i] = tk_float_to_half(x[i]);
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t *x, float *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = tk_half_to_float(x[i]);
+}
+#endif
+
+float tk_dot_f16_f32(const uint16_t *a, const float *b, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) return dot_f16_avx2(a, b, n);
+#endif
+    return dot_f16_scalar(a, b, n);
+}
+
+void tk_axpy_f16(float alpha, const uint16_t *a, float *y, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) {
+        axpy_f16_avx2(alpha, a, y, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] += alpha * tk_half_to_float(a[i]);
+}
+
+void tk_f32_to_f16(const float *x, uint16_t *y, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) {
+        f32_to_f16_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] = tk_float_to_half(x[i]);
+}
+
+void tk_f16_to_f32(const uint16_t *x, float *y, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) {
+        f16_to_f32_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] = tk_half_to_float(x[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Attention
+
+void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
+                   const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
+                   float *out) {
+    uint16_t q16[512];
+    uint16_t acc[512];
+    float qr[512];
+    if (head_dim > 512) return;
+    tk_f32_to_f16(q, q16, head_dim);
+    tk_f16_to_f32(q16, qr, head_dim);
+    for (int i = 0; i < head_dim; i++) acc[i] = 0;
+    float m = -INFINITY;
+    float s_sum = 0.0f;
+    for (int t = 0; t < length; t++) {
+        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
+        const float s = tk_dot_f16_f32(k_base + offset, qr, head_dim) * scale;
+        float ms = 1.0f, vs = 1.0f;
+        if (s > m) {
+            const float old = m;
+            m = s;
+            ms = expf(old - m);
+            for (int i = 0; i < head_dim; i++) acc[i] = tk_float_to_half(tk_half_to_float(acc[i]) * ms);
+        } else {
+            vs = expf(s - m);
+        }
+        const uint16_t *v = v_base + offset;
+        for (int i = 0; i < head_dim; i++) {
+            acc[i] = tk_float_to_half(fmaf(tk_half_to_float(v[i]), vs, tk_half_to_float(acc[i])));
+        }
+        s_sum = s_sum * ms + vs;
+    }
+    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
+    for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
+}

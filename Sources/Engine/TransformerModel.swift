@@ -1,0 +1,157 @@
+import CKernels
+import Foundation
+import GGUF
+import Kernels
+
+/// New tokens of one sequence to run through the model in a step.
+public struct SequenceChunk: Sendable {
+    /// The tokens to process, at positions `startPosition...`.
+    public var tokens: [Int32]
+    public var startPosition: Int
+    /// KV-cache blocks of the sequence; must cover `startPosition + tokens.count` positions.
+    public var blockTable: [Int32]
+    /// Whether to return logits for the chunk's last token.
+    public var wantsLogits: Bool
+
+    public init(tokens: [Int32], startPosition: Int, blockTable: [Int32], wantsLogits: Bool) {
+        self.tokens = tokens
+        self.startPosition = startPosition
+        self.blockTable = blockTable
+        self.wantsLogits = wantsLogits
+    }
+}
+
+/// A loaded llama-family model that runs batched forward passes over a paged KV cache.
+///
+/// `forward` is not reentrant: one engine loop drives it. Every token row is computed with the same arithmetic
+/// whatever else is in the batch, so outputs are batch-invariant.
+public final class TransformerModel: @unchecked Sendable {
+    public let file: GGUFFile
+    public let config: ModelConfig
+    public let weights: ModelWeights
+    public let pool: ThreadPool
+    private var workspace = Workspace()
+    private var activations = ActivationBuffer()
+
+    public init(path: String, threads: Int) throws {
+        file = try GGUFFile(path: path)
+        config = try ModelConfig(file: file)
+        weights = try ModelWeights(file: file, config: config)
+        pool = ThreadPool(threads: threads)
+    }
+
+    deinit { activations.release() }
+
+    /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
+    /// chunk that asked for them (nil for the others).
+    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) -> [[Float]?] {
+        let c = config
+        let rowCount = chunks.reduce(0) { $0 + $1.tokens.count }
+        guard rowCount > 0 else { return chunks.map { _ in nil } }
+        var rowChunk = [Int](repeating: 0, count: rowCount)
+        var rowPosition = [Int](repeating: 0, count: rowCount)
+        var r = 0
+        for (ci, chunk) in chunks.enumerated() {
+            for i in 0..<chunk.tokens.count {
+                rowChunk[r] = ci
+                rowPosition[r] = chunk.startPosition + i
+                r += 1
+            }
+        }
+        let ws = workspace.prepare(rows: rowCount, config: c)
+        let e = c.embeddingLength
+        // Token embeddings.
+        r = 0
+        for chunk in chunks {
+            for token in chunk.tokens {
+                let id = Int(token)
+                precondition(id >= 0 && id < c.vocabSize, "token id \(id) out of range")
+                try! Dequantize.row(
+                    weights.tokenEmbedding.type, weights.tokenEmbedding.row(id), count: e, into: ws.x + r * e)
+                r += 1
+            }
+        }
+        let rope = RotaryEmbedding(config: c, factors: weights.ropeFrequencyFactors, positions: rowPosition)
+        for (layerIndex, layer) in weights.layers.enumerated() {
+            Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
+            layer.wq.multiply(ws.xn, batch: rowCount, into: ws.q, pool: pool, scratch: &activations)
+            layer.wk.multiply(ws.xn, batch: rowCount, into: ws.k, pool: pool, scratch: &activations)
+            layer.wv.multiply(ws.xn, batch: rowCount, into: ws.v, pool: pool, scratch: &activations)
+            if let b = layer.bq { Ops.addBias(ws.q, b, rows: rowCount) }
+            if let b = layer.bk { Ops.addBias(ws.k, b, rows: rowCount) }
+            if let b = layer.bv { Ops.addBias(ws.v, b, rows: rowCount) }
+            for row in 0..<rowCount {
+                rope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
+                rope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
+                cache.store(
+                    layer: layerIndex, table: chunks[rowChunk[row]].blockTable, position: rowPosition[row],
+                    k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
+            }
+            attention(
+                layer: layerIndex, rows: rowCount, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,
+                cache: cache, ws: ws)
+            layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
+            Ops.rmsNorm(ws.x, layer.ffnNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
+            layer.gate.multiply(ws.xn, batch: rowCount, into: ws.gate, pool: pool, scratch: &activations)
+            layer.up.multiply(ws.xn, batch: rowCount, into: ws.up, pool: pool, scratch: &activations)
+            Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
+            layer.down.multiply(ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
+        }
+        // Logits only for the rows that need them.
+        var logitRows: [Int] = []
+        var results: [[Float]?] = chunks.map { _ in nil }
+        r = 0
+        for chunk in chunks {
+            r += chunk.tokens.count
+            if chunk.wantsLogits { logitRows.append(r - 1) }
+        }
+        guard !logitRows.isEmpty else { return results }
+        for (i, row) in logitRows.enumerated() {
+            Ops.rmsNorm(ws.x + row * e, weights.outputNorm, into: ws.xn + i * e, rows: 1, width: e, eps: c.rmsNormEps)
+        }
+        var logits = [Float](repeating: 0, count: logitRows.count * c.vocabSize)
+        logits.withUnsafeMutableBufferPointer { out in
+            weights.output.multiply(
+                ws.xn, batch: logitRows.count, into: out.baseAddress!, pool: pool, scratch: &activations)
+        }
+        var k = 0
+        for (ci, chunk) in chunks.enumerated() where chunk.wantsLogits {
+            results[ci] = Array(logits[k * c.vocabSize..<(k + 1) * c.vocabSize])
+            k += 1
+        }
+        return results
+    }
+
+    /// Causal attention of every row over its sequence's cached keys and values, parallel over (row, head).
+    private func attention(
+        layer: Int, rows: Int, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int], cache: PagedKVCache,
+        ws: Workspace.Buffers
+    ) {
+        let c = config
+        let hd = c.headDim
+        let group = c.headCount / c.kvHeadCount
+        let scale = 1 / Float(hd).squareRoot()
+        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws))
+        pool.parallelRanges(rows * c.headCount) { begin, end in
+            let (chunks, rowChunk, rowPosition, ws) = shared.value
+            for task in begin..<end {
+                let row = task / c.headCount
+                let head = task % c.headCount
+                let kvHead = head / group
+                let table = chunks[rowChunk[row]].blockTable
+                let length = rowPosition[row] + 1
+                let q = ws.q + row * c.qDim + head * hd
+                let out = ws.attn + row * c.qDim + head * hd
+                let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
+                let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
+                table.withUnsafeBufferPointer { t in
+                    tk_attend_f16(
+                        q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, Int32(cache.blockSize),
+                        cache.blockElements, cache.kvDim, scale, out)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import CKernels
+import GGUF
+
+/// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file.
+/// Row `r` holds the weights of output `r` (ggml's layout: `columns` is the contiguous dimension).
+public struct WeightMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let data: UnsafeRawPointer
+    public let rows: Int
+    public let columns: Int
+    public let rowBytes: Int
+
+    public init(type: GGMLType, data: UnsafeRawPointer, rows: Int, columns: Int) {
+        self.type = type
+        self.data = data
+        self.rows = rows
+        self.columns = columns
+        self.rowBytes = type.byteCount(elements: columns) ?? 0
+    }
+
+    /// Whether a quantized-activation SIMD kernel exists for this type.
+    public var hasIntegerKernel: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+
+    /// Pointer to row `r`'s bytes.
+    @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
+
+    /// out[b][r] = W[r] · x[b] for `batch` input rows of `columns` floats; `out` has `rows` floats per input row.
+    ///
+    /// Each output element is computed the same way whatever `batch` is and however the work is split over
+    /// threads, so results are batch-invariant.
+    public func multiply(
+        _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
+        scratch: inout ActivationBuffer
+    ) {
+        if hasIntegerKernel {
+            let q = scratch.quantize(x, rows: batch, columns: columns)
+            let args = UncheckedSendable((q, out))
+            pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
+                _ = tk_matmul_q(
+                    Int32(type.rawValue), data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0,
+                    Int32(batch), args.value.1, Int32(rows))
+            }
+            return
+        }
+        let args = UncheckedSendable((x, out))
+        pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
+            var buffer = [Float](repeating: 0, count: columns)
+            buffer.withUnsafeMutableBufferPointer { w in
+                for r in begin..<end {
+                    try? Dequantize.row(type, row(r), count: columns, into: w.baseAddress!)
+                    for b in 0..<batch {
+                        args.value.1[b * rows + r] = ReferenceKernels.dot(
+                            w.baseAddress!, args.value.0 + b * columns, count: columns)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reusable scratch space for activations quantized to 8-bit blocks.
+public struct ActivationBuffer {
+    private var blocks: UnsafeMutablePointer<tk_block_q8>
+    private var capacity: Int
+
+    public init() {
+        capacity = 0
+        blocks = UnsafeMutablePointer<tk_block_q8>.allocate(capacity: 1)
+    }
+
+    /// Quantizes `rows` rows of `columns` floats (columns a multiple of 32); valid until the next call.
+    public mutating func quantize(_ x: UnsafePointer<Float>, rows: Int, columns: Int) -> UnsafePointer<tk_block_q8> {
+        let needed = rows * columns / 32
+        if needed > capacity {
+            blocks.deallocate()
+            blocks = .allocate(capacity: needed)
+            capacity = needed
+        }
+        for r in 0..<rows {
+            tk_quantize_q8(x + r * columns, blocks + r * columns / 32, Int32(columns))
+        }
+        return UnsafePointer(blocks)
+    }
+
+    /// Frees the storage; the buffer must not be used afterwards.
+    public func release() { blocks.deallocate() }
+}

@@ -1,0 +1,41 @@
+import ArgumentParser
+
+/// Raised by a subcommand whose issue has not landed yet: says so, exits non-zero, prints no fake output.
+struct NotImplementedYet: Error, CustomStringConvertible {
+    let command: String
+    let issue: String
+    var description: String { "`tandem \(command)` is not implemented yet (tracked by the \(issue) issue)." }
+}
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve a model over an OpenAI-compatible HTTP API (prefill, decode or colocated instance).")
+    @Argument(help: "A GGUF file, or `default`.") var model: String = "default"
+    func run() throws { throw NotImplementedYet(command: "serve", issue: "instance server") }
+}
+
+struct ProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy",
+        abstract: "Run the front door: service discovery (30002) and request routing over HTTP (10002).")
+    func run() throws { throw NotImplementedYet(command: "proxy", issue: "proxy") }
+}
+
+struct UpCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up", abstract: "Start a proxy with prefill and decode instances on this machine.")
+    func run() throws { throw NotImplementedYet(command: "up", issue: "proxy") }
+}
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmark a serving deployment: TTFT, ITL, throughput, goodput.")
+    func run() throws { throw NotImplementedYet(command: "bench", issue: "`tandem bench`") }
+}
+
+struct BenchEngineCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-engine", abstract: "Measure the engine's prefill and decode speed, like llama-bench.")
+    func run() throws { throw NotImplementedYet(command: "bench-engine", issue: "engine speed") }
+}
