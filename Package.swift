@@ -38,7 +38,8 @@ let package = Package(
         ),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "GGUF", "ModelStore"], resources: [.copy("Fixtures")]),
+        .testTarget(
+            name: "EngineTests", dependencies: ["Engine", "GGUF", "ModelStore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelStoreTests", dependencies: ["ModelStore"]),
         .testTarget(name: "DiscoveryTests", dependencies: ["Discovery"]),
         .testTarget(

@@ -30,6 +30,8 @@ static inline float tk_round_half(float x) { return tk_half_to_float(tk_float_to
 // SIMD level selection
 
 static int tk_level = -1;
+// A per-thread override set by tk_set_simd_level, so tests can pin a level without affecting other threads.
+static _Thread_local int tk_thread_level = -1;
 
 static int tk_detect_level(void) {
 #if TK_X86
@@ -47,14 +49,15 @@ static int tk_detect_level(void) {
 }
 
 int tk_simd_level(void) {
+    if (tk_thread_level >= 0) return tk_thread_level;
     if (tk_level < 0) tk_level = tk_detect_level();
     return tk_level;
 }
 
 int tk_set_simd_level(int level) {
     int best = tk_detect_level();
-    tk_level = level < best ? (level < 0 ? 0 : level) : best;
-    return tk_level;
+    tk_thread_level = level < best ? (level < 0 ? 0 : level) : best;
+    return tk_thread_level;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ public final class GGUFFile: @unchecked Sendable {
             }
             guard shape[0] % type.blockSize == 0 else {
                 throw GGUFError.badTensorShape(
-                    tensor: name, reason: "row of \(shape[0]) is not a multiple of \(type.name)'s block \(type.blockSize)")
+                    tensor: name,
+                    reason: "row of \(shape[0]) is not a multiple of \(type.name)'s block \(type.blockSize)")
             }
             let offset = try cursor.read(UInt64.self, "offset of '\(name)'")
             guard seen.insert(name).inserted else { throw GGUFError.duplicateTensor(name) }

@@ -18,14 +18,15 @@ public enum ReferenceKernels {
         public var qs: [Int8]
     }
 
-    /// Quantizes `x` (a multiple of 32 floats) into blocks: d = max|x|/127 and s = d·Σq, both rounded to fp16.
+    /// Quantizes `x` (a multiple of 32 floats) into blocks: q = round-half-even(x·127/max|x|), d = max|x|/127 and
+    /// s = d·Σq, both rounded to fp16 (llama.cpp's Q8_1).
     public static func quantize(_ x: [Float]) -> [Block] {
         stride(from: 0, to: x.count, by: 32).map { start in
             let chunk = x[start..<start + 32]
             let amax = chunk.map { abs($0) }.max() ?? 0
             let d = amax / 127
-            let id: Float = d != 0 ? 1 / d : 0
-            let qs = chunk.map { Int8(($0 * id).rounded(.toNearestOrAwayFromZero)) }
+            let id: Float = amax != 0 ? 127 / amax : 0
+            let qs = chunk.map { Int8(($0 * id).rounded(.toNearestOrEven)) }
             let sum = qs.reduce(0) { $0 + Int($1) }
             return Block(
                 d: HalfFloat.toFloat(HalfFloat.fromFloat(d)),

