@@ -391,3 +391,25 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
     const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
     for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// exp and SwiGLU
+
+float tk_expf(float x) {
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(j, (int)n);
+}
+
+void tk_swiglu(float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + tk_expf(-g)) * up[i];
+    }
+}

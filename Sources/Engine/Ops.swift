@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Element-wise and normalization operations of the forward pass (row-wise, batch-independent).
@@ -33,10 +34,7 @@ enum Ops {
 
     /// gate = silu(gate) * up.
     static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        tk_swiglu(gate, up, Int32(count))
     }
 }
 

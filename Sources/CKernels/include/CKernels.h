@@ -66,3 +66,15 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
 #ifdef __cplusplus
 }
 #endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/// gate[i] = silu(gate[i]) * up[i], with exp computed by the same polynomial as ggml's vectorized expf, so the
+/// result does not depend on the SIMD width.
+void tk_swiglu(float *gate, const float *up, int n);
+/// ggml's vectorized expf polynomial, evaluated one value at a time.
+float tk_expf(float x);
+#ifdef __cplusplus
+}
+#endif

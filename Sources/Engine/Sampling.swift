@@ -1,0 +1,198 @@
+import Foundation
+
+/// How to pick each next token, with OpenAI/vLLM field meanings.
+public struct SamplingParams: Sendable, Equatable {
+    /// 0 means greedy.
+    public var temperature: Float = 1
+    /// Keep the k most likely tokens; 0 or less turns it off.
+    public var topK: Int = 0
+    public var topP: Float = 1
+    public var minP: Float = 0
+    /// vLLM's repetition penalty over prompt and output tokens (1 = off).
+    public var repetitionPenalty: Float = 1
+    /// OpenAI's presence and frequency penalties over output tokens (0 = off).
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    public var seed: UInt64?
+    public var maxTokens: Int = 16
+    public var minTokens: Int = 0
+    public var stop: [String] = []
+    public var stopTokenIds: [Int32] = []
+    /// Keep generating past end-of-generation tokens (they are masked out, as llama.cpp does).
+    public var ignoreEOS = false
+    /// Return this many most likely alternatives per token (nil: no logprobs).
+    public var logprobs: Int?
+
+    public init() {}
+
+    /// Greedy decoding of up to `maxTokens` tokens.
+    public static func greedy(maxTokens: Int) -> SamplingParams {
+        var p = SamplingParams()
+        p.temperature = 0
+        p.maxTokens = maxTokens
+        return p
+    }
+}
+
+/// A token's log-probability and its most likely alternatives at that position.
+public struct TokenLogprob: Sendable, Equatable {
+    public var id: Int32
+    public var logprob: Float
+    public var top: [(id: Int32, logprob: Float)]
+
+    public static func == (a: TokenLogprob, b: TokenLogprob) -> Bool {
+        a.id == b.id && a.logprob == b.logprob && a.top.map(\.id) == b.top.map(\.id)
+            && a.top.map(\.logprob) == b.top.map(\.logprob)
+    }
+}
+
+/// xoshiro256** seeded through splitmix64: a small, fast, reproducible generator per request.
+public struct SeededGenerator: RandomNumberGenerator, Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    public init(seed: UInt64) {
+        var x = seed
+        func splitmix() -> UInt64 {
+            x &+= 0x9E37_79B9_7F4A_7C15
+            var z = x
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        s = (splitmix(), splitmix(), splitmix(), splitmix())
+    }
+
+    public mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = s.3 << 45 | s.3 >> 19
+        return result
+    }
+
+    /// A uniform float in [0, 1).
+    public mutating func uniform() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}
+
+/// Picks tokens from logits for one request; owns the request's random state, so results depend only on the
+/// request (its seed, prompt and output so far), never on the batch around it.
+public struct Sampler: Sendable {
+    public let params: SamplingParams
+    private var rng: SeededGenerator
+    /// Output token counts for presence/frequency penalties.
+    private var outputCounts: [Int32: Int] = [:]
+    private var seen: Set<Int32>
+
+    public init(params: SamplingParams, promptTokens: [Int32]) {
+        self.params = params
+        rng = SeededGenerator(seed: params.seed ?? UInt64.random(in: 0...UInt64.max))
+        seen = params.repetitionPenalty != 1 ? Set(promptTokens) : []
+    }
+
+    /// Chooses the next token. `generatedCount` is how many tokens were produced before this one;
+    /// `endTokens` are masked while below `minTokens` or when ignoring EOS.
+    public mutating func sample(logits raw: [Float], generatedCount: Int, endTokens: Set<Int32>) -> (
+        id: Int32, logprob: TokenLogprob?
+    ) {
+        var logits = raw
+        if params.ignoreEOS || generatedCount < params.minTokens {
+            for id in endTokens where Int(id) < logits.count { logits[Int(id)] = -.infinity }
+            if generatedCount < params.minTokens {
+                for id in params.stopTokenIds where Int(id) < logits.count { logits[Int(id)] = -.infinity }
+            }
+        }
+        applyPenalties(&logits)
+        let chosen: Int32
+        if params.temperature <= 0 {
+            chosen = Int32(Self.argmax(logits))
+        } else {
+            chosen = sampleFromDistribution(logits)
+        }
+        if params.repetitionPenalty != 1 { seen.insert(chosen) }
+        outputCounts[chosen, default: 0] += 1
+        let logprob = params.logprobs.map { Self.logprob(of: chosen, in: raw, top: $0) }
+        return (chosen, logprob)
+    }
+
+    private func applyPenalties(_ logits: inout [Float]) {
+        if params.repetitionPenalty != 1 {
+            let p = params.repetitionPenalty
+            for id in seen where Int(id) < logits.count {
+                let l = logits[Int(id)]
+                logits[Int(id)] = l > 0 ? l / p : l * p
+            }
+        }
+        if params.presencePenalty != 0 || params.frequencyPenalty != 0 {
+            for (id, count) in outputCounts where Int(id) < logits.count {
+                logits[Int(id)] -= params.presencePenalty + params.frequencyPenalty * Float(count)
+            }
+        }
+    }
+
+    private mutating func sampleFromDistribution(_ logits: [Float]) -> Int32 {
+        let t = params.temperature
+        // Candidates sorted by logit (ties by id), cut by top-k, then softmax, min-p and top-p.
+        var order = logits.indices.filter { logits[$0] > -.infinity }
+        if order.isEmpty { return Int32(Self.argmax(logits)) }
+        order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+        if params.topK > 0, order.count > params.topK { order.removeSubrange(params.topK...) }
+        let maxLogit = logits[order[0]] / t
+        var probs = order.map { Double(expf(logits[$0] / t - maxLogit)) }
+        var total = probs.reduce(0, +)
+        if params.minP > 0 {
+            let threshold = Double(params.minP) * probs[0]
+            let keep = probs.prefix { $0 >= threshold }.count
+            probs.removeSubrange(max(1, keep)...)
+            order.removeSubrange(max(1, keep)...)
+            total = probs.reduce(0, +)
+        }
+        if params.topP < 1 {
+            var cumulative = 0.0
+            var keep = 0
+            for p in probs {
+                cumulative += p / total
+                keep += 1
+                if cumulative >= Double(params.topP) { break }
+            }
+            probs.removeSubrange(keep...)
+            order.removeSubrange(keep...)
+            total = probs.reduce(0, +)
+        }
+        let r = rng.uniform() * total
+        var acc = 0.0
+        for (k, p) in probs.enumerated() {
+            acc += p
+            if r < acc { return Int32(order[k]) }
+        }
+        return Int32(order[order.count - 1])
+    }
+
+    /// Index of the largest value (the lowest index among ties).
+    public static func argmax(_ values: [Float]) -> Int {
+        var best = 0
+        var bestValue = -Float.infinity
+        for (i, v) in values.enumerated() where v > bestValue {
+            best = i
+            bestValue = v
+        }
+        return best
+    }
+
+    /// Log-softmax of `logits` at `id`, with the `top` most likely tokens.
+    public static func logprob(of id: Int32, in logits: [Float], top: Int) -> TokenLogprob {
+        let maxLogit = logits.max() ?? 0
+        var sum = 0.0
+        for l in logits { sum += Double(expf(l - maxLogit)) }
+        let logSum = Float(log(sum)) + maxLogit
+        var best: [(id: Int32, logprob: Float)] = []
+        if top > 0 {
+            let indices = logits.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+            best = indices.prefix(top).map { (Int32($0), logits[$0] - logSum) }
+        }
+        return TokenLogprob(id: id, logprob: logits[Int(id)] - logSum, top: best)
+    }
+}
