@@ -23,7 +23,7 @@ public struct SequenceChunk: Sendable {
 
 /// A loaded llama-family model that runs batched forward passes over a paged KV cache.
 ///
-/// `forward` is not reentrant: one engine loop drives it. Every token row is computed with the same arithmetic
+/// Calls to `forward` are serialized by an internal lock (one engine loop normally drives it). Every token row is computed with the same arithmetic
 /// whatever else is in the batch, so outputs are batch-invariant.
 public final class TransformerModel: @unchecked Sendable {
     public let file: GGUFFile
@@ -32,6 +32,7 @@ public final class TransformerModel: @unchecked Sendable {
     public let pool: ThreadPool
     private var workspace = Workspace()
     private var activations = ActivationBuffer()
+    private let lock = NSLock()
 
     public init(path: String, threads: Int) throws {
         file = try GGUFFile(path: path)
@@ -45,6 +46,8 @@ public final class TransformerModel: @unchecked Sendable {
     /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
     /// chunk that asked for them (nil for the others).
     public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) -> [[Float]?] {
+        lock.lock()
+        defer { lock.unlock() }
         let c = config
         let rowCount = chunks.reduce(0) { $0 + $1.tokens.count }
         guard rowCount > 0 else { return chunks.map { _ in nil } }
