@@ -12,16 +12,20 @@ import Testing
         return url.path
     }
 
-    @Test func unsupportedArchitectureIsRefusedByName() throws {
-        var w = GGUFWriter()
-        w.add("general.architecture", .string("gptneox"))
-        let path = try write(w)
+    /// Loading the file at `path` fails with a `ModelError` whose message contains `name`.
+    func expectModelError(_ path: String, naming name: String) throws {
         do {
             _ = try TransformerModel(path: path, threads: 1)
             Issue.record("expected an error")
         } catch let error as ModelError {
-            #expect(error.description.contains("gptneox"))
+            #expect(error.description.contains(name))
         }
+    }
+
+    @Test func unsupportedArchitectureIsRefusedByName() throws {
+        var w = GGUFWriter()
+        w.add("general.architecture", .string("gptneox"))
+        try expectModelError(try write(w), naming: "gptneox")
     }
 
     @Test func missingTensorIsNamed() throws {
@@ -33,13 +37,7 @@ import Testing
         ] {
             w.add("llama.\(k)", .uint32(UInt32(v)))
         }
-        let path = try write(w)
-        do {
-            _ = try TransformerModel(path: path, threads: 1)
-            Issue.record("expected an error")
-        } catch let error as ModelError {
-            #expect(error.description.contains("token_embd.weight"))
-        }
+        try expectModelError(try write(w), naming: "token_embd.weight")
     }
 
     @Test func sentencePieceTokenizer() throws {

@@ -67,13 +67,13 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    @Test func matmulMatchesPerRowDotsAndIsBatchInvariant() throws {
+    @Test func matmulMatchesPerRowDotsAndIsBatchInvariant() {
         var rng = Rng(state: 7)
         let rows = 37
         let columns = 96
         let weights = randomRow(.q4_1, blocks: rows * columns / 32, rng: &rng)
         let x = (0..<(5 * columns)).map { _ in rng.float(2) }
-        try weights.withUnsafeBytes { w in
+        weights.withUnsafeBytes { w in
             let matrix = WeightMatrix(type: .q4_1, data: w.baseAddress!, rows: rows, columns: columns)
             var scratch = ActivationBuffer()
             defer { scratch.release() }
@@ -92,8 +92,6 @@ import Testing
                     #expect(abs(single[r] - expected) <= 1e-4 * max(1, abs(expected)))
                 }
             }
-            // A type without an integer kernel goes through dequantization and a float dot.
-            _ = try #require(Optional(matrix))
         }
     }
 
