@@ -1,4 +1,5 @@
 import CKernels
+import Foundation
 
 /// The KV cache: fixed-size blocks of token slots, shared by all sequences, stored as fp16.
 ///
@@ -17,11 +18,14 @@ public final class PagedKVCache: @unchecked Sendable {
         self.blockSize = blockSize
         self.kvDim = kvDim
         let count = layerCount * 2 * blockCount * blockSize * kvDim
-        storage = .allocate(capacity: max(1, count))
-        storage.initialize(repeating: 0, count: max(1, count))
+        // calloc: large caches come from zeroed pages the kernel maps on first touch.
+        guard let raw = calloc(max(1, count), MemoryLayout<UInt16>.size) else {
+            fatalError("cannot allocate a KV cache of \(count * 2) bytes")
+        }
+        storage = raw.bindMemory(to: UInt16.self, capacity: max(1, count))
     }
 
-    deinit { storage.deallocate() }
+    deinit { free(storage) }
 
     /// Bytes of fp16 K plus V held per token across all layers.
     public var bytesPerToken: Int { layerCount * 2 * kvDim * 2 }

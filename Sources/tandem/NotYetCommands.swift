@@ -7,14 +7,6 @@ struct NotImplementedYet: Error, CustomStringConvertible {
     var description: String { "`tandem \(command)` is not implemented yet (tracked by the \(issue) issue)." }
 }
 
-struct ServeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "serve",
-        abstract: "Serve a model over an OpenAI-compatible HTTP API (prefill, decode or colocated instance).")
-    @Argument(help: "A GGUF file, or `default`.") var model: String = "default"
-    func run() throws { throw NotImplementedYet(command: "serve", issue: "instance server") }
-}
-
 struct ProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxy",

@@ -1,0 +1,240 @@
+import Foundation
+
+/// Why the engine refused a request.
+public enum EngineError: Error, CustomStringConvertible, Equatable {
+    case emptyPrompt
+    case promptTooLong(prompt: Int, limit: Int)
+    case tokenOutOfRange(id: Int32, vocabularySize: Int)
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .emptyPrompt: return "the prompt is empty"
+        case .promptTooLong(let p, let l):
+            return
+                "This model's maximum context length is \(l) tokens. However, you requested \(p) tokens in the "
+                + "prompt, which leaves no room for output. Please reduce the length of the prompt."
+        case .tokenOutOfRange(let id, let n):
+            return "token id \(id) is out of vocabulary (valid ids are 0..<\(n))"
+        case .stopped: return "the engine is shutting down"
+        }
+    }
+}
+
+/// A submitted request: its stream of outputs, and a way to abort it.
+public struct GenerationHandle: Sendable {
+    /// Ends after the output that carries a finish reason.
+    public let outputs: AsyncStream<GenerationOutput>
+    let abortAction: @Sendable () -> Void
+
+    /// Aborts the request if it is still running (its stream then ends with finish reason `abort`); a no-op after
+    /// it finished.
+    public func abort() { abortAction() }
+}
+
+/// A snapshot of the engine's load and totals, for metrics.
+public struct EngineStats: Sendable, Equatable {
+    public var running = 0
+    public var waiting = 0
+    public var usedBlocks = 0
+    public var kvCacheUsage = 0.0
+    public var prefixQueryTokens = 0
+    public var prefixHitTokens = 0
+    public var preemptions = 0
+    public var steps = 0
+}
+
+/// The serving engine: continuous batching over one model and one paged KV cache.
+///
+/// A dedicated thread runs the loop: take new requests and aborts, schedule a step, run it through the model, sample
+/// one token for every sequence that reached its end, and stream the result to each request's `AsyncStream`.
+/// Requests join and leave the batch at every step. Everything a request computes depends only on that request
+/// (batch-invariant kernels, per-request sampler state), so its output is the same alone or in any batch.
+public final class EngineCore: @unchecked Sendable {
+    public let model: TransformerModel
+    public let tokenizer: Tokenizer
+    public let config: EngineConfig
+    let cache: PagedKVCache
+    private let scheduler: Scheduler
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var inbox: [EngineRequest] = []
+    private var aborts: [UInt64] = []
+    private var stopping = false
+    private var loopExited = false
+    private var nextSerial: UInt64 = 0
+    private var published = EngineStats()
+    private var thread: Thread?
+    // Engine thread only:
+    private var live: [UInt64: EngineRequest] = [:]
+
+    public init(model: TransformerModel, tokenizer: Tokenizer, config: EngineConfig) {
+        self.model = model
+        self.tokenizer = tokenizer
+        var config = config
+        config.maxModelLength = min(config.maxModelLength, config.blockCount * config.blockSize)
+        self.config = config
+        cache = PagedKVCache(
+            layerCount: model.config.layerCount, blockCount: config.blockCount, blockSize: config.blockSize,
+            kvDim: model.config.kvDim)
+        scheduler = Scheduler(config: config)
+        // The thread keeps the engine alive until `shutdown()`.
+        let thread = Thread { self.loop() }
+        thread.name = "tandem-engine"
+        thread.stackSize = 8 << 20
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Queues a request; its outputs arrive on the handle's stream, which ends after the output with a finish
+    /// reason. Cancelling the task that consumes the stream, or calling `abort()`, aborts the request.
+    public func submit(_ request: GenerationRequest) throws -> GenerationHandle {
+        guard !request.promptTokens.isEmpty else { throw EngineError.emptyPrompt }
+        guard request.promptTokens.count < config.maxModelLength else {
+            throw EngineError.promptTooLong(prompt: request.promptTokens.count, limit: config.maxModelLength)
+        }
+        let vocab = model.config.vocabSize
+        if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
+        }
+        let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { throw EngineError.stopped }
+        nextSerial += 1
+        let serial = nextSerial
+        inbox.append(
+            EngineRequest(
+                request, arrival: serial, maxModelLength: config.maxModelLength, continuation: continuation))
+        continuation.onTermination = { [weak self] reason in
+            if case .cancelled = reason { self?.abort(serial: serial) }
+        }
+        condition.signal()
+        return GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
+    }
+
+    private func abort(serial: UInt64) {
+        condition.lock()
+        aborts.append(serial)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// The latest load and totals.
+    public var stats: EngineStats {
+        condition.lock()
+        defer { condition.unlock() }
+        return published
+    }
+
+    /// Aborts every request (their streams end with finish reason `abort`) and stops the loop; later submissions
+    /// are refused. Returns once the loop has exited.
+    public func shutdown() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        while !loopExited { condition.wait() }
+        condition.unlock()
+    }
+
+    // MARK: - The loop
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while inbox.isEmpty && aborts.isEmpty && scheduler.isIdle && !stopping { condition.wait() }
+            let arrived = inbox
+            let aborted = aborts
+            let stop = stopping
+            inbox = []
+            aborts = []
+            condition.unlock()
+            for r in arrived {
+                live[r.arrival] = r
+                scheduler.add(r)
+            }
+            for serial in aborted {
+                if let r = live[serial] { finish(r, reason: .abort) }
+            }
+            if stop {
+                for r in live.values.sorted(by: { $0.arrival < $1.arrival }) { finish(r, reason: .abort) }
+                publish()
+                condition.lock()
+                loopExited = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let plan = scheduler.schedule()
+            if plan.isEmpty {
+                publish()
+                if !scheduler.isIdle { Thread.sleep(forTimeInterval: 0.005) }
+                continue
+            }
+            step(plan)
+            publish()
+        }
+    }
+
+    private func step(_ plan: [ScheduledChunk]) {
+        let chunks = plan.map { c in
+            SequenceChunk(
+                tokens: Array(c.request.allTokens[c.start..<c.start + c.count]), startPosition: c.start,
+                blockTable: c.request.blockTable, wantsLogits: c.wantsLogits)
+        }
+        let logits = model.forward(chunks, cache: cache)
+        for (i, c) in plan.enumerated() {
+            scheduler.commit(c)
+            if let l = logits[i] { emitToken(for: c.request, logits: l) }
+        }
+    }
+
+    private func emitToken(for r: EngineRequest, logits: [Float]) {
+        let endTokens = tokenizer.endOfGenerationIds
+        let (id, logprob) = r.sampler.sample(logits: logits, generatedCount: r.output.count, endTokens: endTokens)
+        r.output.append(id)
+        r.allTokens.append(id)
+        var out = GenerationOutput(tokenIds: [id])
+        if let logprob { out.logprobs = [logprob] }
+        let isEnd = (!r.params.ignoreEOS && endTokens.contains(id)) || r.params.stopTokenIds.contains(id)
+        var stopped = false
+        if !isEnd {
+            (out.text, stopped) = r.stops.append(r.decoder.append(tokenizer.bytes(of: id)))
+        }
+        if isEnd || stopped {
+            finish(r, reason: .stop, last: out)
+        } else if r.allTokens.count >= r.maxTotalTokens {
+            let (tail, _) = r.stops.append(r.decoder.flush())
+            out.text += tail + r.stops.releaseAll()
+            finish(r, reason: .length, last: out)
+        } else {
+            r.continuation.yield(out)
+        }
+    }
+
+    private func finish(_ r: EngineRequest, reason: FinishReason, last: GenerationOutput = GenerationOutput()) {
+        var out = last
+        out.finishReason = reason
+        out.usage = GenerationUsage(
+            promptTokens: r.prompt.count, completionTokens: r.output.count, cachedTokens: max(0, r.cachedPromptTokens))
+        scheduler.remove(r)
+        live[r.arrival] = nil
+        r.continuation.yield(out)
+        r.continuation.finish()
+    }
+
+    private func publish() {
+        var s = EngineStats()
+        s.running = scheduler.running.count
+        s.waiting = scheduler.waiting.count
+        s.usedBlocks = scheduler.pool.usedCount
+        s.kvCacheUsage = scheduler.pool.usage
+        s.prefixQueryTokens = scheduler.prefixQueryTokens
+        s.prefixHitTokens = scheduler.prefixHitTokens
+        s.preemptions = scheduler.preemptions
+        condition.lock()
+        s.steps = published.steps + 1
+        published = s
+        condition.unlock()
+    }
+}

@@ -1,0 +1,75 @@
+import Foundation
+
+/// What a caller asks the engine to generate.
+public struct GenerationRequest: Sendable {
+    public var id: String
+    public var promptTokens: [Int32]
+    public var params: SamplingParams
+
+    public init(id: String, promptTokens: [Int32], params: SamplingParams) {
+        self.id = id
+        self.promptTokens = promptTokens
+        self.params = params
+    }
+}
+
+/// Counts reported when a request ends.
+public struct GenerationUsage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Prompt tokens whose KV came from the prefix cache.
+    public var cachedTokens: Int
+}
+
+/// One step's news for one request: the tokens it produced, the text they released, and the end, if reached.
+public struct GenerationOutput: Sendable {
+    public var tokenIds: [Int32] = []
+    public var text = ""
+    public var logprobs: [TokenLogprob] = []
+    public var finishReason: FinishReason?
+    public var usage: GenerationUsage?
+}
+
+/// The engine's state for one request while it waits, runs, or is preempted.
+final class EngineRequest {
+    enum Status { case waiting, running, finished }
+
+    let id: String
+    let prompt: [Int32]
+    let params: SamplingParams
+    let arrival: UInt64
+    let maxTotalTokens: Int
+    let continuation: AsyncStream<GenerationOutput>.Continuation
+    var status = Status.waiting
+    var output: [Int32] = []
+    /// Prompt then output tokens: everything whose KV the sequence needs.
+    var allTokens: [Int32]
+    /// Tokens whose KV is in the cache.
+    var computed = 0
+    var blockTable: [Int32] = []
+    /// Chain hashes of the full blocks registered for prefix reuse, in order.
+    var blockHashes: [UInt64] = []
+    var cachedPromptTokens = -1
+    var preemptions = 0
+    var sampler: Sampler
+    var decoder = IncrementalDecoder()
+    var stops: StopStringMatcher
+
+    init(
+        _ request: GenerationRequest, arrival: UInt64, maxModelLength: Int,
+        continuation: AsyncStream<GenerationOutput>.Continuation
+    ) {
+        id = request.id
+        prompt = request.promptTokens
+        params = request.params
+        self.arrival = arrival
+        maxTotalTokens = min(maxModelLength, prompt.count + max(0, request.params.maxTokens))
+        self.continuation = continuation
+        allTokens = prompt
+        sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
+        stops = StopStringMatcher(stops: request.params.stop)
+    }
+
+    /// Tokens still to run through the model before the next token can be sampled.
+    var pendingTokens: Int { allTokens.count - computed }
+}

@@ -1,0 +1,142 @@
+/// Limits that shape how the engine batches work.
+public struct EngineConfig: Sendable, Equatable {
+    /// Most requests in the running batch (`--max-num-seqs`).
+    public var maxNumSeqs = 16
+    /// Longest sequence, prompt plus output (`--max-model-len`).
+    public var maxModelLength: Int
+    /// KV-cache blocks and tokens per block.
+    public var blockCount: Int
+    public var blockSize = 16
+    /// Most tokens run through the model in one step; longer prompts are prefilled in chunks.
+    public var maxBatchedTokens = 256
+    public var prefixCaching = true
+
+    public init(maxModelLength: Int, blockCount: Int) {
+        self.maxModelLength = maxModelLength
+        self.blockCount = blockCount
+    }
+}
+
+/// One request's share of a step: `count` tokens from `start` of its sequence.
+struct ScheduledChunk {
+    let request: EngineRequest
+    let start: Int
+    let count: Int
+    var wantsLogits: Bool { start + count == request.allTokens.count }
+}
+
+/// Decides, each step, which requests run and how many of their tokens: running requests first (a decode is one
+/// token, a prefill takes what the token budget leaves), then waiting requests in arrival order while blocks, batch
+/// slots and budget allow. When a running request needs a block and none is free, the newest running request is
+/// preempted: its blocks are freed and it is recomputed later, with its output so far kept.
+final class Scheduler {
+    let config: EngineConfig
+    let pool: KVBlockPool
+    private(set) var waiting: [EngineRequest] = []
+    private(set) var running: [EngineRequest] = []
+    private(set) var prefixQueryTokens = 0
+    private(set) var prefixHitTokens = 0
+    private(set) var preemptions = 0
+
+    init(config: EngineConfig) {
+        self.config = config
+        pool = KVBlockPool(
+            blockCount: config.blockCount, blockSize: config.blockSize, prefixCaching: config.prefixCaching)
+    }
+
+    var isIdle: Bool { waiting.isEmpty && running.isEmpty }
+
+    func add(_ request: EngineRequest) { waiting.append(request) }
+
+    /// The work of the next step.
+    func schedule() -> [ScheduledChunk] {
+        var budget = config.maxBatchedTokens
+        var plan: [ScheduledChunk] = []
+        var preempted = false
+        var i = 0
+        runningLoop: while i < running.count, budget > 0 {
+            let r = running[i]
+            let n = min(r.pendingTokens, budget)
+            while !reserve(r, upTo: r.computed + n) {
+                let victim = running.removeLast()
+                preempt(victim)
+                preempted = true
+                if victim === r { break runningLoop }
+            }
+            plan.append(ScheduledChunk(request: r, start: r.computed, count: n))
+            budget -= n
+            i += 1
+        }
+        guard !preempted else { return plan }
+        while let r = waiting.first, running.count < config.maxNumSeqs, budget > 0 {
+            var hit = 0
+            if r.blockTable.isEmpty {
+                let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens)
+                r.blockTable = blocks
+                r.blockHashes = hashes
+                r.computed = blocks.count * config.blockSize
+                hit = r.computed
+            }
+            let n = min(r.pendingTokens, budget)
+            guard reserve(r, upTo: r.computed + n) else {
+                pool.release(r.blockTable)
+                r.blockTable = []
+                r.blockHashes = []
+                r.computed = 0
+                break
+            }
+            if r.cachedPromptTokens < 0 { r.cachedPromptTokens = hit }
+            prefixQueryTokens += r.allTokens.count
+            prefixHitTokens += hit
+            waiting.removeFirst()
+            r.status = .running
+            running.append(r)
+            plan.append(ScheduledChunk(request: r, start: r.computed, count: n))
+            budget -= n
+        }
+        return plan
+    }
+
+    /// Marks a step's chunks as computed and offers their newly full blocks to the prefix cache.
+    func commit(_ chunk: ScheduledChunk) {
+        let r = chunk.request
+        r.computed = chunk.start + chunk.count
+        let bs = config.blockSize
+        while r.blockHashes.count < r.computed / bs {
+            let j = r.blockHashes.count
+            let tokens = r.allTokens[j * bs..<(j + 1) * bs]
+            let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens)
+            pool.register(block: r.blockTable[j], hash: h, tokens: tokens)
+            r.blockHashes.append(h)
+        }
+    }
+
+    /// Removes a request (finished or aborted) and frees its blocks.
+    func remove(_ request: EngineRequest) {
+        if let i = running.firstIndex(where: { $0 === request }) { running.remove(at: i) }
+        if let i = waiting.firstIndex(where: { $0 === request }) { waiting.remove(at: i) }
+        pool.release(request.blockTable)
+        request.blockTable = []
+        request.status = .finished
+    }
+
+    /// Grows the request's block table to cover `tokens` positions; false (nothing taken) when blocks run out.
+    private func reserve(_ r: EngineRequest, upTo tokens: Int) -> Bool {
+        let needed = (tokens + config.blockSize - 1) / config.blockSize - r.blockTable.count
+        guard needed > 0 else { return true }
+        guard let blocks = pool.allocate(needed) else { return false }
+        r.blockTable += blocks
+        return true
+    }
+
+    private func preempt(_ r: EngineRequest) {
+        pool.release(r.blockTable)
+        r.blockTable = []
+        r.blockHashes = []
+        r.computed = 0
+        r.status = .waiting
+        r.preemptions += 1
+        preemptions += 1
+        waiting.insert(r, at: 0)
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import Hummingbird
+
+/// An error answered to an HTTP client as OpenAI's error object
+/// `{"error": {"message", "type", "param", "code"}}` with a matching status.
+public struct APIError: Error, Sendable, CustomStringConvertible {
+    public var status: HTTPResponse.Status
+    public var message: String
+    public var type: String
+    public var param: String?
+    public var code: String?
+
+    public init(
+        _ status: HTTPResponse.Status, _ message: String, type: String? = nil, param: String? = nil,
+        code: String? = nil
+    ) {
+        self.status = status
+        self.message = message
+        self.type = type ?? Self.defaultType(status)
+        self.param = param
+        self.code = code
+    }
+
+    public var description: String { "\(status.code) \(type): \(message)" }
+
+    public static func badRequest(_ message: String, param: String? = nil) -> APIError {
+        APIError(.badRequest, message, param: param)
+    }
+
+    /// The error object as JSON.
+    public var json: JSONValue {
+        .object([
+            (
+                "error",
+                .object([
+                    ("message", .string(message)), ("type", .string(type)), ("param", JSONValue(param)),
+                    ("code", code.map { .string($0) } ?? .int(Int(status.code))),
+                ])
+            )
+        ])
+    }
+
+    /// The HTTP response carrying this error.
+    public var response: Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        return Response(
+            status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: json.serialized)))
+    }
+
+    private static func defaultType(_ status: HTTPResponse.Status) -> String {
+        switch status.code {
+        case 401: return "authentication_error"
+        case 404: return "not_found_error"
+        case 400..<500: return "invalid_request_error"
+        case 503: return "service_unavailable_error"
+        default: return "server_error"
+        }
+    }
+}
+
+/// Turns every error a route throws (ours, Hummingbird's, a body that is too large) into an OpenAI error response,
+/// and answers unknown paths with one too.
+struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            return error.response
+        } catch let error as any HTTPResponseError {
+            let message: String
+            switch error.status {
+            case .notFound: message = "no route for \(request.method) \(request.uri.path)"
+            case .contentTooLarge: message = "the request body is larger than the limit of \(maxBodyBytes) bytes"
+            case .methodNotAllowed: message = "method \(request.method) is not allowed on \(request.uri.path)"
+            default: message = "\(error)"
+            }
+            return APIError(error.status, message).response
+        } catch {
+            return APIError(.internalServerError, "internal error: \(error)").response
+        }
+    }
+}
+
+/// Requests bodies larger than this are answered with 413.
+let maxBodyBytes = 8 << 20
+
+/// Checks `Authorization: Bearer KEY` on `/v1/` paths when the server has an API key, as vLLM does.
+struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let key: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
+        guard request.uri.path.hasPrefix("/v1") else { return try await next(request, context) }
+        guard let header = request.headers[.authorization] else {
+            throw APIError(.unauthorized, "missing API key: send the header 'Authorization: Bearer KEY'")
+        }
+        guard header == "Bearer \(key)" else { throw APIError(.unauthorized, "invalid API key") }
+        return try await next(request, context)
+    }
+}

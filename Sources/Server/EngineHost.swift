@@ -1,0 +1,65 @@
+import Engine
+import Foundation
+import Hummingbird
+
+/// What a loaded instance serves with: the engine, its tokenizer and the model's chat template.
+public struct LoadedModel: Sendable {
+    public let engine: EngineCore
+    public let tokenizer: Tokenizer
+    public let chatTemplate: ChatTemplate?
+
+    public init(engine: EngineCore) {
+        self.engine = engine
+        tokenizer = engine.tokenizer
+        chatTemplate = engine.model.file.metadata["tokenizer.chat_template"]?.stringValue.flatMap {
+            try? ChatTemplate($0)
+        }
+    }
+
+    /// The prompt text for chat `messages`, rendered with the model's template.
+    public func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> String {
+        guard let chatTemplate else {
+            throw APIError.badRequest("this model has no chat template; use /v1/completions", param: "messages")
+        }
+        do {
+            return try chatTemplate.render(
+                messages: messages, addGenerationPrompt: addGenerationPrompt,
+                bosToken: tokenizer.tokenText(tokenizer.bosId), eosToken: tokenizer.tokenText(tokenizer.eosId))
+        } catch {
+            throw APIError.badRequest("the chat template failed on these messages: \(error)", param: "messages")
+        }
+    }
+}
+
+/// Holds the instance's model once it is loaded; until then requests are answered 503.
+public final class EngineHost: Sendable {
+    private enum State {
+        case loading
+        case ready(LoadedModel)
+        case stopped
+    }
+
+    private let state = LockedValue(State.loading)
+
+    public init() {}
+
+    public func setReady(_ model: LoadedModel) { state.withLock { $0 = .ready(model) } }
+
+    public func setStopped() { state.withLock { $0 = .stopped } }
+
+    public var isReady: Bool { (try? ready()) != nil }
+
+    /// The loaded model, or a 503 error while loading or after shutdown began.
+    public func ready() throws -> LoadedModel {
+        try state.withLock { s in
+            switch s {
+            case .ready(let m): return m
+            case .loading: throw APIError(.serviceUnavailable, "the model is still loading")
+            case .stopped: throw APIError(.serviceUnavailable, "the server is shutting down")
+            }
+        }
+    }
+
+    /// The engine, when loaded (for metrics).
+    public var engine: EngineCore? { try? ready().engine }
+}

@@ -1,0 +1,135 @@
+import Engine
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+/// How an instance is configured (`tandem serve` flags, named as `vllm serve` names them).
+public struct InstanceOptions: Sendable {
+    public var modelPath: String
+    /// Names accepted in a request's `model` field; the first is reported.
+    public var servedModelNames: [String]
+    public var host = "0.0.0.0"
+    public var port = 8081
+    public var apiKey: String?
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    public var maxNumSeqs = 16
+    public var maxModelLength: Int?
+    /// KV-cache size in bytes, or in blocks (blocks win); 1 GiB when neither is given.
+    public var kvCacheBytes: Int?
+    public var kvBlockCount: Int?
+    public var blockSize = 16
+    public var maxBatchedTokens = 256
+    public var prefixCaching = true
+
+    public init(modelPath: String, servedModelNames: [String]) {
+        self.modelPath = modelPath
+        self.servedModelNames = servedModelNames
+    }
+}
+
+/// A configuration the model cannot be served with.
+public struct InstanceConfigError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Loads the model into an engine, marks the instance ready, and on graceful shutdown aborts every request and
+/// stops the engine, before the HTTP server itself stops.
+struct EngineService: Service {
+    let options: InstanceOptions
+    let host: EngineHost
+    let logger: Logger
+
+    func run() async throws {
+        let options = options
+        let engine = try await onThread { try Self.makeEngine(options) }
+        let c = engine.config
+        logger.info(
+            "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
+        )
+        host.setReady(LoadedModel(engine: engine))
+        try? await gracefulShutdown()
+        logger.info("Shutting down: aborting in-flight requests")
+        host.setStopped()
+        await onThread { engine.shutdown() }
+    }
+
+    static func makeEngine(_ o: InstanceOptions) throws -> EngineCore {
+        let model = try TransformerModel(path: o.modelPath, threads: o.threads)
+        let tokenizer = try Tokenizer(file: model.file)
+        let mc = model.config
+        guard o.blockSize >= 1, o.blockSize <= 1024 else {
+            throw InstanceConfigError(description: "--block-size must be in 1...1024")
+        }
+        let bytesPerBlock = mc.layerCount * 2 * mc.kvDim * 2 * o.blockSize
+        let blocks = o.kvBlockCount ?? max(1, (o.kvCacheBytes ?? (1 << 30)) / bytesPerBlock)
+        guard blocks >= 1 else { throw InstanceConfigError(description: "the KV cache must hold at least 1 block") }
+        let capacity = blocks * o.blockSize
+        if let m = o.maxModelLength {
+            guard m <= mc.contextLength else {
+                throw InstanceConfigError(
+                    description: "--max-model-len \(m) exceeds the model's context length of \(mc.contextLength)")
+            }
+            guard m <= capacity else {
+                throw InstanceConfigError(
+                    description:
+                        "--max-model-len \(m) does not fit in the KV cache (\(capacity) tokens); give more --kv-cache-memory or --num-kv-blocks"
+                )
+            }
+        }
+        var config = EngineConfig(
+            maxModelLength: min(o.maxModelLength ?? mc.contextLength, capacity), blockCount: blocks)
+        config.blockSize = o.blockSize
+        config.maxNumSeqs = o.maxNumSeqs
+        config.maxBatchedTokens = o.maxBatchedTokens
+        config.prefixCaching = o.prefixCaching
+        return EngineCore(model: model, tokenizer: tokenizer, config: config)
+    }
+}
+
+/// Runs blocking work on its own thread, off Swift's cooperative pool.
+func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+func onThread(_ work: @escaping @Sendable () -> Void) async {
+    await withCheckedContinuation { continuation in
+        Thread {
+            work()
+            continuation.resume()
+        }.start()
+    }
+}
+
+/// An instance: the HTTP API in front of an engine, run until SIGINT or SIGTERM.
+public enum InstanceServer {
+    /// Serves until a shutdown signal; then aborts in-flight requests, stops accepting and returns.
+    public static func run(_ options: InstanceOptions, logger: Logger) async throws {
+        let host = EngineHost()
+        let metrics = InstanceMetrics(modelName: options.servedModelNames[0])
+        let api = InstanceAPI(
+            host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics)
+        let app = Application(
+            router: api.router(apiKey: options.apiKey),
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? options.port
+                logger.info("Tandem instance listening on http://\(formatHostPort(options.host, port))")
+            },
+            logger: logger
+        )
+        let engine = EngineService(options: options, host: host, logger: logger)
+        // Services stop in reverse order: the engine first (ending every stream), then the HTTP server.
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [app, engine], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+public func formatHostPort(_ host: String, _ port: Int) -> String {
+    host.contains(":") && !host.hasPrefix("[") ? "[\(host)]:\(port)" : "\(host):\(port)"
+}

@@ -1,0 +1,184 @@
+import Engine
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// The instance's HTTP API: OpenAI's completions and chat completions, with vLLM's extras.
+public final class InstanceAPI: Sendable {
+    public let host: EngineHost
+    public let servedModelNames: [String]
+    public let modelPath: String
+    public let metrics: InstanceMetrics
+    let created = Int(Date().timeIntervalSince1970)
+
+    public init(host: EngineHost, servedModelNames: [String], modelPath: String, metrics: InstanceMetrics) {
+        self.host = host
+        self.servedModelNames = servedModelNames
+        self.modelPath = modelPath
+        self.metrics = metrics
+    }
+
+    /// A router with every endpoint, the error middleware, and the API key check when `apiKey` is set.
+    public func router(apiKey: String?) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: APIErrorMiddleware())
+        if let apiKey { router.add(middleware: APIKeyMiddleware(key: apiKey)) }
+        router.post("/v1/completions") { request, _ in try await self.completions(request) }
+        router.post("/v1/chat/completions") { request, _ in try await self.chatCompletions(request) }
+        router.get("/v1/models") { _, _ in try self.models() }
+        router.get("/health") { _, _ -> Response in
+            _ = try self.host.ready()
+            return Response(status: .ok)
+        }
+        router.get("/version") { _, _ in Self.json(.object([("version", .string(tandemVersion))])) }
+        router.post("/tokenize") { request, _ in try await self.tokenize(request) }
+        router.post("/detokenize") { request, _ in try await self.detokenize(request) }
+        router.get("/metrics") { _, _ -> Response in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            let text = self.metrics.render(stats: self.host.engine?.stats)
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+        }
+        return router
+    }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(
+            status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: value.serialized)))
+    }
+
+    private func readFields(_ request: Request) async throws -> RequestFields {
+        var request = request
+        let body = try await request.collectBody(upTo: maxBodyBytes)
+        return try RequestFields(body: body.readableBytesView)
+    }
+
+    private func checkModel(_ fields: RequestFields) throws {
+        guard let name = try fields.string("model") else { return }
+        guard servedModelNames.contains(name) else {
+            throw APIError(
+                .notFound, "The model `\(name)` does not exist.", param: "model", code: "model_not_found")
+        }
+    }
+
+    // MARK: - Completions
+
+    func completions(_ request: Request) async throws -> Response {
+        let loaded = try host.ready()
+        let fields = try await readFields(request)
+        try checkModel(fields)
+        let prompt = try completionPrompt(fields, loaded: loaded)
+        var params = try fields.samplingParams(defaultMaxTokens: 16)
+        params.logprobs = try fields.int("logprobs", in: 0...20)
+        return try await run(
+            kind: .completion, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
+    }
+
+    private func completionPrompt(_ fields: RequestFields, loaded: LoadedModel) throws -> [Int32] {
+        let addSpecial = try fields.bool("add_special_tokens") ?? true
+        guard let value = fields.value("prompt") else {
+            throw APIError.badRequest("'prompt' is required", param: "prompt")
+        }
+        switch value {
+        case .string(let text):
+            return loaded.tokenizer.encode(text, addSpecial: addSpecial)
+        case .array(let items):
+            guard !items.isEmpty else { throw APIError.badRequest("'prompt' is empty", param: "prompt") }
+            if case .int = items[0] { return try items.map { try RequestFields.tokenId($0, key: "prompt") } }
+            guard items.count == 1 else {
+                throw APIError.badRequest("batched prompts are not supported; send one prompt", param: "prompt")
+            }
+            switch items[0] {
+            case .string(let text): return loaded.tokenizer.encode(text, addSpecial: addSpecial)
+            case .array(let inner): return try inner.map { try RequestFields.tokenId($0, key: "prompt") }
+            default: break
+            }
+        default: break
+        }
+        throw APIError.badRequest(
+            "'prompt' must be a string, an array of token ids, or a one-element array of either", param: "prompt")
+    }
+
+    // MARK: - Chat
+
+    func chatCompletions(_ request: Request) async throws -> Response {
+        let loaded = try host.ready()
+        let fields = try await readFields(request)
+        try checkModel(fields)
+        let text = try chatPrompt(fields, loaded: loaded)
+        let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
+        var params = try fields.samplingParams(defaultMaxTokens: Int(Int32.max))
+        if try fields.bool("logprobs") == true {
+            params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
+        }
+        return try await run(
+            kind: .chat, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
+    }
+
+    func chatPrompt(_ fields: RequestFields, loaded: LoadedModel) throws -> String {
+        guard let value = fields.value("messages") else {
+            throw APIError.badRequest("'messages' is required", param: "messages")
+        }
+        guard case .array(let items) = value, !items.isEmpty else {
+            throw APIError.badRequest("'messages' must be a non-empty array of messages", param: "messages")
+        }
+        let messages = try items.map { item -> ChatMessage in
+            guard case .object = item, case .string(let role)? = item["role"] else {
+                throw APIError.badRequest("each message needs a string 'role'", param: "messages")
+            }
+            switch item["content"] {
+            case .string(let s)?: return ChatMessage(role: role, content: s)
+            case .null?, nil: return ChatMessage(role: role, content: "")
+            case .array(let parts)?:
+                let texts = try parts.map { part -> String in
+                    guard case .string(let t)? = part["text"] else {
+                        throw APIError.badRequest("only text content parts are supported", param: "messages")
+                    }
+                    return t
+                }
+                return ChatMessage(role: role, content: texts.joined(separator: "\n"))
+            default:
+                throw APIError.badRequest(
+                    "a message's 'content' must be a string or an array of text parts", param: "messages")
+            }
+        }
+        return try loaded.renderChat(messages, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
+    }
+
+    // MARK: - Running a request
+
+    private func run(
+        kind: ResponseFormatter.Kind, request: Request, fields: RequestFields, prompt: [Int32],
+        params: SamplingParams, loaded: LoadedModel
+    ) async throws -> Response {
+        let (stream, includeUsage) = try fields.streaming()
+        let returnTokenIds = try fields.bool("return_token_ids") ?? false
+        let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let handle: GenerationHandle
+        do {
+            handle = try loaded.engine.submit(GenerationRequest(id: requestId, promptTokens: prompt, params: params))
+        } catch let error as EngineError {
+            switch error {
+            case .stopped: throw APIError(.serviceUnavailable, error.description)
+            case .promptTooLong: throw APIError.badRequest(error.description, param: "prompt")
+            default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
+            }
+        }
+        let formatter = ResponseFormatter(
+            kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + requestId, created: created,
+            model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
+            promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
+        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
+        if stream { return run.streamingResponse(includeUsage: includeUsage) }
+        return try await run.collectedResponse()
+    }
+}
+
+extension HTTPField.Name {
+    static let xRequestID = Self("X-Request-Id")!
+}
+
+/// The version `GET /version` reports.
+public let tandemVersion = "0.1.0"

@@ -1,0 +1,139 @@
+import Engine
+
+/// Builds OpenAI-shaped bodies (whole responses and stream chunks) for one completion or chat completion.
+struct ResponseFormatter: Sendable {
+    enum Kind: Sendable { case completion, chat }
+
+    let kind: Kind
+    let id: String
+    let created: Int
+    let model: String
+    let tokenizer: Tokenizer
+    let promptTokens: [Int32]
+    let returnTokenIds: Bool
+    /// Whether the client asked for logprobs (and so gets a `logprobs` object rather than null).
+    let wantsLogprobs: Bool
+
+    var object: String { kind == .completion ? "text_completion" : "chat.completion" }
+    var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
+
+    /// The whole, non-streamed response.
+    func response(
+        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason, usage: GenerationUsage
+    ) -> JSONValue {
+        var choice: [(String, JSONValue)] = [("index", 0)]
+        switch kind {
+        case .completion: choice.append(("text", .string(text)))
+        case .chat:
+            choice.append(("message", .object([("role", "assistant"), ("content", .string(text))])))
+        }
+        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: 0) : .null))
+        choice.append(("finish_reason", .string(finish.rawValue)))
+        choice.append(("stop_reason", .null))
+        if returnTokenIds {
+            choice.append(("prompt_token_ids", ids(promptTokens)))
+            choice.append(("token_ids", ids(tokenIds)))
+        }
+        return .object([
+            ("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
+            ("choices", .array([.object(choice)])), ("usage", usageJSON(usage)),
+        ])
+    }
+
+    /// A stream chunk with a text delta; `first` adds the chat role and, when asked, the prompt's token ids.
+    func chunk(
+        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, first: Bool,
+        textOffset: Int, includeUsageField: Bool
+    ) -> JSONValue {
+        var choice: [(String, JSONValue)] = [("index", 0)]
+        switch kind {
+        case .completion: choice.append(("text", .string(text)))
+        case .chat:
+            var delta: [(String, JSONValue)] = []
+            if first { delta.append(("role", "assistant")) }
+            if !text.isEmpty || first { delta.append(("content", .string(text))) }
+            choice.append(("delta", .object(delta)))
+        }
+        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffset) : .null))
+        choice.append(("finish_reason", finish.map { .string($0.rawValue) } ?? .null))
+        if returnTokenIds {
+            if first { choice.append(("prompt_token_ids", ids(promptTokens))) }
+            choice.append(("token_ids", ids(tokenIds)))
+        }
+        var body: [(String, JSONValue)] = [
+            ("id", .string(id)), ("object", .string(chunkObject)), ("created", .int(created)),
+            ("model", .string(model)), ("choices", .array([.object(choice)])),
+        ]
+        if includeUsageField { body.append(("usage", .null)) }
+        return .object(body)
+    }
+
+    /// The last chunk of a stream with `stream_options.include_usage`: no choices, only usage.
+    func usageChunk(_ usage: GenerationUsage) -> JSONValue {
+        .object([
+            ("id", .string(id)), ("object", .string(chunkObject)), ("created", .int(created)),
+            ("model", .string(model)), ("choices", .array([])), ("usage", usageJSON(usage)),
+        ])
+    }
+
+    func usageJSON(_ u: GenerationUsage) -> JSONValue {
+        var fields: [(String, JSONValue)] = [
+            ("prompt_tokens", .int(u.promptTokens)), ("total_tokens", .int(u.promptTokens + u.completionTokens)),
+            ("completion_tokens", .int(u.completionTokens)),
+        ]
+        if u.cachedTokens > 0 {
+            fields.append(("prompt_tokens_details", .object([("cached_tokens", .int(u.cachedTokens))])))
+        }
+        return .object(fields)
+    }
+
+    private func ids(_ tokens: [Int32]) -> JSONValue { .array(tokens.map { .int(Int($0)) }) }
+
+    private func tokenString(_ id: Int32) -> String {
+        String(decoding: tokenizer.bytes(of: id), as: UTF8.self)
+    }
+
+    /// Completions use `{tokens, token_logprobs, top_logprobs, text_offset}`; chat uses `{content: [...]}`.
+    func logprobsJSON(_ logprobs: [TokenLogprob], textOffset: Int) -> JSONValue {
+        switch kind {
+        case .completion:
+            var offsets: [JSONValue] = []
+            var offset = textOffset
+            for lp in logprobs {
+                offsets.append(.int(offset))
+                offset += tokenString(lp.id).count
+            }
+            return .object([
+                ("text_offset", .array(offsets)),
+                ("token_logprobs", .array(logprobs.map { .float($0.logprob) })),
+                ("tokens", .array(logprobs.map { .string(tokenString($0.id)) })),
+                (
+                    "top_logprobs",
+                    .array(
+                        logprobs.map { lp in
+                            .object(lp.top.map { (tokenString($0.id), .float($0.logprob)) })
+                        })
+                ),
+            ])
+        case .chat:
+            func entry(_ id: Int32, _ logprob: Float) -> [(String, JSONValue)] {
+                [
+                    ("token", .string(tokenString(id))), ("logprob", .float(logprob)),
+                    ("bytes", .array(tokenizer.bytes(of: id).map { .int(Int($0)) })),
+                ]
+            }
+            return .object([
+                (
+                    "content",
+                    .array(
+                        logprobs.map { lp in
+                            .object(
+                                entry(lp.id, lp.logprob) + [
+                                    ("top_logprobs", .array(lp.top.map { .object(entry($0.id, $0.logprob)) }))
+                                ])
+                        })
+                )
+            ])
+        }
+    }
+}
