@@ -12,7 +12,10 @@ swift format lint --strict -r Sources Tests Package.swift
 echo "== build (release)" >&2
 build_log=$(mktemp)
 swift build -c release --build-tests 2>&1 | tee "$build_log"
-if grep -q "warning:" "$build_log"; then
+# Warnings in our own code or package fail the build; those SwiftPM prints about dependencies' packaging
+# (e.g. "'swift-distributed-tracing': found 1 file(s) which are unhandled") are not ours to fix.
+if grep "warning:" "$build_log" | grep -v "/.build/checkouts/" \
+  | grep -qv -E "^warning: '(swift-[a-z-]+|async-http-client|hummingbird)': "; then
   echo "test: the build has warnings (see above)" >&2
   exit 1
 fi
