@@ -66,12 +66,23 @@ struct GenerationRun: Sendable {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                defer { run.handle.abort() }
                 var timing = Timing()
+                var generated = 0
+                var ended = false
+                defer {
+                    run.handle.abort()
+                    if !ended {  // The client went away: the request was aborted.
+                        let usage = GenerationUsage(
+                            promptTokens: run.formatter.promptTokens.count, completionTokens: generated,
+                            cachedTokens: 0)
+                        run.record(timing, .abort, usage)
+                    }
+                }
                 var first = true
                 var textOffset = 0
                 for await out in run.handle.outputs {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }
+                    generated += out.tokenIds.count
                     let worthSending =
                         first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
                         || run.formatter.wantsLogprobs
@@ -84,6 +95,7 @@ struct GenerationRun: Sendable {
                         textOffset += out.text.count
                     }
                     if let finish = out.finishReason, let usage = out.usage {
+                        ended = true
                         run.record(timing, finish, usage)
                         if includeUsage {
                             let chunk = run.formatter.usageChunk(usage)

@@ -76,7 +76,9 @@ struct GoldenFile: Decodable {
             (["generate", "--prompt", "x", "--messages", "[]"], "exactly one"),
             (["generate", "--messages", "{not json", "--max-tokens", "2"], "JSON array"),
             (["generate", "--model", "/nonexistent.gguf", "--prompt", "x"], "cannot open"),
-            (["serve"], "not implemented yet"),
+            (["proxy"], "not implemented yet"),
+            (["serve", "--port", "70000"], "port"),
+            (["serve", "--kv-cache-memory", "lots"], "kv-cache-memory"),
         ]
         for (args, message) in cases {
             let result = try TandemBinary.run(args)

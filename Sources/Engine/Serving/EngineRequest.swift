@@ -19,6 +19,12 @@ public struct GenerationUsage: Sendable, Equatable {
     public var completionTokens: Int
     /// Prompt tokens whose KV came from the prefix cache.
     public var cachedTokens: Int
+
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
+    }
 }
 
 /// One step's news for one request: the tokens it produced, the text they released, and the end, if reached.

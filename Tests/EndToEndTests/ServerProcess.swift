@@ -1,0 +1,116 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Testing
+
+/// A `tandem serve` process on a free port, for tests over real HTTP. Stopped with SIGTERM by `stop()`.
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    let host: String
+    private(set) var port = 0
+    private let log = LogBuffer()
+
+    /// Starts `tandem serve default --host HOST --port 0 EXTRA...` and waits until it is healthy.
+    init(host: String = "127.0.0.1", _ extra: [String] = []) async throws {
+        self.host = host
+        process.executableURL = TandemBinary.url
+        process.arguments = ["serve", "default", "--host", host, "--port", "0"] + extra
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        let log = log
+        err.fileHandleForReading.readabilityHandler = { handle in log.append(handle.availableData) }
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while port == 0 {
+            guard process.isRunning, Date() < deadline else {
+                throw TestFailure("the server did not start:\n\(log.text)")
+            }
+            if let range = log.text.range(of: #"listening on http://\S+:(\d+)"#, options: .regularExpression) {
+                port = Int(log.text[range].split(separator: ":").last!)!
+            } else {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        while try await get("/health").status != .ok {
+            guard Date() < deadline else { throw TestFailure("the server never became healthy:\n\(log.text)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    var baseURL: String { host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)" }
+    var logText: String { log.text }
+
+    /// Sends SIGTERM and waits for the exit status.
+    @discardableResult func stop() -> Int32 {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit { if process.isRunning { process.terminate() } }
+
+    func get(_ path: String) async throws -> HTTPReply {
+        try await send(HTTPClientRequest(url: baseURL + path))
+    }
+
+    func post(_ path: String, _ body: String, headers: [(String, String)] = []) async throws -> HTTPReply {
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        for (k, v) in headers { request.headers.add(name: k, value: v) }
+        request.body = .bytes(ByteBuffer(string: body))
+        return try await send(request)
+    }
+
+    private func send(_ request: HTTPClientRequest) async throws -> HTTPReply {
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+        let body = try await response.body.collect(upTo: 64 << 20)
+        return HTTPReply(
+            status: response.status, contentType: response.headers.first(name: "Content-Type") ?? "",
+            body: String(buffer: body))
+    }
+}
+
+/// A status, content type and body.
+struct HTTPReply {
+    let status: HTTPResponseStatus
+    let contentType: String
+    let body: String
+
+    var json: [String: Any]? {
+        try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+    }
+
+    /// The `data:` payloads of a server-sent-event body, `[DONE]` excluded.
+    var events: [[String: Any]] {
+        body.components(separatedBy: "\n\n").compactMap { block in
+            guard block.hasPrefix("data: "), block != "data: [DONE]" else { return nil }
+            return try? JSONSerialization.jsonObject(with: Data(block.dropFirst(6).utf8)) as? [String: Any]
+        }
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Bytes a child process writes, readable as text while it runs.
+final class LogBuffer: @unchecked Sendable {
+    private var data = Data()
+    private let lock = NSLock()
+
+    func append(_ d: Data) {
+        lock.lock()
+        data.append(d)
+        lock.unlock()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
