@@ -137,8 +137,8 @@ static float dot_q8_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
 // only the float accumulation order differs (8 lanes, then a horizontal sum).
 
 #if TK_X86
-#define TK_AVX2 __attribute__((target("avx2,fma")))
-#define TK_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // Horizontal sum in the order ggml uses: (v0+v4, ...), then (0+2, 1+3), then 0+1.
 TK_AVX2 static inline float hsum8(__m256 v) {
@@ -179,7 +179,7 @@ TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
             const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
             const __m256 sum = _mm256_cvtepi32_ps(DOT(q, y));                                          \
             acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
-            mins += tk_half_to_float(mh) * x[i].s;                                                     \
+            mins = fmaf(tk_half_to_float(mh), x[i].s, mins);                                           \
         }                                                                                              \
         return hsum8(acc) + mins;                                                                      \
     }
@@ -216,6 +216,63 @@ TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
         }                                                                                              \
         return hsum8(acc);                                                                             \
     }
+
+// Four rows at once against one activation row: four independent dependency chains and four memory streams.
+// Each row's arithmetic is exactly that of the one-row kernel above (same operations, same order), so results are
+// bitwise equal whichever kernel computes a row.
+#define TK_DEFINE_Q4_1_X4(NAME, ATTR, DOT)                                                             \
+    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, int nb, float *out, int os) { \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;                      \
+        float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;                                              \
+        const uint8_t *w0 = w, *w1 = w + rb, *w2 = w + 2 * rb, *w3 = w + 3 * rb;                       \
+        for (int i = 0; i < nb; i++) {                                                                 \
+            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
+            const float xd = x[i].d, xs = x[i].s;                                                      \
+            uint16_t dh, mh;                                                                           \
+            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
+                const uint8_t *wk = k == 0 ? w0 : k == 1 ? w1 : k == 2 ? w2 : w3;                      \
+                memcpy(&dh, wk + 20 * i, 2);                                                           \
+                memcpy(&mh, wk + 20 * i + 2, 2);                                                       \
+                const __m256i q = unpack_nibbles(wk + 20 * i + 4);                                     \
+                const __m256 sum = _mm256_cvtepi32_ps(DOT(q, y));                                      \
+                const __m256 sc = _mm256_set1_ps(tk_half_to_float(dh) * xd);                           \
+                const float mm = tk_half_to_float(mh) * xs;                                            \
+                if (k == 0) { acc0 = _mm256_fmadd_ps(sc, sum, acc0); m0 = fmaf(tk_half_to_float(mh), xs, m0); }                       \
+                else if (k == 1) { acc1 = _mm256_fmadd_ps(sc, sum, acc1); m1 = fmaf(tk_half_to_float(mh), xs, m1); }                  \
+                else if (k == 2) { acc2 = _mm256_fmadd_ps(sc, sum, acc2); m2 = fmaf(tk_half_to_float(mh), xs, m2); }                  \
+                else { acc3 = _mm256_fmadd_ps(sc, sum, acc3); m3 = fmaf(tk_half_to_float(mh), xs, m3); }                              \
+            }                                                                                          \
+        }                                                                                              \
+        out[0] = hsum8(acc0) + m0;                                                                     \
+        out[os] = hsum8(acc1) + m1;                                                                    \
+        out[2 * os] = hsum8(acc2) + m2;                                                                \
+        out[3 * os] = hsum8(acc3) + m3;                                                                \
+    }
+
+#define TK_DEFINE_Q8_0_X4(NAME, ATTR, DOT)                                                             \
+    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, int nb, float *out, int os) { \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+        for (int i = 0; i < nb; i++) {                                                                 \
+            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
+            const float xd = x[i].d;                                                                   \
+            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
+                const uint8_t *wk = w + k * rb + 34 * i;                                               \
+                uint16_t dh;                                                                           \
+                memcpy(&dh, wk, 2);                                                                    \
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(wk + 2));                       \
+                const __m256i aq = _mm256_sign_epi8(q, q);                                             \
+                const __m256i sy = _mm256_sign_epi8(y, q);                                             \
+                const __m256 sum = _mm256_cvtepi32_ps(DOT(aq, sy));                                    \
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * xd), sum, acc[k]);      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int k = 0; k < 4; k++) out[k * os] = hsum8(acc[k]);                                       \
+    }
+
+TK_DEFINE_Q4_1_X4(dot4_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
+TK_DEFINE_Q4_1_X4(dot4_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
+TK_DEFINE_Q8_0_X4(dot4_q8_0_avx2, TK_AVX2, dot_u8_s8_avx2)
+TK_DEFINE_Q8_0_X4(dot4_q8_0_vnni, TK_VNNI, dot_u8_s8_vnni)
 
 TK_DEFINE_Q4_1(dot_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
 TK_DEFINE_Q4_1(dot_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
@@ -257,12 +314,36 @@ float tk_dot_q4_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(2
 float tk_dot_q4_1(const void *w, const tk_block_q8 *x, int n) { return tk_pick(3)(w, x, n / 32); }
 float tk_dot_q8_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(8)(w, x, n / 32); }
 
+typedef void (*tk_dot4_fn)(const uint8_t *, size_t, const tk_block_q8 *, int, float *, int);
+
+static tk_dot4_fn tk_pick4(int type) {
+#if TK_X86
+    const int level = tk_simd_level();
+    if (type == 3 && level == 2) return dot4_q4_1_vnni;
+    if (type == 3 && level == 1) return dot4_q4_1_avx2;
+    if (type == 8 && level == 2) return dot4_q8_0_vnni;
+    if (type == 8 && level == 1) return dot4_q8_0_avx2;
+#endif
+    (void)type;
+    return 0;
+}
+
 int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
                 const tk_block_q8 *x, int n_act, float *out, int out_stride) {
     tk_dot_fn dot = tk_pick(type);
     if (!dot) return -1;
+    tk_dot4_fn dot4 = tk_pick4(type);
     const int nb = n / 32;
-    for (int r = row_begin; r < row_end; r++) {
+    int r = row_begin;
+    if (dot4) {
+        for (; r + 4 <= row_end; r += 4) {
+            const uint8_t *rows = (const uint8_t *)w + (size_t)r * row_bytes;
+            for (int b = 0; b < n_act; b++) {
+                dot4(rows, row_bytes, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + r, 1);
+            }
+        }
+    }
+    for (; r < row_end; r++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
         for (int b = 0; b < n_act; b++) {
             out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
@@ -358,15 +439,12 @@ void tk_f16_to_f32(const uint16_t *x, float *y, int n) {
 // ---------------------------------------------------------------------------------------------------------------------
 // Attention
 
-void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
-                   const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
-                   float *out) {
-    uint16_t q16[512];
+// The accumulator of V is kept in fp16 (each update rounded to fp16), as ggml's flash attention does with an F16 cache.
+// Both paths below give the same bits: every element goes through the same fmaf and the same round-to-nearest.
+static void attend_f16_scalar(const float *qr, int head_dim, int length, const uint16_t *k_base,
+                              const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                              size_t slot_stride, float scale, float *out) {
     uint16_t acc[512];
-    float qr[512];
-    if (head_dim > 512) return;
-    tk_f32_to_f16(q, q16, head_dim);
-    tk_f16_to_f32(q16, qr, head_dim);
     for (int i = 0; i < head_dim; i++) acc[i] = 0;
     float m = -INFINITY;
     float s_sum = 0.0f;
@@ -386,10 +464,71 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
         for (int i = 0; i < head_dim; i++) {
             acc[i] = tk_float_to_half(fmaf(tk_half_to_float(v[i]), vs, tk_half_to_float(acc[i])));
         }
-        s_sum = s_sum * ms + vs;
+        // Two statements: no fused multiply-add here, so every path rounds the same way.
+        s_sum = s_sum * ms;
+        s_sum = s_sum + vs;
     }
     const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
     for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
+}
+
+#if TK_X86
+// head_dim must be a multiple of 8 here. acc holds fp16-rounded values widened to float.
+TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, const uint16_t *k_base,
+                                    const uint16_t *v_base, const int32_t *table, int block_size,
+                                    size_t block_stride, size_t slot_stride, float scale, float *out) {
+    float acc[512];
+    for (int i = 0; i < head_dim; i++) acc[i] = 0.0f;
+    float m = -INFINITY;
+    float s_sum = 0.0f;
+    for (int t = 0; t < length; t++) {
+        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
+        const float s = dot_f16_avx2(k_base + offset, qr, head_dim) * scale;
+        float ms = 1.0f, vs = 1.0f;
+        if (s > m) {
+            const float old = m;
+            m = s;
+            ms = expf(old - m);
+            const __m256 vms = _mm256_set1_ps(ms);
+            for (int i = 0; i < head_dim; i += 8) {
+                const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + i), vms);
+                _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
+            }
+        } else {
+            vs = expf(s - m);
+        }
+        const uint16_t *v = v_base + offset;
+        const __m256 vvs = _mm256_set1_ps(vs);
+        for (int i = 0; i < head_dim; i += 8) {
+            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
+            const __m256 a = _mm256_fmadd_ps(x, vvs, _mm256_loadu_ps(acc + i));
+            _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
+        }
+        // Two statements: no fused multiply-add here, so every path rounds the same way.
+        s_sum = s_sum * ms;
+        s_sum = s_sum + vs;
+    }
+    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
+    for (int i = 0; i < head_dim; i++) out[i] = acc[i] * inv;
+}
+#endif
+
+void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
+                   const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
+                   float *out) {
+    uint16_t q16[512];
+    float qr[512];
+    if (head_dim > 512) return;
+    tk_f32_to_f16(q, q16, head_dim);
+    tk_f16_to_f32(q16, qr, head_dim);
+#if TK_X86
+    if (tk_simd_level() >= 1 && head_dim % 8 == 0) {
+        attend_f16_avx2(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale,
+                        out);
+        return;
+    }
+#endif
+    attend_f16_scalar(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -1,11 +1,30 @@
-import Dispatch
+import Foundation
+import Synchronization
 
-/// Splits data-parallel loops over a fixed number of threads (the caller's thread included).
-public final class ThreadPool: Sendable {
+/// Splits data-parallel loops over a fixed set of persistent worker threads (the caller's thread included).
+///
+/// A forward pass runs a few hundred short parallel loops; waking threads through the OS for each costs more than
+/// the loop. Workers therefore spin on an atomic generation counter for a while after each loop and only then sleep
+/// on a condition variable, so back-to-back loops start in well under a microsecond.
+public final class ThreadPool: @unchecked Sendable {
     public let threads: Int
+    private let generation = Atomic<Int>(0)
+    private let remaining = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private let wake = NSCondition()
+    private let callerLock = NSLock()
+    // Set by the caller before `generation` is bumped, read by workers after they see the bump.
+    private var job: ((Int, Int) -> Void)?
+    private var jobCount = 0
+    private var jobParts = 0
 
     public init(threads: Int) {
         self.threads = max(1, threads)
+        for worker in 1..<self.threads {
+            let thread = Thread { [unowned self] in self.workerLoop(worker) }
+            thread.name = "tandem-worker-\(worker)"
+            thread.start()
+        }
     }
 
     /// Runs `body(begin, end)` over `count` items cut into at most `threads` contiguous ranges and waits for all.
@@ -16,13 +35,58 @@ public final class ThreadPool: Sendable {
             body(0, count)
             return
         }
+        callerLock.lock()
+        defer { callerLock.unlock() }
         withoutActuallyEscaping(body) { escapable in
-            let box = UncheckedSendable(escapable)
-            DispatchQueue.concurrentPerform(iterations: parts) { part in
-                let begin = count * part / parts
-                let end = count * (part + 1) / parts
-                if begin < end { box.value(begin, end) }
+            job = escapable
+            jobCount = count
+            jobParts = parts
+            // Every worker acknowledges every loop, so none can lag a loop behind and read the next loop's fields.
+            remaining.store(threads - 1, ordering: .sequentiallyConsistent)
+            generation.add(1, ordering: .sequentiallyConsistent)
+            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+                wake.lock()
+                wake.broadcast()
+                wake.unlock()
             }
+            escapable(0, count / parts)
+            var spins = 0
+            while remaining.load(ordering: .sequentiallyConsistent) > 0 {
+                spins += 1
+                if spins > 1_000_000 { sched_yield() }
+            }
+            job = nil
+        }
+    }
+
+    private func workerLoop(_ worker: Int) {
+        var seen = 0
+        while true {
+            var spins = 0
+            var current = generation.load(ordering: .sequentiallyConsistent)
+            while current == seen {
+                spins += 1
+                if spins < 200_000 {
+                    current = generation.load(ordering: .sequentiallyConsistent)
+                    continue
+                }
+                // Idle for a while: sleep until the next loop.
+                wake.lock()
+                sleepers.add(1, ordering: .sequentiallyConsistent)
+                while generation.load(ordering: .sequentiallyConsistent) == seen { wake.wait() }
+                sleepers.subtract(1, ordering: .sequentiallyConsistent)
+                wake.unlock()
+                current = generation.load(ordering: .sequentiallyConsistent)
+            }
+            seen = current
+            let parts = jobParts
+            if worker < parts, let job {
+                let count = jobCount
+                let begin = count * worker / parts
+                let end = count * (worker + 1) / parts
+                if begin < end { job(begin, end) }
+            }
+            remaining.subtract(1, ordering: .sequentiallyConsistent)
         }
     }
 }

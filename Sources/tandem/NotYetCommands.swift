@@ -25,9 +25,3 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench", abstract: "Benchmark a serving deployment: TTFT, ITL, throughput, goodput.")
     func run() throws { throw NotImplementedYet(command: "bench", issue: "`tandem bench`") }
 }
-
-struct BenchEngineCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-engine", abstract: "Measure the engine's prefill and decode speed, like llama-bench.")
-    func run() throws { throw NotImplementedYet(command: "bench-engine", issue: "engine speed") }
-}

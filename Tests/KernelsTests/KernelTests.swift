@@ -67,14 +67,17 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    @Test func matmulMatchesPerRowDotsAndIsBatchInvariant() {
+    /// 37 rows: split over two threads, some rows go through the four-row kernel in one split and the one-row kernel
+    /// in the other, and must come out bitwise equal.
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    func matmulMatchesPerRowDotsAndIsBatchInvariant(type: GGMLType) {
         var rng = Rng(state: 7)
         let rows = 37
         let columns = 96
-        let weights = randomRow(.q4_1, blocks: rows * columns / 32, rng: &rng)
+        let weights = randomRow(type, blocks: rows * columns / 32, rng: &rng)
         let x = (0..<(5 * columns)).map { _ in rng.float(2) }
         weights.withUnsafeBytes { w in
-            let matrix = WeightMatrix(type: .q4_1, data: w.baseAddress!, rows: rows, columns: columns)
+            let matrix = WeightMatrix(type: type, data: w.baseAddress!, rows: rows, columns: columns)
             var scratch = ActivationBuffer()
             defer { scratch.release() }
             var batched = [Float](repeating: 0, count: 5 * rows)
@@ -88,7 +91,7 @@ import Testing
                 #expect(Array(batched[(b * rows)..<((b + 1) * rows)]) == single)
                 let reference = ReferenceKernels.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
                 for r in 0..<rows {
-                    let expected = ReferenceKernels.dot(.q4_1, row: matrix.row(r), blocks: reference)
+                    let expected = ReferenceKernels.dot(type, row: matrix.row(r), blocks: reference)
                     #expect(abs(single[r] - expected) <= 1e-4 * max(1, abs(expected)))
                 }
             }
@@ -112,6 +115,34 @@ import Testing
                 var back = [Float](repeating: 0, count: n)
                 tk_f16_to_f32(a, &back, Int32(n))
                 #expect(back == a.map(HalfFloat.toFloat))
+            }
+        }
+        tk_set_simd_level(99)
+    }
+
+    /// The AVX2 attention kernel agrees with the scalar one (fp16 accumulator, same rounding steps; only the q·k dot
+    /// products sum in a different order).
+    @Test func attentionPathsAgree() {
+        var rng = Rng(state: 11)
+        let headDim = 64
+        let blockSize = 16
+        let blocks = 4
+        let k = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+        let v = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+        let table: [Int32] = [2, 0, 3, 1]
+        for length in [1, 5, 16, 17, 40, 64] {
+            let q = (0..<headDim).map { _ in rng.float(Float(length)) }
+            var outs: [[Float]] = []
+            for level in [0, 2] {
+                tk_set_simd_level(Int32(level))
+                var out = [Float](repeating: 0, count: headDim)
+                tk_attend_f16(
+                    q, Int32(headDim), Int32(length), k, v, table, Int32(blockSize), blockSize * headDim, headDim,
+                    0.125, &out)
+                outs.append(out)
+            }
+            for i in 0..<headDim {
+                #expect(abs(outs[0][i] - outs[1][i]) <= 2e-3 * max(1, abs(outs[0][i])), "length \(length)")
             }
         }
         tk_set_simd_level(99)
