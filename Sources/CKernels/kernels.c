@@ -269,6 +269,49 @@ TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
         for (int k = 0; k < 4; k++) out[k * os] = hsum8(acc[k]);                                       \
     }
 
+// Four rows against NA activation rows at once (prefill and batched decode): each weight block is unpacked once and
+// used NA times. Every (row, activation) pair still gets exactly the one-row kernel's operations in the same order.
+#define TK_DEFINE_Q4_1_X4_N(NAME, ATTR, DOT, NA)                                                       \
+    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, size_t xs_stride, int nb,   \
+                          float *out, size_t os) {                                                     \
+        __m256 acc[4][NA];                                                                             \
+        float mn[4][NA];                                                                               \
+        _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++)                                 \
+            _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++) {                          \
+                acc[k][a] = _mm256_setzero_ps();                                                       \
+                mn[k][a] = 0.0f;                                                                       \
+            }                                                                                          \
+        for (int i = 0; i < nb; i++) {                                                                 \
+            __m256i q[4];                                                                              \
+            float d[4], m[4];                                                                          \
+            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
+                const uint8_t *wk = w + k * rb + 20 * i;                                               \
+                uint16_t dh, mh;                                                                       \
+                memcpy(&dh, wk, 2);                                                                    \
+                memcpy(&mh, wk + 2, 2);                                                                \
+                d[k] = tk_half_to_float(dh);                                                           \
+                m[k] = tk_half_to_float(mh);                                                           \
+                q[k] = unpack_nibbles(wk + 4);                                                         \
+            }                                                                                          \
+            _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++) {                          \
+                const tk_block_q8 *xa = x + a * xs_stride + i;                                         \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)xa->qs);                         \
+                const float xd = xa->d, xsum = xa->s;                                                  \
+                _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                       \
+                    const __m256 sum = _mm256_cvtepi32_ps(DOT(q[k], y));                               \
+                    acc[k][a] = _mm256_fmadd_ps(_mm256_set1_ps(d[k] * xd), sum, acc[k][a]);            \
+                    mn[k][a] = fmaf(m[k], xsum, mn[k][a]);                                             \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++)                                \
+            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++)                             \
+                out[a * os + k] = hsum8(acc[k][a]) + mn[k][a];                                         \
+    }
+
+TK_DEFINE_Q4_1_X4_N(gemm4x2_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2, 2)
+TK_DEFINE_Q4_1_X4_N(gemm4x4_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni, 4)
+
 TK_DEFINE_Q4_1_X4(dot4_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
 TK_DEFINE_Q4_1_X4(dot4_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
 TK_DEFINE_Q8_0_X4(dot4_q8_0_avx2, TK_AVX2, dot_u8_s8_avx2)
@@ -335,6 +378,24 @@ int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin,
     tk_dot4_fn dot4 = tk_pick4(type);
     const int nb = n / 32;
     int r = row_begin;
+#if TK_X86
+    // Q4_1 with several activation rows: unpack each weight block once for a group of activations.
+    if (type == 3 && n_act > 1 && tk_simd_level() >= 1) {
+        const int group = tk_simd_level() == 2 ? 4 : 2;
+        for (; r + 4 <= row_end; r += 4) {
+            const uint8_t *rows = (const uint8_t *)w + (size_t)r * row_bytes;
+            int b = 0;
+            for (; b + group <= n_act; b += group) {
+                float *o = out + (size_t)b * out_stride + r;
+                if (group == 4) gemm4x4_q4_1_vnni(rows, row_bytes, x + (size_t)b * nb, nb, nb, o, out_stride);
+                else gemm4x2_q4_1_avx2(rows, row_bytes, x + (size_t)b * nb, nb, nb, o, out_stride);
+            }
+            for (; b < n_act; b++) {
+                dot4(rows, row_bytes, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + r, 1);
+            }
+        }
+    }
+#endif
     if (dot4) {
         for (; r + 4 <= row_end; r += 4) {
             const uint8_t *rows = (const uint8_t *)w + (size_t)r * row_bytes;
@@ -546,9 +607,56 @@ float tk_expf(float x) {
     return ldexpf(j, (int)n);
 }
 
-void tk_swiglu(float *gate, const float *up, int n) {
+static void swiglu_scalar(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) {
         const float g = gate[i];
         gate[i] = g / (1.0f + tk_expf(-g)) * up[i];
     }
+}
+
+#if TK_X86
+// Eight lanes of tk_expf's exact steps; ldexpf becomes a multiply by 2^n, exact when n is in [-126, 127] (else the
+// caller falls back to the scalar path for those eight elements).
+TK_AVX2 static void swiglu_avx2(float *gate, const float *up, int n) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 x = _mm256_xor_ps(g, sign);
+        const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+        const __m256 nn = _mm256_sub_ps(z, r);
+        const __m256 lo = _mm256_cmp_ps(nn, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
+        const __m256 hi = _mm256_cmp_ps(nn, _mm256_set1_ps(127.0f), _CMP_GT_OQ);
+        if (_mm256_movemask_ps(_mm256_or_ps(lo, hi))) {
+            swiglu_scalar(gate + i, up + i, 8);
+            continue;
+        }
+        const __m256 negn = _mm256_xor_ps(nn, sign);
+        const __m256 b = _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                         _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.62e4p-1f), x));
+        const __m256 u = _mm256_mul_ps(b, b);
+        const __m256 p1 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f));
+        const __m256 p2 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f));
+        const __m256 p3 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f));
+        const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(p1, u, p2), u, p3);
+        const __m256i ni = _mm256_cvtps_epi32(nn);
+        const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+        const __m256 e = _mm256_mul_ps(j, scale);
+        const __m256 out = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
+                                         _mm256_loadu_ps(up + i));
+        _mm256_storeu_ps(gate + i, out);
+    }
+    swiglu_scalar(gate + i, up + i, n - i);
+}
+#endif
+
+void tk_swiglu(float *gate, const float *up, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) {
+        swiglu_avx2(gate, up, n);
+        return;
+    }
+#endif
+    swiglu_scalar(gate, up, n);
 }

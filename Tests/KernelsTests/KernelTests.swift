@@ -147,4 +147,23 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// The vectorized SwiGLU gives the scalar path's exact bits, including lanes far out in exp's range.
+    @Test func swigluPathsAgreeBitwise() {
+        var rng = Rng(state: 5)
+        for scale in [Float(1), 10, 100, 200] {
+            let n = 77
+            let gate = (0..<n).map { _ in rng.float(scale) }
+            let up = (0..<n).map { _ in rng.float(2) }
+            var outs: [[Float]] = []
+            for level in [0, 1, 2] {
+                tk_set_simd_level(Int32(level))
+                var g = gate
+                tk_swiglu(&g, up, Int32(n))
+                outs.append(g)
+            }
+            #expect(outs[0] == outs[1] && outs[1] == outs[2], "scale \(scale)")
+        }
+        tk_set_simd_level(99)
+    }
 }
