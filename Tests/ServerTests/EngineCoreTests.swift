@@ -156,6 +156,8 @@ func waitUntil(_ condition: () -> Bool) async {
         }
         #expect(finish == .abort)
         #expect(tokens < 100)
+        // Stats are a snapshot published after each engine step.
+        await waitUntil { engine.stats.usedBlocks == 0 }
         #expect(engine.stats.usedBlocks == 0)
     }
 
