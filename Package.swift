@@ -36,10 +36,11 @@ let package = Package(
         .target(name: "Engine", dependencies: ["GGUF", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Discovery", dependencies: ["CZMQ"]),
+        .target(name: "KVTransfer", dependencies: ["Discovery"]),
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "GGUF",
+                "Engine", "GGUF", "Discovery",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -50,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "tandem",
             dependencies: [
-                "Engine", "ModelStore", "GGUF", "Server",
+                "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,11 +63,12 @@ let package = Package(
             name: "EngineTests", dependencies: ["Engine", "GGUF", "ModelStore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelStoreTests", dependencies: ["ModelStore"]),
         .testTarget(name: "DiscoveryTests", dependencies: ["Discovery"]),
+        .testTarget(name: "KVTransferTests", dependencies: ["KVTransfer", "Discovery"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "ModelStore"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "ModelStore",
+                "ModelStore", "Discovery",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

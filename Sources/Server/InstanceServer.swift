@@ -1,3 +1,4 @@
+import Discovery
 import Engine
 import Foundation
 import Hummingbird
@@ -21,6 +22,8 @@ public struct InstanceOptions: Sendable {
     public var blockSize = 16
     public var maxBatchedTokens = 256
     public var prefixCaching = true
+    /// Pings the proxy once the model is loaded (disaggregated instances).
+    public var registration: InstanceRegistration?
 
     public init(modelPath: String, servedModelNames: [String]) {
         self.modelPath = modelPath
@@ -48,8 +51,15 @@ struct EngineService: Service {
             "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
         host.setReady(LoadedModel(engine: engine))
+        if let registration = options.registration {
+            try registration.start()
+            logger.info(
+                "Registering with the proxy at \(registration.proxy) every 3 s as \(registration.ping.role.rawValue): http_address \(registration.ping.httpAddress), zmq_address \(registration.ping.zmqAddress)"
+            )
+        }
         try? await gracefulShutdown()
         logger.info("Shutting down: aborting in-flight requests")
+        options.registration?.stop()
         host.setStopped()
         await onThread { engine.shutdown() }
     }

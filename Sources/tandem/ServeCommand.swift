@@ -1,5 +1,7 @@
 import ArgumentParser
+import Discovery
 import Foundation
+import KVTransfer
 import Logging
 import ModelStore
 import Server
@@ -36,6 +38,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedEnableDisable, help: "Reuse the KV cache of shared prompt prefixes.")
     var prefixCaching = true
     @Option(help: "CPU threads for the model.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(
+        name: .customLong("kv-transfer-config"),
+        help: "vLLM's KV-transfer JSON (kv_role, kv_port, kv_connector_extra_config with proxy_ip/proxy_port, ...).")
+    var kvTransferConfig: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
@@ -45,6 +51,13 @@ struct ServeCommand: AsyncParsableCommand {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         if let maxModelLen, maxModelLen < 2 { throw ValidationError("--max-model-len must be at least 2") }
         if let numKvBlocks, numKvBlocks < 1 { throw ValidationError("--num-kv-blocks must be at least 1") }
+        if let kvTransferConfig {
+            do {
+                _ = try KVTransferConfig(json: kvTransferConfig)
+            } catch {
+                throw ValidationError("--kv-transfer-config: \(error)")
+            }
+        }
         if let kvCacheMemory, Self.parseBytes(kvCacheMemory) == nil {
             throw ValidationError("--kv-cache-memory must be a byte count such as 536870912, 512M or 2G")
         }
@@ -81,6 +94,23 @@ struct ServeCommand: AsyncParsableCommand {
         options.blockSize = blockSize
         options.maxBatchedTokens = maxNumBatchedTokens
         options.prefixCaching = prefixCaching
+        if let kvTransferConfig {
+            let kv = try KVTransferConfig(json: kvTransferConfig)
+            let address = advertisedHost(configured: kv.advertisedHost)
+            let http = HostPort(host: address, port: kv.httpPort ?? port)
+            let zmq = HostPort(host: address, port: kv.kvPort)
+            let ignored = kv.ignoredKeys.isEmpty ? "" : ", ignored: \(kv.ignoredKeys.joined(separator: ", "))"
+            logger.info(
+                "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
+            )
+            logger.warning(
+                "KV-cache transfer between instances is not implemented yet: a decode instance computes the prompt itself (the recompute path)."
+            )
+            if let proxy = kv.proxy {
+                options.registration = InstanceRegistration(
+                    ping: RegistrationPing(role: kv.registrationRole, httpAddress: http, zmqAddress: zmq), proxy: proxy)
+            }
+        }
         try await InstanceServer.run(options, logger: logger)
     }
 }

@@ -79,6 +79,8 @@ struct GoldenFile: Decodable {
             (["proxy"], "not implemented yet"),
             (["serve", "--port", "70000"], "port"),
             (["serve", "--kv-cache-memory", "lots"], "kv-cache-memory"),
+            (["serve", "--kv-transfer-config", #"{"kv_role":"kv_boss"}"#], "kv_role"),
+            (["serve", "--kv-transfer-config", #"{"kv_role":"kv_consumer","kv_port":"x"}"#], "kv_port"),
         ]
         for (args, message) in cases {
             let result = try TandemBinary.run(args)
