@@ -501,7 +501,8 @@ void tk_f16_to_f32(const uint16_t *x, float *y, int n) {
 // Attention
 
 // The accumulator of V is kept in fp16 (each update rounded to fp16), as ggml's flash attention does with an F16 cache.
-// Both paths below give the same bits: every element goes through the same fmaf and the same round-to-nearest.
+// The two paths take the same rounding steps; they differ only in the q·k dot products (tk_dot_f16_f32 sums in order
+// at the scalar level, in eight lanes otherwise). The scalar path is the portable fallback and the tests' reference.
 static void attend_f16_scalar(const float *qr, int head_dim, int length, const uint16_t *k_base,
                               const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
                               size_t slot_stride, float scale, float *out) {

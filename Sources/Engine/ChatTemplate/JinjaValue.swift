@@ -65,24 +65,7 @@ public indirect enum JinjaValue: Sendable, Equatable {
         case .bool(let b): return b ? "true" : "false"
         case .int(let i): return String(i)
         case .double(let d): return String(d)
-        case .string(let s):
-            var out = "\""
-            for scalar in s.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                default:
-                    if scalar.value < 0x20 {
-                        out += String(format: "\\u%04x", scalar.value)
-                    } else {
-                        out.unicodeScalars.append(scalar)
-                    }
-                }
-            }
-            return out + "\""
+        case .string(let s): return JSONString.quoted(s)
         case .array(let a): return "[" + a.map(\.json).joined(separator: ", ") + "]"
         case .dict(let d, let keys): return "{" + keys.map { "\"\($0)\": \(d[$0]!.json)" }.joined(separator: ", ") + "}"
         case .namespace(let ns):
@@ -123,4 +106,26 @@ public struct JinjaError: Error, CustomStringConvertible, Equatable {
     public let message: String
     public var description: String { message }
     init(_ message: String) { self.message = message }
+}
+
+/// JSON string literals, shared by the `tojson` filter and the server's JSON writer.
+public enum JSONString {
+    /// `s` as a JSON string literal: quotes, backslashes and control characters escaped, everything else as is.
+    public static func quoted(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
 }
