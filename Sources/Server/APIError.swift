@@ -62,8 +62,10 @@ public struct APIError: Error, Sendable, CustomStringConvertible {
 
 /// Turns every error a route throws (ours, Hummingbird's, a body that is too large) into an OpenAI error response,
 /// and answers unknown paths with one too.
-struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+public struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
         do {
@@ -86,13 +88,15 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 }
 
 /// Requests bodies larger than this are answered with 413.
-let maxBodyBytes = 8 << 20
+public let maxBodyBytes = 8 << 20
 
 /// Checks `Authorization: Bearer KEY` on `/v1/` paths when the server has an API key, as vLLM does.
-struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+public struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let key: String
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+    public init(key: String) { self.key = key }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
         guard request.uri.path.hasPrefix("/v1") else { return try await next(request, context) }

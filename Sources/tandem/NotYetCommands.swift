@@ -7,13 +7,6 @@ struct NotImplementedYet: Error, CustomStringConvertible {
     var description: String { "`tandem \(command)` is not implemented yet (tracked by the \(issue) issue)." }
 }
 
-struct ProxyCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "proxy",
-        abstract: "Run the front door: service discovery (30002) and request routing over HTTP (10002).")
-    func run() throws { throw NotImplementedYet(command: "proxy", issue: "proxy") }
-}
-
 struct UpCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "up", abstract: "Start a proxy with prefill and decode instances on this machine.")

@@ -1,0 +1,138 @@
+import AsyncHTTPClient
+import Discovery
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Server
+import ServiceLifecycle
+
+/// How the proxy is configured (`tandem proxy` flags; defaults from the runbook).
+public struct ProxyOptions: Sendable {
+    public var host = "::"
+    public var port = 10002
+    public var discoveryHost = "::"
+    public var discoveryPort = 30002
+    public var policy = RoutingPolicy.roundRobin
+    public var apiKey: String?
+    /// Seconds an instance may stay silent before it is removed.
+    public var instanceTTL = 5.0
+    public var connectTimeout = 5.0
+    /// Longest a prefill request may take.
+    public var prefillTimeout = 300.0
+    /// Longest a decode request may take, stream included.
+    public var decodeTimeout = 1800.0
+    /// Longest silence from an instance while it answers.
+    public var readTimeout = 120.0
+
+    public init() {}
+}
+
+/// Runs the discovery listener while the proxy runs.
+struct DiscoveryService: Service {
+    let listener: DiscoveryListener
+
+    func run() async throws {
+        listener.start()
+        try? await gracefulShutdown()
+        await onThread { listener.stop() }
+    }
+}
+
+/// The proxy: discovery on a ZMQ ROUTER and the OpenAI front door over HTTP, until SIGINT or SIGTERM.
+public enum ProxyServer {
+    public static func run(_ options: ProxyOptions, logger: Logger) async throws {
+        let registry = InstanceRegistry(ttl: options.instanceTTL)
+        let metrics = ProxyMetrics()
+        let listener = try DiscoveryListener(
+            bind: HostPort(host: options.discoveryHost, port: options.discoveryPort), registry: registry,
+            logger: logger, onChange: { metrics.discovery(added: $0) })
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(
+            connect: .milliseconds(Int64(options.connectTimeout * 1000)),
+            read: .milliseconds(Int64(options.readTimeout * 1000)))
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+        let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+        let router = RequestRouter(
+            registry: registry, policy: options.policy, client: client, metrics: metrics, logger: logger,
+            prefillTimeout: .milliseconds(Int64(options.prefillTimeout * 1000)),
+            decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)))
+        let routes = Router()
+        routes.add(middleware: APIErrorMiddleware())
+        if let key = options.apiKey { routes.add(middleware: APIKeyMiddleware(key: key)) }
+        routes.post("/v1/completions") { request, _ in
+            try await router.handle(path: "/v1/completions", request: request)
+        }
+        routes.post("/v1/chat/completions") { request, _ in
+            try await router.handle(path: "/v1/chat/completions", request: request)
+        }
+        routes.get("/v1/models") { request, _ in try await models(registry: registry, client: client, request: request)
+        }
+        routes.get("/health") { _, _ in health(registry) }
+        routes.get("/metrics") { _, _ -> Response in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(
+                status: .ok, headers: headers,
+                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(instances: registry.all))))
+        }
+        let app = Application(
+            router: routes,
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem-proxy"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? options.port
+                logger.info(
+                    "Tandem proxy listening on http://\(HostPort(host: options.host, port: port)), discovery on tcp://\(HostPort(host: options.discoveryHost, port: options.discoveryPort)), policy \(options.policy.rawValue), instance TTL \(options.instanceTTL) s"
+                )
+            },
+            logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [DiscoveryService(listener: listener), app], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        try await client.shutdown()
+    }
+
+    /// Proxy health: the known instances with role, addresses, seconds since their last ping and in-flight count.
+    static func health(_ registry: InstanceRegistry) -> Response {
+        let now = Date()
+        let all = registry.all
+        let entries: [JSONValue] = all.map { i in
+            .object([
+                ("role", .string(i.role == .prefill ? "prefill" : "decode")),
+                ("http_address", .string(i.http.description)),
+                ("zmq_address", .string(i.zmq.description)),
+                ("last_seen_seconds_ago", .double((now.timeIntervalSince(i.lastSeen) * 1000).rounded() / 1000)),
+                ("in_flight", .int(i.inFlight)),
+            ])
+        }
+        let ready = all.contains { $0.role == .prefill } && all.contains { $0.role == .decode }
+        return InstanceAPI.json(
+            .object([("status", .string(ready ? "ok" : "waiting_for_instances")), ("instances", .array(entries))]))
+    }
+
+    /// `/v1/models` from a live instance (decode first).
+    static func models(registry: InstanceRegistry, client: HTTPClient, request: Request) async throws -> Response {
+        let candidates = registry.all.sorted { $0.role == .decode && $1.role != .decode }
+        for i in candidates {
+            let host = i.http.isIPv6 ? "[\(i.http.host)]" : i.http.host
+            var upstream = HTTPClientRequest(url: "http://\(host):\(i.http.port)/v1/models")
+            if let auth = RequestRouter.authorization(request) {
+                upstream.headers.add(name: "Authorization", value: auth)
+            }
+            guard let reply = try? await client.execute(upstream, timeout: .seconds(5)), reply.status == .ok,
+                let body = try? await reply.body.collect(upTo: 1 << 20)
+            else { continue }
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: body))
+        }
+        throw APIError(.serviceUnavailable, "no live instance is registered with the proxy")
+    }
+}
