@@ -66,6 +66,8 @@ let package = Package(
             name: "tandem",
             dependencies: [
                 "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery", "Proxy",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job, from a fresh Debian/Ubuntu machine: setup, release build, the default model, then run Tandem.
-# Until the proxy and instance issues land, this generates from the default model with the engine (the best part
-# that runs today); it will become `tandem up` (proxy + one prefill + one decode instance).
+# The main job, from a fresh Debian/Ubuntu machine: setup, release build, the default model, then `tandem up`:
+# the proxy (HTTP 10002, discovery 30002), one prefill instance (8081/8082) and one decode instance (8083/8084).
+# Extra arguments go to `tandem up` (for example --prefill 1 --decode 2). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build -c release --product tandem
 .build/release/tandem model fetch >/dev/null
-exec .build/release/tandem generate --model default \
-  --messages '[{"role":"user","content":"What is disaggregated prefill/decode serving?"}]' --max-tokens 64 "$@"
+exec .build/release/tandem up --model default "$@"

@@ -7,12 +7,6 @@ struct NotImplementedYet: Error, CustomStringConvertible {
     var description: String { "`tandem \(command)` is not implemented yet (tracked by the \(issue) issue)." }
 }
 
-struct UpCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "up", abstract: "Start a proxy with prefill and decode instances on this machine.")
-    func run() throws { throw NotImplementedYet(command: "up", issue: "proxy") }
-}
-
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Benchmark a serving deployment: TTFT, ITL, throughput, goodput.")

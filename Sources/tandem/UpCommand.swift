@@ -1,0 +1,171 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Discovery
+import Foundation
+import ModelStore
+import NIOFoundationCompat
+
+/// `tandem up`: a proxy with prefill and decode instances on this machine, as child processes on the runbook's ports.
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up", abstract: "Start a proxy with prefill and decode instances on this machine.",
+        discussion: """
+            Ports follow the runbook: proxy 10002 (HTTP) and 30002 (discovery), the first prefill instance 8081/8082 \
+            (HTTP/KV), the first decode instance 8083/8084, further instances on the next free pairs. Each process \
+            logs to a file in --log-dir. Ctrl-C, or any child dying, stops them all.
+            """)
+
+    @Option(help: "A GGUF file, or `default`.") var model = "default"
+    @Option(help: "Number of prefill instances.") var prefill = 1
+    @Option(help: "Number of decode instances.") var decode = 1
+    @Option(name: .customLong("send-type"), help: "KV send type: PUT, PUT_ASYNC or GET.") var sendType = "PUT_ASYNC"
+    @Option(help: "Address the processes use to reach each other (127.0.0.1, or ::1 for IPv6).")
+    var host = "127.0.0.1"
+    @Option(name: .customLong("proxy-port"), help: "The proxy's HTTP port.") var proxyPort = 10002
+    @Option(name: .customLong("discovery-port"), help: "The proxy's discovery port.") var discoveryPort = 30002
+    @Option(name: .customLong("first-port"), help: "The first instance's HTTP port; its KV port is the next one.")
+    var firstPort = 8081
+    @Option(name: .customLong("log-dir"), help: "Folder for the processes' logs.") var logDir = "tandem-logs"
+    @Option(help: "CPU threads per instance.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(name: .customLong("startup-timeout"), help: "Seconds to wait for every process to be ready.")
+    var startupTimeout = 120.0
+
+    func validate() throws {
+        guard prefill >= 1, decode >= 1 else { throw ValidationError("--prefill and --decode must be at least 1") }
+        guard ["PUT", "PUT_ASYNC", "GET"].contains(sendType) else {
+            throw ValidationError("--send-type must be PUT, PUT_ASYNC or GET")
+        }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() async throws {
+        let path = try ModelStore().resolve(model)
+        try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
+        let supervisor = ProcessSupervisor(executable: Bundle.main.executablePath ?? CommandLine.arguments[0])
+        let loopback = HostPort(host: host, port: 0)
+        let bindHost = loopback.isIPv6 ? "::" : "0.0.0.0"
+
+        var taken: Set<Int> = [proxyPort, discoveryPort]
+        var nextPort = firstPort
+        func freePair() -> (Int, Int) {
+            while taken.contains(nextPort) || taken.contains(nextPort + 1) || !portIsFree(nextPort, host: bindHost)
+                || !portIsFree(nextPort + 1, host: bindHost)
+            {
+                nextPort += 2
+            }
+            defer { nextPort += 2 }
+            taken.formUnion([nextPort, nextPort + 1])
+            return (nextPort, nextPort + 1)
+        }
+        // The runbook's order: P1 on 8081/8082, D1 on 8083/8084, then the others.
+        let roles =
+            ["prefill"] + ["decode"] + Array(repeating: "prefill", count: prefill - 1)
+            + Array(repeating: "decode", count: decode - 1)
+
+        do {
+            try supervisor.start(
+                name: "proxy",
+                arguments: [
+                    "proxy", "--host", bindHost, "--port", "\(proxyPort)", "--discovery-host", bindHost,
+                    "--discovery-port", "\(discoveryPort)",
+                ], log: "\(logDir)/proxy.log")
+            var counts = ["prefill": 0, "decode": 0]
+            for role in roles {
+                counts[role]! += 1
+                let (http, kv) = freePair()
+                let config = """
+                    {"kv_connector":"P2pNcclConnector","kv_role":"\(role == "prefill" ? "kv_producer" : "kv_consumer")",\
+                    "kv_buffer_size":"1e9","kv_port":"\(kv)","kv_connector_extra_config":{"proxy_ip":"\(host)",\
+                    "proxy_port":"\(discoveryPort)","http_port":"\(http)","send_type":"\(sendType)","kv_host":"\(host)"}}
+                    """
+                let name = "\(role)\(counts[role]!)"
+                try supervisor.start(
+                    name: name,
+                    arguments: [
+                        "serve", path, "--host", bindHost, "--port", "\(http)", "--served-model-name", model,
+                        "--threads", "\(threads)", "--kv-transfer-config", config,
+                    ], log: "\(logDir)/\(name).log")
+                say("started \(name): http://\(HostPort(host: host, port: http)), KV port \(kv)")
+            }
+            let proxyURL = "http://\(HostPort(host: host, port: proxyPort))"
+            try await waitUntilRegistered(proxyURL, supervisor: supervisor)
+            say(
+                """
+
+                Tandem is up: \(prefill) prefill and \(decode) decode instance(s) behind the proxy.
+                  proxy:   \(proxyURL)   (health: \(proxyURL)/health, metrics: \(proxyURL)/metrics)
+                  logs:    \(logDir)/
+                Try:
+                  curl -s \(proxyURL)/v1/completions -H 'Content-Type: application/json' \\
+                    -d '{"model":"\(model)","prompt":"What is the capital of France?","max_tokens":16,"temperature":0}'
+                Ctrl-C stops everything.
+                """)
+            let reason = await supervisor.waitForStop()
+            say("stopping: \(reason)")
+            supervisor.stopAll()
+            if case .childDied = reason { throw ExitCode.failure }
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            supervisor.stopAll()
+            throw error
+        }
+    }
+
+    private func waitUntilRegistered(_ proxyURL: String, supervisor: ProcessSupervisor) async throws {
+        let deadline = Date().addingTimeInterval(startupTimeout)
+        while Date() < deadline {
+            if let sig = supervisor.signalReceived {
+                throw UpError("interrupted by signal \(sig) during startup")
+            }
+            if let dead = supervisor.deadChild() {
+                throw UpError("\(dead) exited during startup; its log ends with:\n\(supervisor.logTail(dead))")
+            }
+            if let reply = try? await HTTPClient.shared.execute(
+                HTTPClientRequest(url: proxyURL + "/health"), timeout: .seconds(2)),
+                let body = try? await reply.body.collect(upTo: 1 << 20),
+                let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any],
+                let instances = object["instances"] as? [[String: Any]]
+            {
+                let p = instances.filter { $0["role"] as? String == "prefill" }.count
+                let d = instances.filter { $0["role"] as? String == "decode" }.count
+                if p >= prefill && d >= decode { return }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw UpError("not every instance registered with the proxy within \(Int(startupTimeout)) s (see \(logDir)/)")
+    }
+}
+
+struct UpError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Whether a TCP port can be bound on `host` now.
+func portIsFree(_ port: Int, host: String) -> Bool {
+    let v6 = host.contains(":")
+    let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var yes: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+    if v6 {
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0
+            }
+        }
+    }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+}
