@@ -22,12 +22,29 @@ public struct InstanceOptions: Sendable {
     public var blockSize = 16
     public var maxBatchedTokens = 256
     public var prefixCaching = true
-    /// Pings the proxy once the model is loaded (disaggregated instances).
-    public var registration: InstanceRegistration?
+    /// Registration with the proxy once the model is loaded (disaggregated instances).
+    public var registration: RegistrationPlan?
 
     public init(modelPath: String, servedModelNames: [String]) {
         self.modelPath = modelPath
         self.servedModelNames = servedModelNames
+    }
+}
+
+/// How an instance registers with the proxy; the HTTP port defaults to the one the server is bound to.
+public struct RegistrationPlan: Sendable {
+    public var role: RegistrationPing.Role
+    public var host: String
+    public var httpPort: Int?
+    public var kvPort: Int
+    public var proxy: HostPort
+
+    public init(role: RegistrationPing.Role, host: String, httpPort: Int?, kvPort: Int, proxy: HostPort) {
+        self.role = role
+        self.host = host
+        self.httpPort = httpPort
+        self.kvPort = kvPort
+        self.proxy = proxy
     }
 }
 
@@ -42,6 +59,7 @@ struct EngineService: Service {
     let options: InstanceOptions
     let host: EngineHost
     let logger: Logger
+    let boundPort: LockedValue<Int?>
 
     func run() async throws {
         let options = options
@@ -51,15 +69,26 @@ struct EngineService: Service {
             "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
         host.setReady(LoadedModel(engine: engine))
-        if let registration = options.registration {
-            try registration.start()
+        var registration: InstanceRegistration?
+        if let plan = options.registration {
+            var port = plan.httpPort ?? boundPort.withLock { $0 }
+            while port == nil {
+                try await Task.sleep(for: .milliseconds(10))
+                port = boundPort.withLock { $0 }
+            }
+            let ping = RegistrationPing(
+                role: plan.role, httpAddress: HostPort(host: plan.host, port: port!),
+                zmqAddress: HostPort(host: plan.host, port: plan.kvPort))
+            let r = InstanceRegistration(ping: ping, proxy: plan.proxy)
+            try r.start()
+            registration = r
             logger.info(
-                "Registering with the proxy at \(registration.proxy) every 3 s as \(registration.ping.role.rawValue): http_address \(registration.ping.httpAddress), zmq_address \(registration.ping.zmqAddress)"
+                "Registering with the proxy at \(plan.proxy) every 3 s as \(ping.role.rawValue): http_address \(ping.httpAddress), zmq_address \(ping.zmqAddress)"
             )
         }
         try? await gracefulShutdown()
         logger.info("Shutting down: aborting in-flight requests")
-        options.registration?.stop()
+        registration?.stop()
         host.setStopped()
         await onThread { engine.shutdown() }
     }
@@ -119,6 +148,7 @@ public enum InstanceServer {
     public static func run(_ options: InstanceOptions, logger: Logger) async throws {
         let host = EngineHost()
         let metrics = InstanceMetrics(modelName: options.servedModelNames[0])
+        let boundPort = LockedValue<Int?>(nil)
         let api = InstanceAPI(
             host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics)
         let app = Application(
@@ -126,11 +156,12 @@ public enum InstanceServer {
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port
+                boundPort.withLock { $0 = port }
                 logger.info("Tandem instance listening on http://\(formatHostPort(options.host, port))")
             },
             logger: logger
         )
-        let engine = EngineService(options: options, host: host, logger: logger)
+        let engine = EngineService(options: options, host: host, logger: logger, boundPort: boundPort)
         // Services stop in reverse order: the engine first (ending every stream), then the HTTP server.
         let group = ServiceGroup(
             configuration: .init(

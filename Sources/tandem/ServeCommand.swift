@@ -97,7 +97,7 @@ struct ServeCommand: AsyncParsableCommand {
         if let kvTransferConfig {
             let kv = try KVTransferConfig(json: kvTransferConfig)
             let address = advertisedHost(configured: kv.advertisedHost)
-            let http = HostPort(host: address, port: kv.httpPort ?? port)
+            let http = HostPort(host: address, port: kv.httpPort ?? port)  // For the log; 0 means "as bound".
             let zmq = HostPort(host: address, port: kv.kvPort)
             let ignored = kv.ignoredKeys.isEmpty ? "" : ", ignored: \(kv.ignoredKeys.joined(separator: ", "))"
             logger.info(
@@ -107,8 +107,9 @@ struct ServeCommand: AsyncParsableCommand {
                 "KV-cache transfer between instances is not implemented yet: a decode instance computes the prompt itself (the recompute path)."
             )
             if let proxy = kv.proxy {
-                options.registration = InstanceRegistration(
-                    ping: RegistrationPing(role: kv.registrationRole, httpAddress: http, zmqAddress: zmq), proxy: proxy)
+                options.registration = RegistrationPlan(
+                    role: kv.registrationRole, host: address, httpPort: kv.httpPort ?? (port == 0 ? nil : port),
+                    kvPort: kv.kvPort, proxy: proxy)
             }
         }
         try await InstanceServer.run(options, logger: logger)

@@ -12,10 +12,15 @@ final class ServerProcess: @unchecked Sendable {
     private let log = LogBuffer()
 
     /// Starts `tandem serve default --host HOST --port 0 EXTRA...` and waits until it is healthy.
-    init(host: String = "127.0.0.1", _ extra: [String] = []) async throws {
+    convenience init(host: String = "127.0.0.1", _ extra: [String] = []) async throws {
+        try await self.init(arguments: ["serve", "default", "--host", host, "--port", "0"] + extra, host: host)
+    }
+
+    /// Starts `tandem ARGUMENTS` (a server that logs "listening on http://…:PORT") and waits until `/health` is 200.
+    init(arguments: [String], host: String) async throws {
         self.host = host
         process.executableURL = TandemBinary.url
-        process.arguments = ["serve", "default", "--host", host, "--port", "0"] + extra
+        process.arguments = arguments
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
@@ -50,6 +55,35 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     deinit { if process.isRunning { process.terminate() } }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// A `tandem proxy` on a free HTTP port, its discovery ROUTER on `discoveryPort`.
+    static func proxy(host: String = "127.0.0.1", discoveryPort: Int, ttl: String = "5s") async throws
+        -> ServerProcess
+    {
+        try await ServerProcess(
+            arguments: [
+                "proxy", "--host", host, "--port", "0", "--discovery-host", host, "--discovery-port",
+                "\(discoveryPort)",
+                "--instance-ttl", ttl,
+            ], host: host)
+    }
+
+    /// A `tandem serve` instance that registers with the proxy at `discoveryPort` in `role`.
+    static func instance(host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int) async throws
+        -> ServerProcess
+    {
+        let config = """
+            {"kv_connector":"P2pNcclConnector","kv_role":"\(role)","kv_port":"\(kvPort)",\
+            "kv_connector_extra_config":{"proxy_ip":"\(host)","proxy_port":"\(discoveryPort)","kv_host":"\(host)"}}
+            """
+        return try await ServerProcess(host: host, ["--kv-transfer-config", config])
+    }
 
     func get(_ path: String) async throws -> HTTPReply {
         try await send(HTTPClientRequest(url: baseURL + path))

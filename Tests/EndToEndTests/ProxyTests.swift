@@ -1,0 +1,284 @@
+import AsyncHTTPClient
+import Discovery
+import Foundation
+import Hummingbird
+import NIOCore
+import Testing
+
+/// A port nothing listens on now, for ZMQ ROUTERs and fixed-port processes.
+func freePort() -> Int {
+    for _ in 0..<100 {
+        let p = Int.random(in: 20_000..<60_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(p).bigEndian)
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+        close(fd)
+        if ok { return p }
+    }
+    return 45_678
+}
+
+/// Waits until the proxy's /health lists `prefill` and `decode` instances.
+func waitForInstances(_ proxy: ServerProcess, prefill: Int, decode: Int) async throws {
+    for _ in 0..<300 {
+        if let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]],
+            instances.filter({ $0["role"] as? String == "prefill" }).count == prefill,
+            instances.filter({ $0["role"] as? String == "decode" }).count == decode
+        {
+            return
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw TestFailure("instances did not register:\n\(proxy.logText)")
+}
+
+/// An HTTP stub standing in for a vLLM instance: it records each request and answers a fixed completion.
+final class StubInstance: @unchecked Sendable {
+    struct Seen {
+        let requestId: String?
+        let body: [String: Any]
+    }
+
+    private let lock = NSLock()
+    private var seen: [Seen] = []
+    private(set) var port = 0
+    private var task: Task<Void, any Error>?
+
+    var requests: [Seen] {
+        lock.lock()
+        defer { lock.unlock() }
+        return seen
+    }
+
+    private func record(_ s: Seen) {
+        lock.lock()
+        seen.append(s)
+        lock.unlock()
+    }
+
+    func start() async throws {
+        let router = Router()
+        router.post("/v1/completions") { request, _ -> Response in
+            var request = request
+            let body = try await request.collectBody(upTo: 1 << 20)
+            let object =
+                (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]) ?? [:]
+            self.record(
+                Seen(requestId: request.headers.first { $0.name.canonicalName == "x-request-id" }?.value, body: object))
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            let answer =
+                #"{"id":"cmpl-stub","object":"text_completion","choices":[{"index":0,"text":" stub","finish_reason":"length"}]}"#
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: answer)))
+        }
+        let bound = LockedBox<Int>()
+        let app = Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { bound.set($0.localAddress?.port ?? 0) })
+        task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        for _ in 0..<200 where bound.value == nil { try await Task.sleep(for: .milliseconds(10)) }
+        port = try #require(bound.value)
+    }
+
+    func stop() { task?.cancel() }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private var stored: T?
+    private let lock = NSLock()
+    func set(_ v: T) {
+        lock.lock()
+        stored = v
+        lock.unlock()
+    }
+    var value: T? {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
+}
+
+@Suite(.serialized) struct ProxyTests {
+    @Test func frontsAStandInForVLLMInstancesExactlyAsVLLMsProxyWould() async throws {
+        let stub = StubInstance()
+        try await stub.start()
+        defer { stub.stop() }
+        let discovery = freePort()
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
+        defer { #expect(proxy.stop() == 0) }
+        // Registered exactly as vLLM's P2P engine does: a DEALER whose identity is its zmq_address, msgpack pings.
+        let hub = HostPort(host: "127.0.0.1", port: discovery)
+        let http = HostPort(host: "127.0.0.1", port: stub.port)
+        let pingP = InstanceRegistration(
+            ping: .init(role: .prefill, httpAddress: http, zmqAddress: HostPort(host: "127.0.0.1", port: 21001)),
+            proxy: hub, interval: 0.5)
+        let pingD = InstanceRegistration(
+            ping: .init(role: .decode, httpAddress: http, zmqAddress: HostPort(host: "127.0.0.1", port: 21002)),
+            proxy: hub, interval: 0.5)
+        try pingP.start()
+        try pingD.start()
+        defer {
+            pingP.stop()
+            pingD.stop()
+        }
+        try await waitForInstances(proxy, prefill: 1, decode: 1)
+        let body =
+            #"{"model":"m","prompt":"Hello","max_tokens":20,"temperature":0.5,"stream_options":{"include_usage":true}}"#
+        let reply = try await proxy.post("/v1/completions", body)
+        #expect(reply.status == .ok)
+        #expect(reply.json?["id"] as? String == "cmpl-stub")
+        let seen = stub.requests
+        #expect(seen.count == 2)
+        guard seen.count == 2 else { return }
+        let id = try #require(seen[0].requestId)
+        #expect(seen[1].requestId == id, "P and D get the same id")
+        let parsed = try #require(DisaggregatedRequestID(id))
+        #expect(parsed.prefill == HostPort(host: "127.0.0.1", port: 21001))
+        #expect(parsed.decode == HostPort(host: "127.0.0.1", port: 21002))
+        #expect(parsed.uuid.count == 32)
+        #expect(seen[0].body["max_tokens"] as? Int == 1)
+        #expect(seen[0].body["stream"] as? Bool == false)
+        #expect(seen[0].body["stream_options"] == nil)
+        #expect(seen[0].body["prompt"] as? String == "Hello")
+        let original = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? NSDictionary
+        #expect(NSDictionary(dictionary: seen[1].body) == original, "D gets the original body")
+        #expect(proxy.logText.contains("handle_request count: 1, [HTTP:\(http), ZMQ:127.0.0.1:21001] 👉"))
+    }
+
+    @Test func noInstancesIsA503AndADeadPrefillIsRetriedThenA502() async throws {
+        let discovery = freePort()
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
+        defer { #expect(proxy.stop() == 0) }
+        let none = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":2}"#)
+        #expect(none.status.code == 503)
+        #expect((none.json?["error"] as? [String: Any])?["message"] as? String != nil)
+
+        // A prefill instance that pings but does not answer HTTP, and a real decode instance.
+        let hub = HostPort(host: "127.0.0.1", port: discovery)
+        let deadP = InstanceRegistration(
+            ping: .init(
+                role: .prefill, httpAddress: HostPort(host: "127.0.0.1", port: freePort()),
+                zmqAddress: HostPort(host: "127.0.0.1", port: 21003)), proxy: hub, interval: 0.5)
+        try deadP.start()
+        defer { deadP.stop() }
+        let d = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(d.stop() == 0) }
+        try await waitForInstances(proxy, prefill: 1, decode: 1)
+        let failed = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":2}"#)
+        #expect(failed.status.code == 502)
+        let message = (failed.json?["error"] as? [String: Any])?["message"] as? String ?? ""
+        #expect(message.contains("prefill"), "\(failed.body)")
+
+        // With a live prefill instance as well, the request is retried there and succeeds.
+        let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(p.stop() == 0) }
+        try await waitForInstances(proxy, prefill: 2, decode: 1)
+        for _ in 0..<2 {
+            let ok = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":2}"#)
+            #expect(ok.status == .ok, "\(ok.body)")
+        }
+        #expect(try await proxy.get("/metrics").body.contains("tandem_proxy_retries_total{stage=\"prefill\"}"))
+    }
+
+    @Test func killingADecodeInstanceUnderLoadFailsCleanlyAndTheOtherTakesOver() async throws {
+        let discovery = freePort()
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery, ttl: "4s")
+        defer { #expect(proxy.stop() == 0) }
+        let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(p.stop() == 0) }
+        let d1 = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
+        let d2 = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(d2.stop() == 0) }
+        try await waitForInstances(proxy, prefill: 1, decode: 2)
+        let long = #"{"prompt":"Tell me a story.","max_tokens":400,"ignore_eos":true,"stream":true}"#
+        // Four long streams: round robin puts two on each decode instance.
+        let load = (0..<4).map { _ in Task { try await proxy.post("/v1/completions", long) } }
+        try await Task.sleep(for: .milliseconds(1500))
+        let killedAt = Date()
+        d1.kill9()
+        var outcomes: [String] = []
+        for t in load {
+            let reply = try await t.value
+            #expect(!(reply.status == .ok && reply.body.isEmpty), "never an empty 200")
+            let broke = reply.body.contains("\"error\"")
+            outcomes.append(broke ? "error event" : "completed")
+        }
+        #expect(Date().timeIntervalSince(killedAt) < 60, "nothing hangs")
+        #expect(outcomes.contains("error event"), "the streams on the killed instance end with an error: \(outcomes)")
+        // New requests after TTL + 1 s all succeed on the other decode instance.
+        try await Task.sleep(for: .seconds(5))
+        for _ in 0..<4 {
+            let reply = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":3}"#)
+            #expect(reply.status == .ok, "\(reply.body)")
+            #expect(reply.json?.firstChoice?["text"] as? String != nil)
+        }
+        #expect(proxy.logText.contains("Remove decode"))
+    }
+}
+
+/// `tandem up` on this machine, IPv4 and IPv6: the runbook's four requests give what a colocated instance gives.
+@Suite(.serialized) struct UpTests {
+    static let runbookRequests = [
+        #"{"model":"default","prompt":"Hello world","max_tokens":10}"#,
+        #"{"model":"default","prompt":"What is the capital of France?","max_tokens":8}"#,
+        #"{"model":"default","prompt":"def fibonacci(n):\n    if n <= 1:\n        return n\n    else:\n        return","max_tokens":12}"#,
+        #"{"model":"default","prompt":"Once upon a time in a magical forest, there lived a wise old dragon who","max_tokens":20}"#,
+    ]
+
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func runbookRequestsThroughUpMatchAColocatedInstance(host: String) async throws {
+        // vLLM's default temperature is 1 (sampled); compare greedily so the two runs are comparable.
+        let bodies = Self.runbookRequests.map { $0.replacingOccurrences(of: "}", with: ",\"temperature\":0}") }
+        let colocated = try await ServerProcess(host: host)
+        var expected: [String] = []
+        for b in bodies {
+            expected.append(try await colocated.post("/v1/completions", b).json?.firstChoice?["text"] as? String ?? "?")
+        }
+        colocated.stop()
+
+        let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-\(UUID().uuidString)")
+        let proxyPort = freePort()
+        let up = Process()
+        up.executableURL = TandemBinary.url
+        up.arguments = [
+            "up", "--host", host, "--proxy-port", "\(proxyPort)", "--discovery-port", "\(freePort())",
+            "--first-port", "\(freePort())", "--log-dir", logs.path,
+        ]
+        let out = Pipe()
+        up.standardOutput = out
+        up.standardError = out
+        let log = LogBuffer()
+        out.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
+        try up.run()
+        defer { if up.isRunning { up.terminate() } }
+        for _ in 0..<600 where !log.text.contains("Tandem is up") && up.isRunning {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(log.text.contains("Tandem is up"), "\(log.text)")
+        let base = host.contains(":") ? "http://[\(host)]:\(proxyPort)" : "http://\(host):\(proxyPort)"
+        for (b, want) in zip(bodies, expected) {
+            var request = HTTPClientRequest(url: base + "/v1/completions")
+            request.method = .POST
+            request.body = .bytes(ByteBuffer(string: b))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            #expect(response.status == .ok, "\(text)")
+            let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+            #expect(object?.firstChoice?["text"] as? String == want, "\(b)")
+        }
+        kill(up.processIdentifier, SIGINT)
+        up.waitUntilExit()
+        #expect(up.terminationStatus == 0, "\(log.text)")
+        #expect(log.text.contains("stopping: interrupted (Ctrl-C)"))
+        let proxyLog = try String(contentsOf: logs.appendingPathComponent("proxy.log"), encoding: .utf8)
+        #expect(proxyLog.contains("handle_request count: 4, [HTTP:"), "\(proxyLog)")
+        #expect(proxyLog.contains("👉"))
+        try? FileManager.default.removeItem(at: logs)
+    }
+}
