@@ -42,6 +42,7 @@ func waitForInstances(_ proxy: ServerProcess, prefill: Int, decode: Int) async t
 final class StubInstance: @unchecked Sendable {
     struct Seen {
         let requestId: String?
+        let authorization: String?
         let body: [String: Any]
     }
 
@@ -70,7 +71,10 @@ final class StubInstance: @unchecked Sendable {
             let object =
                 (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]) ?? [:]
             self.record(
-                Seen(requestId: request.headers.first { $0.name.canonicalName == "x-request-id" }?.value, body: object))
+                Seen(
+                    requestId: request.headers.first { $0.name.canonicalName == "x-request-id" }?.value,
+                    authorization: request.headers.first { $0.name.canonicalName == "authorization" }?.value,
+                    body: object))
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
             let answer =
@@ -127,10 +131,17 @@ final class LockedBox<T>: @unchecked Sendable {
             pingP.stop()
             pingD.stop()
         }
+        // A malformed message and an unknown one are logged and ignored; the listener goes on.
+        let stray = try ZMQSocket(.dealer)
+        try stray.connect(hub)
+        for message in [[0xc1, 0x00], MessagePackValue.stringMap([("type", "X"), ("http_address", "h:1")]).encoded()] {
+            // A send does not block: repeat until the connection is up and it is taken.
+            for _ in 0..<200 where try !stray.send([message]) { try await Task.sleep(for: .milliseconds(10)) }
+        }
         try await waitForInstances(proxy, prefill: 1, decode: 1)
         let body =
             #"{"model":"m","prompt":"Hello","max_tokens":20,"temperature":0.5,"stream_options":{"include_usage":true}}"#
-        let reply = try await proxy.post("/v1/completions", body)
+        let reply = try await proxy.post("/v1/completions", body, headers: [("Authorization", "Bearer client-key")])
         #expect(reply.status == .ok)
         #expect(reply.json?["id"] as? String == "cmpl-stub")
         let seen = stub.requests
@@ -138,6 +149,9 @@ final class LockedBox<T>: @unchecked Sendable {
         guard seen.count == 2 else { return }
         let id = try #require(seen[0].requestId)
         #expect(seen[1].requestId == id, "P and D get the same id")
+        #expect(
+            seen.map(\.authorization) == ["Bearer client-key", "Bearer client-key"], "the client's key is passed on")
+        #expect(proxy.logText.contains("discovery: ignored"))
         let parsed = try #require(DisaggregatedRequestID(id))
         #expect(parsed.prefill == HostPort(host: "127.0.0.1", port: 21001))
         #expect(parsed.decode == HostPort(host: "127.0.0.1", port: 21002))
@@ -211,6 +225,11 @@ final class LockedBox<T>: @unchecked Sendable {
         }
         #expect(Date().timeIntervalSince(killedAt) < 60, "nothing hangs")
         #expect(outcomes.contains("error event"), "the streams on the killed instance end with an error: \(outcomes)")
+        // Before the TTL removes it, requests routed to the dead instance are retried on the live one.
+        for _ in 0..<2 {
+            let reply = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":3}"#)
+            #expect(reply.status == .ok, "\(reply.body)")
+        }
         // New requests after TTL + 1 s all succeed on the other decode instance.
         try await Task.sleep(for: .seconds(5))
         for _ in 0..<4 {
@@ -219,6 +238,8 @@ final class LockedBox<T>: @unchecked Sendable {
             #expect(reply.json?.firstChoice?["text"] as? String != nil)
         }
         #expect(proxy.logText.contains("Remove decode"))
+        let models = try await proxy.get("/v1/models").json
+        #expect((models?["data"] as? [[String: Any]])?.first?["id"] as? String == "default")
     }
 }
 
@@ -279,6 +300,44 @@ final class LockedBox<T>: @unchecked Sendable {
         let proxyLog = try String(contentsOf: logs.appendingPathComponent("proxy.log"), encoding: .utf8)
         #expect(proxyLog.contains("handle_request count: 4, [HTTP:"), "\(proxyLog)")
         #expect(proxyLog.contains("👉"))
+        try? FileManager.default.removeItem(at: logs)
+    }
+
+    @Test func upStopsEverythingWhenAChildDies() async throws {
+        let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-\(UUID().uuidString)")
+        let first = freePort()
+        let up = Process()
+        up.executableURL = TandemBinary.url
+        up.arguments = [
+            "up", "--proxy-port", "\(freePort())", "--discovery-port", "\(freePort())", "--first-port", "\(first)",
+            "--log-dir", logs.path,
+        ]
+        let out = Pipe()
+        up.standardOutput = out
+        up.standardError = out
+        let log = LogBuffer()
+        out.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
+        try up.run()
+        defer { if up.isRunning { up.terminate() } }
+        for _ in 0..<600 where !log.text.contains("Tandem is up") && up.isRunning {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(log.text.contains("Tandem is up"), "\(log.text)")
+        // Kill the decode instance (the one on the second port pair) as a crash would.
+        let pgrep = Process()
+        pgrep.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
+        pgrep.arguments = ["-KILL", "-f", "serve .* --port \(first + 2) "]
+        try pgrep.run()
+        pgrep.waitUntilExit()
+        up.waitUntilExit()
+        #expect(up.terminationStatus != 0)
+        #expect(log.text.contains("stopping: decode1 exited unexpectedly"), "\(log.text)")
+        let leftovers = Process()
+        leftovers.executableURL = URL(fileURLWithPath: "/usr/bin/pgrep")
+        leftovers.arguments = ["-f", "--", "--log-dir \(logs.path)|--port \(first) "]
+        try leftovers.run()
+        leftovers.waitUntilExit()
+        #expect(leftovers.terminationStatus == 1, "no process of this deployment is left")
         try? FileManager.default.removeItem(at: logs)
     }
 }
