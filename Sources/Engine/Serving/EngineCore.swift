@@ -5,6 +5,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case emptyPrompt
     case promptTooLong(prompt: Int, limit: Int)
     case tokenOutOfRange(id: Int32, vocabularySize: Int)
+    case kvMismatch(String)
     case stopped
 
     public var description: String {
@@ -16,6 +17,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
                 + "prompt, which leaves no room for output. Please reduce the length of the prompt."
         case .tokenOutOfRange(let id, let n):
             return "token id \(id) is out of vocabulary (valid ids are 0..<\(n))"
+        case .kvMismatch(let why): return "the preloaded KV does not fit this request: \(why)"
         case .stopped: return "the engine is shutting down"
         }
     }
@@ -54,6 +56,8 @@ public final class EngineCore: @unchecked Sendable {
     public let model: TransformerModel
     public let tokenizer: Tokenizer
     public let config: EngineConfig
+    /// This model's fingerprint, checked against preloaded KV.
+    public let fingerprint: UInt64
     let cache: PagedKVCache
     private let scheduler: Scheduler
     private let condition = NSCondition()
@@ -78,6 +82,9 @@ public final class EngineCore: @unchecked Sendable {
             layerCount: model.config.layerCount, blockCount: config.blockCount, blockSize: config.blockSize,
             kvDim: model.config.kvDim)
         scheduler = Scheduler(config: config)
+        fingerprint = model.fingerprint
+        let cache = cache
+        scheduler.loadKV = { r, payload, count in cache.load(payload, count: count, table: r.blockTable) }
         // The thread keeps the engine alive until `shutdown()`.
         let thread = Thread { self.loop() }
         thread.name = "tandem-engine"
@@ -96,6 +103,15 @@ public final class EngineCore: @unchecked Sendable {
         let vocab = model.config.vocabSize
         if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= vocab }) {
             throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
+        }
+        if let kv = request.preloadedKV {
+            guard kv.fingerprint == fingerprint else { throw EngineError.kvMismatch("it comes from another model") }
+            guard kv.layerCount == model.config.layerCount, kv.kvDim == model.config.kvDim,
+                kv.values.count == kv.layerCount * 2 * kv.tokens.count * kv.kvDim
+            else { throw EngineError.kvMismatch("its shape differs from this model's") }
+            guard kv.tokens.count <= request.promptTokens.count,
+                kv.tokens.elementsEqual(request.promptTokens.prefix(kv.tokens.count))
+            else { throw EngineError.kvMismatch("its tokens are not a prefix of the prompt") }
         }
         let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
         condition.lock()
@@ -217,6 +233,11 @@ public final class EngineCore: @unchecked Sendable {
         out.finishReason = reason
         out.usage = GenerationUsage(
             promptTokens: r.prompt.count, completionTokens: r.output.count, cachedTokens: max(0, r.cachedPromptTokens))
+        if r.exportKV && reason != .abort {
+            let count = min(r.computed, r.prompt.count)
+            out.exportedKV = cache.export(
+                tokens: Array(r.prompt.prefix(count)), table: r.blockTable, fingerprint: fingerprint)
+        }
         scheduler.remove(r)
         live[r.arrival] = nil
         r.continuation.yield(out)

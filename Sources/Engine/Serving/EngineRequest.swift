@@ -5,6 +5,11 @@ public struct GenerationRequest: Sendable {
     public var id: String
     public var promptTokens: [Int32]
     public var params: SamplingParams
+    /// Return the prompt's KV with the final output (a prefill instance's request).
+    public var exportKV = false
+    /// KV computed elsewhere for a prefix of the prompt (a decode instance's request); its tokens must equal the
+    /// prompt's first tokens, and its fingerprint this model's.
+    public var preloadedKV: KVPayload?
 
     public init(id: String, promptTokens: [Int32], params: SamplingParams) {
         self.id = id
@@ -34,6 +39,8 @@ public struct GenerationOutput: Sendable {
     public var logprobs: [TokenLogprob] = []
     public var finishReason: FinishReason?
     public var usage: GenerationUsage?
+    /// The prompt's KV, on the final output of a request submitted with `exportKV`.
+    public var exportedKV: KVPayload?
 }
 
 /// The engine's state for one request while it waits, runs, or is preempted.
@@ -57,6 +64,11 @@ final class EngineRequest {
     var blockHashes: [UInt64] = []
     var cachedPromptTokens = -1
     var preemptions = 0
+    let exportKV: Bool
+    /// KV to load when the request is first admitted; dropped once loaded.
+    var preloadedKV: KVPayload?
+    /// Prompt tokens whose KV was loaded from elsewhere.
+    var loadedTokens = 0
     var sampler: Sampler
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
@@ -72,6 +84,8 @@ final class EngineRequest {
         maxTotalTokens = min(maxModelLength, prompt.count + max(0, request.params.maxTokens))
         self.continuation = continuation
         allTokens = prompt
+        exportKV = request.exportKV
+        preloadedKV = request.preloadedKV
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)
     }

@@ -38,6 +38,9 @@ final class Scheduler {
     private(set) var prefixHitTokens = 0
     private(set) var preemptions = 0
 
+    /// Writes a request's preloaded KV for positions 0..<count into the cache (set by the engine, which owns it).
+    var loadKV: (EngineRequest, KVPayload, Int) -> Void = { _, _, _ in }
+
     init(config: EngineConfig) {
         self.config = config
         pool = KVBlockPool(
@@ -70,7 +73,16 @@ final class Scheduler {
         guard !preempted else { return plan }
         while let r = waiting.first, running.count < config.maxNumSeqs, budget > 0 {
             var hit = 0
-            if r.blockTable.isEmpty {
+            if r.blockTable.isEmpty, let payload = r.preloadedKV {
+                // KV computed by a prefill instance: load all of it but the last prompt token, which is computed
+                // here to give the logits of the first output token.
+                let count = min(payload.tokens.count, r.prompt.count - 1)
+                guard reserve(r, upTo: count) else { break }
+                loadKV(r, payload, count)
+                r.preloadedKV = nil
+                r.loadedTokens = count
+                r.computed = count
+            } else if r.blockTable.isEmpty {
                 let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens)
                 r.blockTable = blocks
                 r.blockHashes = hashes

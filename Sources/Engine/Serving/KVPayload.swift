@@ -1,0 +1,89 @@
+import Foundation
+
+/// The KV cache of a run of prompt tokens, taken out of one engine to be loaded into another (disaggregated
+/// prefill/decode). Layout: for each layer, K then V, each `[token][kvDim]` fp16 values.
+public struct KVPayload: Sendable, Equatable {
+    /// The tokens whose KV this is (positions 0..<tokens.count).
+    public var tokens: [Int32]
+    public var layerCount: Int
+    public var kvDim: Int
+    /// Identifies the model the KV was computed with (`TransformerModel.fingerprint`).
+    public var fingerprint: UInt64
+    public var values: [UInt16]
+
+    public init(tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, values: [UInt16]) {
+        self.tokens = tokens
+        self.layerCount = layerCount
+        self.kvDim = kvDim
+        self.fingerprint = fingerprint
+        self.values = values
+    }
+
+    /// Values in one layer's K (or V).
+    public var valuesPerPart: Int { tokens.count * kvDim }
+
+    /// Bytes of KV carried.
+    public var byteCount: Int { values.count * 2 }
+
+    /// Offset of layer `layer`'s K (`value == false`) or V in `values`.
+    public func offset(layer: Int, value: Bool) -> Int { (layer * 2 + (value ? 1 : 0)) * valuesPerPart }
+}
+
+extension PagedKVCache {
+    /// Copies the KV of positions 0..<tokens.count of a sequence with block table `table` out of the cache.
+    func export(tokens: [Int32], table: [Int32], fingerprint: UInt64) -> KVPayload {
+        let perPart = tokens.count * kvDim
+        var values = [UInt16](repeating: 0, count: layerCount * 2 * perPart)
+        values.withUnsafeMutableBufferPointer { out in
+            for layer in 0..<layerCount {
+                for part in [false, true] {
+                    let base = out.baseAddress! + (layer * 2 + (part ? 1 : 0)) * perPart
+                    for t in 0..<tokens.count {
+                        let src = row(
+                            layer: layer, value: part, block: Int(table[t / blockSize]), slot: t % blockSize)
+                        (base + t * kvDim).update(from: src, count: kvDim)
+                    }
+                }
+            }
+        }
+        return KVPayload(tokens: tokens, layerCount: layerCount, kvDim: kvDim, fingerprint: fingerprint, values: values)
+    }
+
+    /// Writes positions 0..<count of `payload` into a sequence with block table `table`.
+    func load(_ payload: KVPayload, count: Int, table: [Int32]) {
+        payload.values.withUnsafeBufferPointer { input in
+            for layer in 0..<layerCount {
+                for part in [false, true] {
+                    let base = input.baseAddress! + payload.offset(layer: layer, value: part)
+                    for t in 0..<count {
+                        let dst = row(
+                            layer: layer, value: part, block: Int(table[t / blockSize]), slot: t % blockSize)
+                        dst.update(from: base + t * kvDim, count: kvDim)
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension TransformerModel {
+    /// A fingerprint of the model: architecture, shapes, and a hash of the start and end of the tensor data. KV from
+    /// a model with another fingerprint is refused.
+    public var fingerprint: UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ bytes: UnsafeRawBufferPointer) {
+            for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        }
+        let c = config
+        for v in [c.layerCount, c.embeddingLength, c.headCount, c.kvHeadCount, c.headDim, c.vocabSize] {
+            withUnsafeBytes(of: v) { mix($0) }
+        }
+        for b in c.architecture.rawValue.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        let data = file.bytes
+        let start = min(file.dataOffset, data.count)
+        let window = 1 << 16
+        mix(UnsafeRawBufferPointer(rebasing: data[start..<min(data.count, start + window)]))
+        mix(UnsafeRawBufferPointer(rebasing: data[max(start, data.count - window)..<data.count]))
+        return h
+    }
+}
