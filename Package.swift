@@ -36,11 +36,19 @@ let package = Package(
         .target(name: "Engine", dependencies: ["GGUF", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Discovery", dependencies: ["CZMQ"]),
-        .target(name: "KVTransfer", dependencies: ["Discovery"]),
+        .target(
+            name: "KVTransfer",
+            dependencies: [
+                "Discovery", "Engine",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "GGUF", "Discovery",
+                "Engine", "GGUF", "Discovery", "KVTransfer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -79,7 +87,9 @@ let package = Package(
             name: "EngineTests", dependencies: ["Engine", "GGUF", "ModelStore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelStoreTests", dependencies: ["ModelStore"]),
         .testTarget(name: "DiscoveryTests", dependencies: ["Discovery"]),
-        .testTarget(name: "KVTransferTests", dependencies: ["KVTransfer", "Discovery"]),
+        .testTarget(
+            name: "KVTransferTests",
+            dependencies: ["KVTransfer", "Discovery", "Engine", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "ModelStore"]),
         .testTarget(
             name: "EndToEndTests",

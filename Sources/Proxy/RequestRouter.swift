@@ -238,11 +238,6 @@ final class RequestRouter: Sendable {
     }
 }
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let d = ContinuousClock.now - start
-    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}
-
 /// A thread-safe request counter for the routing log line.
 final class LockedCounter: @unchecked Sendable {
     private var value = 0

@@ -8,6 +8,8 @@ struct GenerationRun: Sendable {
     let handle: GenerationHandle
     let formatter: ResponseFormatter
     let metrics: InstanceMetrics
+    /// Called with the prompt's KV before the answer goes out (a prefill instance sending to its decode instance).
+    var export: (@Sendable (KVPayload) async -> Void)?
 
     /// Latency bookkeeping for one request.
     private struct Timing {
@@ -18,15 +20,11 @@ struct GenerationRun: Sendable {
 
         mutating func tokenArrived() {
             let now = ContinuousClock.now
-            if let last { gaps.append(Self.seconds(now - last)) } else { ttft = Self.seconds(now - start) }
+            if let last { gaps.append(seconds(since: last)) } else { ttft = seconds(since: start) }
             last = now
         }
 
-        var elapsed: Double { Self.seconds(ContinuousClock.now - start) }
-
-        static func seconds(_ d: Duration) -> Double {
-            Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-        }
+        var elapsed: Double { seconds(since: start) }
     }
 
     private func record(_ timing: Timing, _ finish: FinishReason, _ usage: GenerationUsage) {
@@ -48,6 +46,7 @@ struct GenerationRun: Sendable {
             logprobs += out.logprobs
             if let finish = out.finishReason, let usage = out.usage {
                 record(timing, finish, usage)
+                if let kv = out.exportedKV, let export { await export(kv) }
                 if finish == .abort {
                     throw APIError(.serviceUnavailable, "the request was aborted: the server is shutting down")
                 }
@@ -94,6 +93,7 @@ struct GenerationRun: Sendable {
                         first = false
                         textOffset += out.text.count
                     }
+                    if let kv = out.exportedKV, let export = run.export { await export(kv) }
                     if let finish = out.finishReason, let usage = out.usage {
                         ended = true
                         run.record(timing, finish, usage)

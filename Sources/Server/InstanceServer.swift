@@ -2,6 +2,7 @@ import Discovery
 import Engine
 import Foundation
 import Hummingbird
+import KVTransfer
 import Logging
 import ServiceLifecycle
 
@@ -24,6 +25,8 @@ public struct InstanceOptions: Sendable {
     public var prefixCaching = true
     /// Registration with the proxy once the model is loaded (disaggregated instances).
     public var registration: RegistrationPlan?
+    /// KV transfer (disaggregated instances).
+    public var disaggregation: DisaggregationRuntime?
 
     public init(modelPath: String, servedModelNames: [String]) {
         self.modelPath = modelPath
@@ -68,6 +71,12 @@ struct EngineService: Service {
         logger.info(
             "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
+        var receiver: KVReceiver?
+        if let d = options.disaggregation, d.config.role != .producer {
+            let bind = HostPort(host: options.host, port: d.config.kvPort)
+            receiver = try await KVReceiver(bind: bind, inbox: d.inbox, fingerprint: engine.fingerprint, logger: logger)
+            logger.info("KV receiver listening on \(bind) (buffer \(d.config.bufferBytes) bytes)")
+        }
         host.setReady(LoadedModel(engine: engine))
         var registration: InstanceRegistration?
         if let plan = options.registration {
@@ -89,6 +98,7 @@ struct EngineService: Service {
         try? await gracefulShutdown()
         logger.info("Shutting down: aborting in-flight requests")
         registration?.stop()
+        await receiver?.close()
         host.setStopped()
         await onThread { engine.shutdown() }
     }
@@ -150,7 +160,8 @@ public enum InstanceServer {
         let metrics = InstanceMetrics(modelName: options.servedModelNames[0])
         let boundPort = LockedValue<Int?>(nil)
         let api = InstanceAPI(
-            host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics)
+            host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics,
+            disaggregation: options.disaggregation)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),

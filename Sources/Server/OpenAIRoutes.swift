@@ -9,13 +9,18 @@ public final class InstanceAPI: Sendable {
     public let servedModelNames: [String]
     public let modelPath: String
     public let metrics: InstanceMetrics
+    public let disaggregation: DisaggregationRuntime?
     let created = Int(Date().timeIntervalSince1970)
 
-    public init(host: EngineHost, servedModelNames: [String], modelPath: String, metrics: InstanceMetrics) {
+    public init(
+        host: EngineHost, servedModelNames: [String], modelPath: String, metrics: InstanceMetrics,
+        disaggregation: DisaggregationRuntime? = nil
+    ) {
         self.host = host
         self.servedModelNames = servedModelNames
         self.modelPath = modelPath
         self.metrics = metrics
+        self.disaggregation = disaggregation
     }
 
     /// A router with every endpoint, the error middleware, and the API key check when `apiKey` is set.
@@ -36,7 +41,11 @@ public final class InstanceAPI: Sendable {
         router.get("/metrics") { _, _ -> Response in
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            let text = self.metrics.render(stats: self.host.engine?.stats)
+            var text = self.metrics.render(stats: self.host.engine?.stats)
+            if let d = self.disaggregation {
+                d.metrics.bufferBytes(d.inbox.bytesInUse)
+                text += d.metrics.registry.emitToString()
+            }
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
         return router
@@ -156,12 +165,31 @@ public final class InstanceAPI: Sendable {
         let (stream, includeUsage) = try fields.streaming()
         let returnTokenIds = try fields.bool("return_token_ids") ?? false
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
+        var export: (@Sendable (KVPayload) async -> Void)?
+        switch disaggregation?.part(for: request.headers[.xRequestID]) ?? .none {
+        case .produce(let id):
+            generation.exportKV = true
+            let d = disaggregation!
+            export = { payload in await d.send(payload, id: id) }
+        case .consume(let id):
+            generation.preloadedKV = try await disaggregation!.receive(id: id)
+        case .none: break
+        }
         let handle: GenerationHandle
         do {
-            handle = try loaded.engine.submit(GenerationRequest(id: requestId, promptTokens: prompt, params: params))
+            do {
+                handle = try loaded.engine.submit(generation)
+            } catch EngineError.kvMismatch(let why) where disaggregation?.config.failurePolicy != .fail {
+                disaggregation?.logger.warning("received KV refused (\(why)); recomputing the prompt")
+                disaggregation?.metrics.failed("rejected")
+                disaggregation?.metrics.recomputed()
+                generation.preloadedKV = nil
+                handle = try loaded.engine.submit(generation)
+            }
         } catch let error as EngineError {
             switch error {
-            case .stopped: throw APIError(.serviceUnavailable, error.description)
+            case .stopped, .kvMismatch: throw APIError(.serviceUnavailable, error.description)
             case .promptTooLong: throw APIError.badRequest(error.description, param: "prompt")
             default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
             }
@@ -170,7 +198,7 @@ public final class InstanceAPI: Sendable {
             kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + requestId, created: created,
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
-        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
+        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics, export: export)
         if stream { return run.streamingResponse(includeUsage: includeUsage) }
         return try await run.collectedResponse()
     }
