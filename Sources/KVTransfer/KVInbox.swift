@@ -71,6 +71,13 @@ public final class KVInbox: @unchecked Sendable {
         for id in order where now.timeIntervalSince(entries[id]!.at) > ttl { remove(id) }
     }
 
+    /// Drops entries older than the TTL now (they are also dropped on every other call).
+    public func sweep() {
+        lock.lock()
+        dropExpired(now: Date())
+        lock.unlock()
+    }
+
     private func expireWaiter(_ id: String, token: UInt64) {
         lock.lock()
         guard let w = waiters[id], w.token == token else {

@@ -7,7 +7,8 @@ import Foundation
 /// `kv_consumer`, `kv_both`), `kv_buffer_size` and `kv_port` (numbers or strings such as `"1e9"`), and under
 /// `kv_connector_extra_config`: `proxy_ip`, `proxy_port`, `http_port`, `send_type` (`PUT`, `PUT_ASYNC`, `GET`),
 /// `nccl_num_channels` (accepted and ignored). Tandem's own extra keys: `kv_transfer_timeout_s` (how long a consumer
-/// waits for KV, default 10), `kv_load_failure_policy` (`recompute`, the default, or `fail`), `kv_host` (the address
+/// waits for KV, default 10), `kv_unclaimed_ttl_s` (how long received KV waits for its request, default 60),
+/// `kv_load_failure_policy` (`recompute`, the default, or `fail`), `kv_host` (the address
 /// advertised to the proxy and peers; else `TANDEM_HOST_IP`, else the machine's primary address).
 public struct KVTransferConfig: Sendable, Equatable {
     public enum Role: String, Sendable { case producer = "kv_producer", consumer = "kv_consumer", both = "kv_both" }
@@ -24,6 +25,8 @@ public struct KVTransferConfig: Sendable, Equatable {
     public var httpPort: Int?
     public var sendType: SendType
     public var transferTimeout: Double
+    /// Seconds received KV waits for its request before it is dropped.
+    public var unclaimedTTL: Double
     public var failurePolicy: FailurePolicy
     public var advertisedHost: String?
     /// Keys read but without effect here, for the startup log.
@@ -113,6 +116,10 @@ extension KVTransferConfig {
         transferTimeout = try number("kv_transfer_timeout_s", in: extra) ?? 10
         guard transferTimeout > 0, transferTimeout <= 3600 else {
             throw KVTransferConfigError("kv_transfer_timeout_s must be in (0, 3600]")
+        }
+        unclaimedTTL = try number("kv_unclaimed_ttl_s", in: extra) ?? 60
+        guard unclaimedTTL > 0, unclaimedTTL <= 86_400 else {
+            throw KVTransferConfigError("kv_unclaimed_ttl_s must be in (0, 86400]")
         }
         let policyText = try string("kv_load_failure_policy", in: extra) ?? "recompute"
         guard let policy = FailurePolicy(rawValue: policyText) else {

@@ -18,7 +18,7 @@ public final class DisaggregationRuntime: Sendable {
     public init(config: KVTransferConfig, kvAddress: HostPort, logger: Logger) {
         self.config = config
         self.kvAddress = kvAddress
-        inbox = KVInbox(capacityBytes: config.bufferBytes)
+        inbox = KVInbox(capacityBytes: config.bufferBytes, ttl: config.unclaimedTTL)
         metrics = KVTransferMetrics()
         self.logger = logger
     }

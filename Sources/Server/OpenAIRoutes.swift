@@ -43,6 +43,7 @@ public final class InstanceAPI: Sendable {
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             var text = self.metrics.render(stats: self.host.engine?.stats)
             if let d = self.disaggregation {
+                d.inbox.sweep()
                 d.metrics.bufferBytes(d.inbox.bytesInUse)
                 text += d.metrics.registry.emitToString()
             }

@@ -74,13 +74,17 @@ final class ServerProcess: @unchecked Sendable {
             ], host: host)
     }
 
-    /// A `tandem serve` instance that registers with the proxy at `discoveryPort` in `role`.
-    static func instance(host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int) async throws
-        -> ServerProcess
-    {
+    /// A `tandem serve` instance with a KV role, registering with the proxy at `discoveryPort` when one is given;
+    /// `extra` adds keys to `kv_connector_extra_config` (for example `"kv_transfer_timeout_s":1`).
+    static func instance(
+        host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int? = nil, extra: String = ""
+    ) async throws -> ServerProcess {
+        var extraConfig = "\"kv_host\":\"\(host)\""
+        if let discoveryPort { extraConfig += ",\"proxy_ip\":\"\(host)\",\"proxy_port\":\"\(discoveryPort)\"" }
+        if !extra.isEmpty { extraConfig += "," + extra }
         let config = """
             {"kv_connector":"P2pNcclConnector","kv_role":"\(role)","kv_port":"\(kvPort)",\
-            "kv_connector_extra_config":{"proxy_ip":"\(host)","proxy_port":"\(discoveryPort)","kv_host":"\(host)"}}
+            "kv_connector_extra_config":{\(extraConfig)}}
             """
         return try await ServerProcess(host: host, ["--kv-transfer-config", config])
     }

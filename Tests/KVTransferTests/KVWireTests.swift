@@ -1,0 +1,154 @@
+import Discovery
+import Engine
+import Foundation
+import KVTransfer
+import Logging
+import NIOCore
+import Testing
+
+func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint: UInt64 = 42) -> KVPayload {
+    KVPayload(
+        tokens: (0..<tokens).map { Int32($0 + 100) }, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint,
+        values: (0..<(layers * 2 * tokens * kvDim)).map { UInt16(truncatingIfNeeded: $0 &* 2_654_435_761) })
+}
+
+@Suite struct KVWireTests {
+    @Test func framesRoundTripThroughBytes() throws {
+        let payload = samplePayload()
+        let frames =
+            KVFrame.frames(for: payload, requestId: "r1") + [.ack(requestId: "r1", accepted: false, message: "no")]
+        var buffer = ByteBuffer()
+        for f in frames { f.write(into: &buffer) }
+        var parsed: [KVFrame] = []
+        // Fed a few bytes at a time, as TCP may deliver them.
+        var pending = ByteBuffer()
+        while buffer.readableBytes > 0 {
+            var piece = buffer.readSlice(length: min(7, buffer.readableBytes))!
+            pending.writeBuffer(&piece)
+            while let f = try KVFrameDecoder.parse(&pending, maxFrameBytes: 1 << 20) { parsed.append(f) }
+        }
+        #expect(parsed == frames)
+    }
+
+    @Test func badBytesAreRefused() {
+        var wrongMagic = ByteBuffer(bytes: [0, 1, 2, 3, 1] + [UInt8](repeating: 0, count: 8))
+        #expect(throws: KVWireError.self) { try KVFrameDecoder.parse(&wrongMagic, maxFrameBytes: 100) }
+        var huge = ByteBuffer()
+        KVFrame.ack(requestId: String(repeating: "x", count: 500), accepted: true, message: "").write(into: &huge)
+        #expect(throws: KVWireError.self) { try KVFrameDecoder.parse(&huge, maxFrameBytes: 100) }
+        var unknown = ByteBuffer()
+        unknown.writeInteger(UInt32(0x544B_5631))
+        unknown.writeInteger(UInt8(9))
+        unknown.writeInteger(UInt64(0))
+        #expect(throws: KVWireError.self) { try KVFrameDecoder.parse(&unknown, maxFrameBytes: 100) }
+    }
+
+    @Test func inboxTimesOutHoldsBoundedBytesAndExpires() async {
+        let inbox = KVInbox(capacityBytes: samplePayload().byteCount * 2, ttl: 0.2)
+        if case .timedOut = await inbox.wait(for: "missing", timeout: 0.05) {
+        } else {
+            Issue.record("expected a timeout")
+        }
+        // Delivered before the request asks: held, then taken.
+        inbox.deliver(samplePayload(), for: "a")
+        #expect(inbox.bytesInUse == samplePayload().byteCount)
+        if case .payload(let p) = await inbox.wait(for: "a", timeout: 1) {
+            #expect(p == samplePayload())
+        } else {
+            Issue.record("expected the payload")
+        }
+        #expect(inbox.bytesInUse == 0)
+        // Delivered while the request waits.
+        async let waiting = inbox.wait(for: "b", timeout: 5)
+        try? await Task.sleep(for: .milliseconds(50))
+        inbox.deliver(samplePayload(), for: "b")
+        if case .payload = await waiting {} else { Issue.record("expected the payload") }
+        // Over capacity, the oldest goes first; unclaimed entries expire.
+        for id in ["c", "d", "e"] { inbox.deliver(samplePayload(), for: id) }
+        #expect(inbox.bytesInUse == 2 * samplePayload().byteCount)
+        if case .timedOut = await inbox.wait(for: "c", timeout: 0.01) {} else { Issue.record("c should be gone") }
+        try? await Task.sleep(for: .milliseconds(300))
+        inbox.reject("f", reason: "x")  // any later call drops what expired
+        #expect(inbox.bytesInUse == 0)
+        if case .rejected = await inbox.wait(for: "f", timeout: 1) {} else { Issue.record("expected the rejection") }
+    }
+
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func senderToReceiverOverLoopback(host: String) async throws {
+        let inbox = KVInbox(capacityBytes: 1 << 24)
+        let receiver = try await KVReceiver(
+            bind: HostPort(host: host, port: 0), inbox: inbox, fingerprint: 42, logger: Logger(label: "test"))
+        let peer = HostPort(host: host, port: receiver.port)
+        let payload = samplePayload()
+        try await KVSender.send(payload, requestId: "ok", to: peer, connectTimeout: 2, timeout: 5)
+        if case .payload(let p) = await inbox.wait(for: "ok", timeout: 1) {
+            #expect(p == payload)
+        } else {
+            Issue.record("the KV did not arrive")
+        }
+        // Another model's KV is refused, and the sender hears why.
+        await #expect(throws: KVSendError.self) {
+            try await KVSender.send(
+                samplePayload(fingerprint: 7), requestId: "other", to: peer, connectTimeout: 2, timeout: 5)
+        }
+        if case .rejected(let why) = await inbox.wait(for: "other", timeout: 1) {
+            #expect(why.contains("model"))
+        } else {
+            Issue.record("expected a rejection")
+        }
+        await receiver.close()
+        // Nobody listening: the send fails fast.
+        let start = Date()
+        await #expect(throws: KVSendError.self) {
+            try await KVSender.send(payload, requestId: "x", to: peer, connectTimeout: 1, timeout: 5)
+        }
+        #expect(Date().timeIntervalSince(start) < 3)
+    }
+
+    @Test func aCorruptedLayerIsRefused() async throws {
+        let inbox = KVInbox(capacityBytes: 1 << 24)
+        let receiver = try await KVReceiver(
+            bind: HostPort(host: "127.0.0.1", port: 0), inbox: inbox, fingerprint: 42, logger: Logger(label: "test"))
+        defer { Task { await receiver.close() } }
+        var frames = KVFrame.frames(for: samplePayload(), requestId: "bad")
+        if case .layer(let id, let layer, let start, let count, let kvDim, let checksum, var values) = frames[2] {
+            values[3] ^= 0x40
+            frames[2] = .layer(
+                requestId: id, layer: layer, tokenStart: start, tokenCount: count, kvDim: kvDim, checksum: checksum,
+                values: values)
+        }
+        var bytes = ByteBuffer()
+        for f in frames { f.write(into: &bytes) }
+        let socket = try Socket(host: "127.0.0.1", port: receiver.port)
+        socket.write(Array(bytes.readableBytesView))
+        if case .rejected(let why) = await inbox.wait(for: "bad", timeout: 2) {
+            #expect(why.contains("checksum"))
+        } else {
+            Issue.record("expected a rejection")
+        }
+        socket.close()
+    }
+}
+
+/// A plain blocking TCP client, to send hand-made bytes.
+final class Socket {
+    let fd: Int32
+
+    init(host: String, port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+        guard ok else { throw ConnectFailed() }
+    }
+
+    func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } }
+    func close() { Glibc.close(fd) }
+}
+struct ConnectFailed: Error {}
