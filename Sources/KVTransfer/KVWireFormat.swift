@@ -17,12 +17,23 @@ public enum KVFrame: Sendable, Equatable {
     static let headerBytes = 13
     static let fp16: UInt8 = 1
 
-    /// FNV-1a (64-bit) over the values' bytes.
+    /// FNV-1a-style 64-bit hash over the values taken four at a time as little-endian 64-bit words (a trailing
+    /// partial word is zero-padded).
     public static func checksum(_ values: ArraySlice<UInt16>) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for v in values {
-            h = (h ^ UInt64(v & 0xff)) &* 0x0000_0100_0000_01b3
-            h = (h ^ UInt64(v >> 8)) &* 0x0000_0100_0000_01b3
+        values.withUnsafeBufferPointer { v in
+            var i = 0
+            while i + 4 <= v.count {
+                let word =
+                    UInt64(v[i]) | UInt64(v[i + 1]) << 16 | UInt64(v[i + 2]) << 32 | UInt64(v[i + 3]) << 48
+                h = (h ^ word) &* 0x0000_0100_0000_01b3
+                i += 4
+            }
+            if i < v.count {
+                var word: UInt64 = 0
+                for k in i..<v.count { word |= UInt64(v[k]) << (16 * UInt64(k - i)) }
+                h = (h ^ word) &* 0x0000_0100_0000_01b3
+            }
         }
         return h
     }

@@ -210,20 +210,26 @@ final class LockedBox<T>: @unchecked Sendable {
         let d2 = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
         defer { #expect(d2.stop() == 0) }
         try await waitForInstances(proxy, prefill: 1, decode: 2)
-        let long = #"{"prompt":"Tell me a story.","max_tokens":400,"ignore_eos":true,"stream":true}"#
-        // Four long streams: round robin puts two on each decode instance.
-        let load = (0..<4).map { _ in Task { try await proxy.post("/v1/completions", long) } }
+        let long = #"{"prompt":"Tell me a story.","max_tokens":200,"ignore_eos":true,"stream":true}"#
+        // Four long streams: round robin puts two on each decode instance. Each notes when it ended.
+        let load = (0..<4).map { _ in
+            Task { () -> (HTTPReply, Date) in (try await proxy.post("/v1/completions", long), Date()) }
+        }
         try await Task.sleep(for: .milliseconds(1500))
         let killedAt = Date()
         d1.kill9()
         var outcomes: [String] = []
         for t in load {
-            let reply = try await t.value
+            let (reply, endedAt) = try await t.value
             #expect(!(reply.status == .ok && reply.body.isEmpty), "never an empty 200")
-            let broke = reply.body.contains("\"error\"")
-            outcomes.append(broke ? "error event" : "completed")
+            if reply.body.contains("\"error\"") {
+                outcomes.append("error event")
+                // The streams of the killed instance end at once; they do not wait for any timeout.
+                #expect(endedAt.timeIntervalSince(killedAt) < 15, "nothing hangs")
+            } else {
+                outcomes.append("completed")
+            }
         }
-        #expect(Date().timeIntervalSince(killedAt) < 60, "nothing hangs")
         #expect(outcomes.contains("error event"), "the streams on the killed instance end with an error: \(outcomes)")
         // Before the TTL removes it, requests routed to the dead instance are retried on the live one.
         for _ in 0..<2 {
