@@ -70,10 +70,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .target(
+            name: "Bench",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "tandem",
             dependencies: [
-                "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery", "Proxy",
+                "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery", "Proxy", "Bench",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -90,6 +98,7 @@ let package = Package(
         .testTarget(
             name: "KVTransferTests",
             dependencies: ["KVTransfer", "Discovery", "Engine", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "ProxyUnitTests", dependencies: ["Proxy", "Discovery"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "ModelStore"]),
         .testTarget(
             name: "EndToEndTests",

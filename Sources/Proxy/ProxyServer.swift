@@ -28,6 +28,18 @@ public struct ProxyOptions: Sendable {
     public init() {}
 }
 
+/// The proxy's request context: Hummingbird's, plus the client's channel, so that a client who leaves while the
+/// prefill runs cancels it.
+public struct ProxyRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
 /// Runs the discovery listener while the proxy runs.
 struct DiscoveryService: Service {
     let listener: DiscoveryListener
@@ -52,19 +64,21 @@ public enum ProxyServer {
             connect: .milliseconds(Int64(options.connectTimeout * 1000)),
             read: .milliseconds(Int64(options.readTimeout * 1000)))
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+        // A refused connection fails the request at once; the router retries on another instance itself.
+        configuration.connectionPool.retryConnectionEstablishment = false
         let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         let router = RequestRouter(
             registry: registry, policy: options.policy, client: client, metrics: metrics, logger: logger,
             prefillTimeout: .milliseconds(Int64(options.prefillTimeout * 1000)),
             decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)))
-        let routes = Router()
+        let routes = Router(context: ProxyRequestContext.self)
         routes.add(middleware: APIErrorMiddleware())
         if let key = options.apiKey { routes.add(middleware: APIKeyMiddleware(key: key)) }
-        routes.post("/v1/completions") { request, _ in
-            try await router.handle(path: "/v1/completions", request: request)
+        routes.post("/v1/completions") { request, context in
+            try await router.handle(path: "/v1/completions", request: request, client: context.channel)
         }
-        routes.post("/v1/chat/completions") { request, _ in
-            try await router.handle(path: "/v1/chat/completions", request: request)
+        routes.post("/v1/chat/completions") { request, context in
+            try await router.handle(path: "/v1/chat/completions", request: request, client: context.channel)
         }
         routes.get("/v1/models") { request, _ in try await models(registry: registry, client: client, request: request)
         }

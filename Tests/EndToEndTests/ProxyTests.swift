@@ -50,6 +50,8 @@ final class StubInstance: @unchecked Sendable {
     private var seen: [Seen] = []
     private(set) var port = 0
     private var task: Task<Void, any Error>?
+    /// How long the stub takes to answer.
+    var delay: Duration = .zero
 
     var requests: [Seen] {
         lock.lock()
@@ -75,6 +77,7 @@ final class StubInstance: @unchecked Sendable {
                     requestId: request.headers.first { $0.name.canonicalName == "x-request-id" }?.value,
                     authorization: request.headers.first { $0.name.canonicalName == "authorization" }?.value,
                     body: object))
+            try await Task.sleep(for: self.delay)
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
             let answer =
@@ -165,6 +168,36 @@ final class LockedBox<T>: @unchecked Sendable {
         #expect(proxy.logText.contains("handle_request count: 1, [HTTP:\(http), ZMQ:127.0.0.1:21001] 👉"))
     }
 
+    @Test func aClientLeavingDuringPrefillCancelsTheRequestBeforeTheDecode() async throws {
+        let stub = StubInstance()
+        stub.delay = .seconds(2)
+        try await stub.start()
+        defer { stub.stop() }
+        let discovery = freePort()
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
+        defer { #expect(proxy.stop() == 0) }
+        let hub = HostPort(host: "127.0.0.1", port: discovery)
+        let http = HostPort(host: "127.0.0.1", port: stub.port)
+        let pings = [RegistrationPing.Role.prefill, .decode].enumerated().map { i, role in
+            InstanceRegistration(
+                ping: .init(role: role, httpAddress: http, zmqAddress: HostPort(host: "127.0.0.1", port: 21010 + i)),
+                proxy: hub, interval: 0.5)
+        }
+        for p in pings { try p.start() }
+        defer { for p in pings { p.stop() } }
+        try await waitForInstances(proxy, prefill: 1, decode: 1)
+        let client = Task { try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":5}"#) }
+        try await Task.sleep(for: .milliseconds(500))
+        client.cancel()  // The client goes away while the prefill is still running.
+        _ = try? await client.value
+        try await Task.sleep(for: .seconds(3))
+        #expect(stub.requests.count == 1, "the decode request is never sent")
+        let metrics = try await proxy.get("/metrics").body
+        #expect(metricValue(metrics, #"tandem_proxy_requests_total{outcome="client_gone"}"#) == 1, "\(metrics)")
+        let health = try await proxy.get("/health").json?["instances"] as? [[String: Any]]
+        #expect(health?.allSatisfy { $0["in_flight"] as? Int == 0 } == true, "nothing left in flight")
+    }
+
     @Test func noInstancesIsA503AndADeadPrefillIsRetriedThenA502() async throws {
         let discovery = freePort()
         let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
@@ -202,7 +235,7 @@ final class LockedBox<T>: @unchecked Sendable {
 
     @Test func killingADecodeInstanceUnderLoadFailsCleanlyAndTheOtherTakesOver() async throws {
         let discovery = freePort()
-        let proxy = try await ServerProcess.proxy(discoveryPort: discovery, ttl: "4s")
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery, ttl: "6s")
         defer { #expect(proxy.stop() == 0) }
         let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
         defer { #expect(p.stop() == 0) }
@@ -215,7 +248,16 @@ final class LockedBox<T>: @unchecked Sendable {
         let load = (0..<4).map { _ in
             Task { () -> (HTTPReply, Date) in (try await proxy.post("/v1/completions", long), Date()) }
         }
-        try await Task.sleep(for: .milliseconds(1500))
+        // Wait until both decode instances are streaming (the proxy's health shows their in-flight requests).
+        var spread = false
+        for _ in 0..<200 where !spread {
+            let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]] ?? []
+            let busy = instances.filter { $0["role"] as? String == "decode" && ($0["in_flight"] as? Int ?? 0) > 0 }
+            spread = busy.count == 2
+            if !spread { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(spread, "the load reaches both decode instances")
+        try await Task.sleep(for: .milliseconds(500))
         let killedAt = Date()
         d1.kill9()
         var outcomes: [String] = []
@@ -237,7 +279,7 @@ final class LockedBox<T>: @unchecked Sendable {
             #expect(reply.status == .ok, "\(reply.body)")
         }
         // New requests after TTL + 1 s all succeed on the other decode instance.
-        try await Task.sleep(for: .seconds(5))
+        try await Task.sleep(for: .seconds(7))
         for _ in 0..<4 {
             let reply = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":3}"#)
             #expect(reply.status == .ok, "\(reply.body)")
