@@ -248,16 +248,16 @@ final class LockedBox<T>: @unchecked Sendable {
         let load = (0..<4).map { _ in
             Task { () -> (HTTPReply, Date) in (try await proxy.post("/v1/completions", long), Date()) }
         }
-        // Wait until both decode instances are streaming (the proxy's health shows their in-flight requests).
+        // Wait until both decode instances are generating (their own metrics show running requests); until then the
+        // requests may still be in their prefill, and a kill would only test the retry.
         var spread = false
-        for _ in 0..<200 where !spread {
-            let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]] ?? []
-            let busy = instances.filter { $0["role"] as? String == "decode" && ($0["in_flight"] as? Int ?? 0) > 0 }
-            spread = busy.count == 2
+        for _ in 0..<600 where !spread {
+            let r1 = metricValue(try await d1.get("/metrics").body, "vllm:num_requests_running") ?? 0
+            let r2 = metricValue(try await d2.get("/metrics").body, "vllm:num_requests_running") ?? 0
+            spread = r1 > 0 && r2 > 0
             if !spread { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(spread, "the load reaches both decode instances")
-        try await Task.sleep(for: .milliseconds(500))
         let killedAt = Date()
         d1.kill9()
         var outcomes: [String] = []
