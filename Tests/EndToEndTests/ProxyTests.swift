@@ -291,6 +291,24 @@ final class LockedBox<T>: @unchecked Sendable {
     }
 }
 
+/// Starts `tandem up ARGUMENTS` and waits until it says it is up (or exits); returns it and its output.
+func startUp(_ arguments: [String]) async throws -> (Process, LogBuffer) {
+    let up = Process()
+    up.executableURL = TandemBinary.url
+    up.arguments = ["up"] + arguments
+    let out = Pipe()
+    up.standardOutput = out
+    up.standardError = out
+    let log = LogBuffer()
+    out.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
+    try up.run()
+    for _ in 0..<600 where !log.text.contains("Tandem is up") && up.isRunning {
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    #expect(log.text.contains("Tandem is up"), "\(log.text)")
+    return (up, log)
+}
+
 /// `tandem up` on this machine, IPv4 and IPv6: the runbook's four requests give what a colocated instance gives.
 @Suite(.serialized) struct UpTests {
     static let runbookRequests = [
@@ -313,23 +331,11 @@ final class LockedBox<T>: @unchecked Sendable {
 
         let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-\(UUID().uuidString)")
         let proxyPort = freePort()
-        let up = Process()
-        up.executableURL = TandemBinary.url
-        up.arguments = [
-            "up", "--host", host, "--proxy-port", "\(proxyPort)", "--discovery-port", "\(freePort())",
+        let (up, log) = try await startUp([
+            "--host", host, "--proxy-port", "\(proxyPort)", "--discovery-port", "\(freePort())",
             "--first-port", "\(freePort())", "--log-dir", logs.path,
-        ]
-        let out = Pipe()
-        up.standardOutput = out
-        up.standardError = out
-        let log = LogBuffer()
-        out.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
-        try up.run()
+        ])
         defer { if up.isRunning { up.terminate() } }
-        for _ in 0..<600 where !log.text.contains("Tandem is up") && up.isRunning {
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        #expect(log.text.contains("Tandem is up"), "\(log.text)")
         let base = host.contains(":") ? "http://[\(host)]:\(proxyPort)" : "http://\(host):\(proxyPort)"
         for (b, want) in zip(bodies, expected) {
             var request = HTTPClientRequest(url: base + "/v1/completions")
@@ -354,23 +360,11 @@ final class LockedBox<T>: @unchecked Sendable {
     @Test func upStopsEverythingWhenAChildDies() async throws {
         let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-\(UUID().uuidString)")
         let first = freePort()
-        let up = Process()
-        up.executableURL = TandemBinary.url
-        up.arguments = [
-            "up", "--proxy-port", "\(freePort())", "--discovery-port", "\(freePort())", "--first-port", "\(first)",
+        let (up, log) = try await startUp([
+            "--proxy-port", "\(freePort())", "--discovery-port", "\(freePort())", "--first-port", "\(first)",
             "--log-dir", logs.path,
-        ]
-        let out = Pipe()
-        up.standardOutput = out
-        up.standardError = out
-        let log = LogBuffer()
-        out.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
-        try up.run()
+        ])
         defer { if up.isRunning { up.terminate() } }
-        for _ in 0..<600 where !log.text.contains("Tandem is up") && up.isRunning {
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        #expect(log.text.contains("Tandem is up"), "\(log.text)")
         // Kill the decode instance (the one on the second port pair) as a crash would.
         let pgrep = Process()
         pgrep.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
