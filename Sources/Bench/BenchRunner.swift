@@ -50,7 +50,43 @@ public struct BenchRandom: RandomNumberGenerator, Sendable {
     }
 }
 
+/// Turns token ids into text and text into token ids (the model's tokenizer, for prompts of an exact length).
+public protocol BenchTokenizer: Sendable {
+    func encode(_ text: String) -> [Int]
+    func decode(_ ids: [Int]) -> String
+    var vocabularySize: Int { get }
+}
+
 public enum BenchDataset {
+    /// Text prompts of `inputLength` × [1 - ratio, 1 + ratio] tokens of the model's own tokenizer: random ids are
+    /// decoded, re-encoded, cut to length and decoded again, as `vllm bench serve` does, until the text encodes to
+    /// exactly the target length (or the closest found).
+    public static func randomText(
+        count: Int, inputLength: Int, outputLength: Int, rangeRatio: Double, tokenizer: some BenchTokenizer,
+        rng: inout BenchRandom
+    ) -> [BenchPrompt] {
+        func around(_ n: Int) -> Int {
+            let lo = max(1, Int(Double(n) * (1 - rangeRatio)))
+            let hi = max(lo, Int(Double(n) * (1 + rangeRatio)))
+            return Int.random(in: lo...hi, using: &rng)
+        }
+        let upper = max(2, min(tokenizer.vocabularySize, 30000))
+        return (0..<count).map { _ in
+            let n = around(inputLength)
+            let out = around(outputLength)
+            var text = ""
+            var length = 0
+            for _ in 0..<8 {
+                let ids = (0..<n).map { _ in Int.random(in: 1000..<max(1001, upper), using: &rng) }
+                let cut = Array(tokenizer.encode(tokenizer.decode(ids)).prefix(n))
+                text = tokenizer.decode(cut)
+                length = tokenizer.encode(text).count
+                if length == n { break }
+            }
+            return BenchPrompt(tokens: nil, text: text, outputLength: out, promptLength: length)
+        }
+    }
+
     /// Random token-id prompts of `inputLength` × [1 - ratio, 1 + ratio] tokens.
     public static func random(
         count: Int, inputLength: Int, outputLength: Int, rangeRatio: Double, chat: Bool,

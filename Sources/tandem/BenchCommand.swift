@@ -1,6 +1,9 @@
 import ArgumentParser
 import Bench
+import Engine
 import Foundation
+import GGUF
+import ModelStore
 
 /// `tandem bench`: a serving benchmark against any OpenAI-compatible server, like `vllm bench serve`.
 struct BenchCommand: AsyncParsableCommand {
@@ -28,6 +31,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Write an SVG with latency distributions and throughput over time here.") var plot: String?
     @Option(help: "Run the same workload against this second server and compare.") var compare: String?
     @Option(name: .customLong("api-key"), help: "Sent as `Authorization: Bearer KEY`.") var apiKey: String?
+    @Option(
+        help:
+            "A GGUF file or `default` whose tokenizer builds random text prompts of exact token length (otherwise completions get random token-id prompts and chat gets random words)."
+    )
+    var tokenizer: String?
 
     var rate: Double? { requestRate == "inf" ? nil : Double(requestRate) }
     var percentileList: [Double] { percentiles.split(separator: ",").compactMap { Double($0) } }
@@ -74,7 +82,12 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         var rng = BenchRandom(seed: seed)
         let prompts: [BenchPrompt]
-        if dataset == "random" {
+        if dataset == "random", let tokenizer {
+            let gguf = try GGUFTokenizer(path: ModelStore().resolve(tokenizer))
+            prompts = BenchDataset.randomText(
+                count: numPrompts, inputLength: inputLen, outputLength: outputLen, rangeRatio: rangeRatio,
+                tokenizer: gguf, rng: &rng)
+        } else if dataset == "random" {
             prompts = BenchDataset.random(
                 count: numPrompts, inputLength: inputLen, outputLength: outputLen, rangeRatio: rangeRatio,
                 chat: endpoint.hasSuffix("chat/completions"), rng: &rng)
@@ -140,4 +153,19 @@ struct BenchCommand: AsyncParsableCommand {
             row("Mean E2E (ms)", a.e2e.mean, b.e2e.mean),
         ].joined(separator: "\n")
     }
+}
+
+/// A GGUF model's tokenizer, for `--tokenizer`.
+struct GGUFTokenizer: BenchTokenizer {
+    let tokenizer: Tokenizer
+
+    init(path: String) throws {
+        tokenizer = try Tokenizer(file: GGUFFile(path: path))
+    }
+
+    func encode(_ text: String) -> [Int] {
+        tokenizer.encode(text, addSpecial: false, parseSpecial: false).map(Int.init)
+    }
+    func decode(_ ids: [Int]) -> String { tokenizer.decode(ids.map(Int32.init)) }
+    var vocabularySize: Int { tokenizer.vocabularySize }
 }

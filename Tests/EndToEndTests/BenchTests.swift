@@ -73,4 +73,16 @@ import Testing
         #expect(output.contains("First failures:"))
         #expect((r["errors"] as? [String])?.allSatisfy { !$0.isEmpty } == true)
     }
+
+    @Test func textPromptsFromTheModelsTokenizerHaveTheRequestedLength() async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        let (status, output, data) = try await Self.runBench([
+            "bench", "--base-url", server.baseURL, "--num-prompts", "6", "--input-len", "40", "--range-ratio", "0",
+            "--output-len", "4", "--tokenizer", "default", "--seed", "5",
+        ])
+        #expect(status == 0, "\(output)")
+        let requests = Self.object(data)["requests"] as? [[String: Any]] ?? []
+        #expect(requests.compactMap { $0["prompt_tokens"] as? Int } == [Int](repeating: 40, count: 6), "\(requests)")
+    }
 }
