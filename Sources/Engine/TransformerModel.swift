@@ -44,8 +44,11 @@ public final class TransformerModel: @unchecked Sendable {
     deinit { activations.release() }
 
     /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
-    /// chunk that asked for them (nil for the others).
-    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) -> [[Float]?] {
+    /// chunk that asked for them (nil for the others). `afterLayer`, when given, is called with each layer's index as
+    /// soon as that layer's K and V for every chunk are in the cache.
+    public func forward(
+        _ chunks: [SequenceChunk], cache: PagedKVCache, afterLayer: ((Int) -> Void)? = nil
+    ) -> [[Float]?] {
         lock.lock()
         defer { lock.unlock() }
         let c = config
@@ -90,6 +93,7 @@ public final class TransformerModel: @unchecked Sendable {
                     layer: layerIndex, table: chunks[rowChunk[row]].blockTable, position: rowPosition[row],
                     k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
             }
+            afterLayer?(layerIndex)
             attention(
                 layer: layerIndex, rows: rowCount, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,
                 cache: cache, ws: ws)

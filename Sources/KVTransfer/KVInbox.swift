@@ -1,81 +1,175 @@
 import Engine
 import Foundation
 
-/// What a decode instance learns about a request's KV.
+/// What a waiting request learns about its KV.
 public enum KVArrival: Sendable {
     case payload(KVPayload)
-    /// The transfer came but was refused (checksum, fingerprint, shape): recompute at once.
+    /// The transfer came but was refused (checksum, fingerprint, shape), or was abandoned: recompute at once.
     case rejected(String)
     /// Nothing came before the deadline.
     case timedOut
 }
 
-/// KV received for requests, waiting to be claimed by the HTTP request with the same id. Bounded: at most
-/// `capacityBytes` held (oldest dropped first), and unclaimed entries expire after `ttl` seconds. Thread-safe.
+/// KV held under request ids until someone claims it: on a decode instance, KV received for requests (the inbox);
+/// on a prefill instance with send type GET, KV waiting to be pulled (the outbox).
+///
+/// Bounded: the bytes of complete payloads plus the room reserved for transfers still arriving never exceed
+/// `capacityBytes`; to make room the oldest complete payloads are dropped first. Every entry has a lease of `ttl`
+/// seconds, after which it is dropped unclaimed. Thread-safe.
 public final class KVInbox: @unchecked Sendable {
     private enum Entry {
+        /// Room reserved for a transfer whose layers are still arriving.
+        case arriving(bytes: Int)
         case ready(KVPayload)
         case rejected(String)
+
+        var bytes: Int {
+            switch self {
+            case .arriving(let n): return n
+            case .ready(let p): return p.byteCount
+            case .rejected: return 0
+            }
+        }
     }
 
     public let capacityBytes: Int
     public let ttl: Double
     private let lock = NSLock()
-    private var entries: [String: (entry: Entry, at: Date)] = [:]
+    private var entries: [String: (entry: Entry, at: ContinuousClock.Instant)] = [:]
     private var order: [String] = []
     private var waiters: [String: (token: UInt64, resume: @Sendable (KVArrival) -> Void)] = [:]
     private var nextToken: UInt64 = 0
-    public private(set) var bytesInUse = 0
+    private var bytes = 0
 
     public init(capacityBytes: Int, ttl: Double = 60) {
         self.capacityBytes = capacityBytes
         self.ttl = ttl
     }
 
-    public func deliver(_ payload: KVPayload, for id: String) { resolve(id, .ready(payload)) }
+    /// Bytes held or reserved now (after dropping expired entries).
+    public var bytesInUse: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        dropExpired()
+        return bytes
+    }
 
+    /// Reserves `count` bytes for a transfer that is arriving under `id`, dropping the oldest complete payloads if
+    /// needed. False when it cannot fit.
+    public func reserve(_ id: String, bytes count: Int) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        dropExpired()
+        remove(id)
+        guard makeRoom(for: count) else { return false }
+        insert(id, .arriving(bytes: count))
+        return true
+    }
+
+    /// Whether room is still reserved for `id` (false once it expired, was delivered or was rejected).
+    public func isArriving(_ id: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if case .arriving = entries[id]?.entry { return true }
+        return false
+    }
+
+    /// Files a complete payload (replacing its reservation), or hands it to the request already waiting for it.
+    /// Returns false when it could not be kept (larger than the capacity).
+    @discardableResult
+    public func deliver(_ payload: KVPayload, for id: String) -> Bool { resolve(id, .ready(payload)) }
+
+    /// Files a refusal (replacing any reservation): the request waiting for `id` recomputes at once.
     public func reject(_ id: String, reason: String) { resolve(id, .rejected(reason)) }
 
-    private func resolve(_ id: String, _ entry: Entry) {
+    @discardableResult
+    private func resolve(_ id: String, _ entry: Entry) -> Bool {
         lock.lock()
+        dropExpired()
+        remove(id)
         if let waiter = waiters.removeValue(forKey: id) {
             lock.unlock()
             switch entry {
             case .ready(let p): waiter.resume(.payload(p))
             case .rejected(let why): waiter.resume(.rejected(why))
+            case .arriving: break
             }
-            return
+            return true
         }
-        dropExpired(now: Date())
-        remove(id)
-        if case .ready(let p) = entry {
-            while bytesInUse + p.byteCount > capacityBytes, let oldest = order.first { remove(oldest) }
-            guard p.byteCount <= capacityBytes else {
-                lock.unlock()
-                return
+        defer { lock.unlock() }
+        guard makeRoom(for: entry.bytes) else { return false }
+        insert(id, entry)
+        return true
+    }
+
+    /// Takes the KV for `id`, waiting up to `timeout` seconds for it to arrive.
+    public func wait(for id: String, timeout: Double) async -> KVArrival {
+        await withCheckedContinuation { (continuation: CheckedContinuation<KVArrival, Never>) in
+            lock.lock()
+            dropExpired()
+            if let found = entries[id] {
+                switch found.entry {
+                case .ready(let p):
+                    remove(id)
+                    lock.unlock()
+                    continuation.resume(returning: .payload(p))
+                    return
+                case .rejected(let why):
+                    remove(id)
+                    lock.unlock()
+                    continuation.resume(returning: .rejected(why))
+                    return
+                case .arriving: break  // wait for the rest
+                }
             }
-            bytesInUse += p.byteCount
+            nextToken += 1
+            let token = nextToken
+            if let earlier = waiters.removeValue(forKey: id) { earlier.resume(.rejected("superseded")) }
+            waiters[id] = (token, { continuation.resume(returning: $0) })
+            lock.unlock()
+            Task {
+                try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
+                self.expireWaiter(id, token: token)
+            }
         }
-        entries[id] = (entry, Date())
-        order.append(id)
+    }
+
+    /// Drops entries whose lease ran out now (they are also dropped on every other call).
+    public func sweep() {
+        lock.lock()
+        dropExpired()
         lock.unlock()
+    }
+
+    // MARK: - Under the lock
+
+    private func insert(_ id: String, _ entry: Entry) {
+        entries[id] = (entry, .now)
+        order.append(id)
+        bytes += entry.bytes
     }
 
     private func remove(_ id: String) {
         guard let old = entries.removeValue(forKey: id) else { return }
-        if case .ready(let p) = old.entry { bytesInUse -= p.byteCount }
+        bytes -= old.entry.bytes
         order.removeAll { $0 == id }
     }
 
-    private func dropExpired(now: Date) {
-        for id in order where now.timeIntervalSince(entries[id]!.at) > ttl { remove(id) }
+    /// Drops the oldest complete payloads until `count` more bytes fit; false if they cannot.
+    private func makeRoom(for count: Int) -> Bool {
+        guard count <= capacityBytes else { return false }
+        var i = 0
+        while bytes + count > capacityBytes, i < order.count {
+            let id = order[i]
+            if case .ready = entries[id]?.entry { remove(id) } else { i += 1 }
+        }
+        return bytes + count <= capacityBytes
     }
 
-    /// Drops entries older than the TTL now (they are also dropped on every other call).
-    public func sweep() {
-        lock.lock()
-        dropExpired(now: Date())
-        lock.unlock()
+    private func dropExpired() {
+        let now = ContinuousClock.now
+        let lease = Duration.milliseconds(Int(ttl * 1000))
+        for id in order where now - entries[id]!.at > lease { remove(id) }
     }
 
     private func expireWaiter(_ id: String, token: UInt64) {
@@ -87,30 +181,5 @@ public final class KVInbox: @unchecked Sendable {
         waiters[id] = nil
         lock.unlock()
         w.resume(.timedOut)
-    }
-
-    /// Takes the KV for `id`, waiting up to `timeout` seconds for it to arrive.
-    public func wait(for id: String, timeout: Double) async -> KVArrival {
-        await withCheckedContinuation { (continuation: CheckedContinuation<KVArrival, Never>) in
-            lock.lock()
-            dropExpired(now: Date())
-            if let found = entries[id] {
-                remove(id)
-                lock.unlock()
-                switch found.entry {
-                case .ready(let p): continuation.resume(returning: .payload(p))
-                case .rejected(let why): continuation.resume(returning: .rejected(why))
-                }
-                return
-            }
-            nextToken += 1
-            let token = nextToken
-            waiters[id] = (token, { continuation.resume(returning: $0) })
-            lock.unlock()
-            Task {
-                try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
-                self.expireWaiter(id, token: token)
-            }
-        }
     }
 }

@@ -10,8 +10,12 @@ public enum KVFrame: Sendable, Equatable {
     case layer(
         requestId: String, layer: Int, tokenStart: Int, tokenCount: Int, kvDim: Int, checksum: UInt64,
         values: [UInt16])
-    /// The receiver's verdict on a whole transfer.
+    /// The receiver's verdict on a whole transfer (or a producer's refusal of a pull).
     case ack(requestId: String, accepted: Bool, message: String)
+    /// The producer abandons a transfer it began (its prefill was aborted, or its send buffer ran out).
+    case cancel(requestId: String, reason: String)
+    /// A consumer asks the producer for a request's KV (send type GET).
+    case pull(requestId: String)
 
     static let magic: UInt32 = 0x544B_5631  // "TKV1"
     static let headerBytes = 13
@@ -36,6 +40,22 @@ public enum KVFrame: Sendable, Equatable {
             }
         }
         return h
+    }
+
+    /// The frame that carries one streamed layer slice.
+    public static func frame(for slice: KVLayerSlice, requestId: String) -> KVFrame {
+        .layer(
+            requestId: requestId, layer: slice.layer, tokenStart: slice.tokenStart, tokenCount: slice.tokenCount,
+            kvDim: slice.kvDim, checksum: checksum(slice.values[...]), values: slice.values)
+    }
+
+    /// The request a frame belongs to.
+    public var requestId: String {
+        switch self {
+        case .begin(let id, _, _, _, _), .layer(let id, _, _, _, _, _, _), .ack(let id, _, _), .cancel(let id, _),
+            .pull(let id):
+            return id
+        }
     }
 
     /// The frames that carry `payload`: a begin frame, then one frame per layer.
@@ -94,108 +114,19 @@ public enum KVFrame: Sendable, Equatable {
             let m = Array(message.utf8.prefix(Int(UInt16.max)))
             body.writeInteger(UInt16(m.count))
             body.writeBytes(m)
+        case .cancel(let requestId, let reason):
+            type = 4
+            id(requestId)
+            let m = Array(reason.utf8.prefix(Int(UInt16.max)))
+            body.writeInteger(UInt16(m.count))
+            body.writeBytes(m)
+        case .pull(let requestId):
+            type = 5
+            id(requestId)
         }
         buffer.writeInteger(Self.magic)
         buffer.writeInteger(type)
         buffer.writeInteger(UInt64(body.readableBytes))
         buffer.writeBuffer(&body)
-    }
-}
-
-/// Why bytes on a KV connection are not a valid frame.
-public struct KVWireError: Error, CustomStringConvertible, Equatable {
-    public let description: String
-    init(_ d: String) { description = d }
-}
-
-/// Splits a byte stream into `KVFrame`s, refusing frames longer than `maxFrameBytes`.
-public struct KVFrameDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = KVFrame
-    let maxFrameBytes: Int
-
-    public init(maxFrameBytes: Int) { self.maxFrameBytes = maxFrameBytes }
-
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try Self.parse(&buffer, maxFrameBytes: maxFrameBytes) else { return .needMoreData }
-        context.fireChannelRead(Self.wrapInboundOut(frame))
-        return .continue
-    }
-
-    /// One frame from the front of `buffer`, or nil when more bytes are needed.
-    public static func parse(_ buffer: inout ByteBuffer, maxFrameBytes: Int) throws -> KVFrame? {
-        guard buffer.readableBytes >= KVFrame.headerBytes,
-            let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
-            let type = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self),
-            let length = buffer.getInteger(at: buffer.readerIndex + 5, as: UInt64.self)
-        else { return nil }
-        guard magic == KVFrame.magic else { throw KVWireError("not a Tandem KV frame (bad magic)") }
-        guard length <= UInt64(maxFrameBytes) else {
-            throw KVWireError("a frame of \(length) bytes exceeds the limit of \(maxFrameBytes)")
-        }
-        guard buffer.readableBytes >= KVFrame.headerBytes + Int(length) else { return nil }
-        buffer.moveReaderIndex(forwardBy: KVFrame.headerBytes)
-        guard var body = buffer.readSlice(length: Int(length)) else { return nil }
-        func id() throws -> String {
-            guard let n = body.readInteger(as: UInt16.self), let s = body.readString(length: Int(n)) else {
-                throw KVWireError("truncated request id")
-            }
-            return s
-        }
-        func u32() throws -> Int {
-            guard let v = body.readInteger(as: UInt32.self) else { throw KVWireError("truncated frame") }
-            return Int(v)
-        }
-        func u8() throws -> UInt8 {
-            guard let v = body.readInteger(as: UInt8.self) else { throw KVWireError("truncated frame") }
-            return v
-        }
-        func u64() throws -> UInt64 {
-            guard let v = body.readInteger(as: UInt64.self) else { throw KVWireError("truncated frame") }
-            return v
-        }
-        switch type {
-        case 1:
-            let requestId = try id()
-            let layers = try u32()
-            let count = try u32()
-            let kvDim = try u32()
-            guard try u8() == KVFrame.fp16 else { throw KVWireError("unsupported dtype") }
-            let fingerprint = try u64()
-            guard count * 4 == body.readableBytes else { throw KVWireError("token list length mismatch") }
-            let tokens = try (0..<count).map { _ in Int32(bitPattern: UInt32(try u32())) }
-            return .begin(
-                requestId: requestId, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, tokens: tokens)
-        case 2:
-            let requestId = try id()
-            let layer = try u32()
-            let start = try u32()
-            let count = try u32()
-            let kvDim = try u32()
-            guard try u8() == KVFrame.fp16 else { throw KVWireError("unsupported dtype") }
-            let checksum = try u64()
-            let bytes = try u64()
-            guard bytes == UInt64(2 * 2 * count * kvDim), Int(bytes) == body.readableBytes else {
-                throw KVWireError("layer payload length does not match its shape")
-            }
-            var values = [UInt16](repeating: 0, count: Int(bytes) / 2)
-            values.withUnsafeMutableBytes { raw in
-                _ = body.readWithUnsafeReadableBytes { src in
-                    raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(raw.count)))
-                    return raw.count
-                }
-            }
-            return .layer(
-                requestId: requestId, layer: layer, tokenStart: start, tokenCount: count, kvDim: kvDim,
-                checksum: checksum, values: values)
-        case 3:
-            let requestId = try id()
-            let status = try u8()
-            guard let n = body.readInteger(as: UInt16.self), let message = body.readString(length: Int(n)) else {
-                throw KVWireError("truncated ack")
-            }
-            return .ack(requestId: requestId, accepted: status == 0, message: message)
-        default:
-            throw KVWireError("unknown frame type \(type)")
-        }
     }
 }

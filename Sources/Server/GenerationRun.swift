@@ -1,3 +1,4 @@
+import Discovery
 import Engine
 import Foundation
 import Hummingbird

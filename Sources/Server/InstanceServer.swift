@@ -71,11 +71,12 @@ struct EngineService: Service {
         logger.info(
             "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
-        var receiver: KVReceiver?
-        if let d = options.disaggregation, d.config.role != .producer {
-            let bind = HostPort(host: options.host, port: d.config.kvPort)
-            receiver = try await KVReceiver(bind: bind, inbox: d.inbox, fingerprint: engine.fingerprint, logger: logger)
-            logger.info("KV receiver listening on \(bind) (buffer \(d.config.bufferBytes) bytes)")
+        var kvNode: KVNode?
+        if let d = options.disaggregation {
+            kvNode = try await d.start(host: options.host, model: engine.model.config, fingerprint: engine.fingerprint)
+            logger.info(
+                "KV node listening on \(HostPort(host: options.host, port: d.config.kvPort)) (send_type \(d.config.sendType.rawValue), buffer \(d.config.bufferBytes) bytes)"
+            )
         }
         host.setReady(LoadedModel(engine: engine))
         var registration: InstanceRegistration?
@@ -98,7 +99,7 @@ struct EngineService: Service {
         try? await gracefulShutdown()
         logger.info("Shutting down: aborting in-flight requests")
         registration?.stop()
-        await receiver?.close()
+        await kvNode?.close()
         host.setStopped()
         await onThread { engine.shutdown() }
     }

@@ -43,8 +43,7 @@ public final class InstanceAPI: Sendable {
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             var text = self.metrics.render(stats: self.host.engine?.stats)
             if let d = self.disaggregation {
-                d.inbox.sweep()
-                d.metrics.bufferBytes(d.inbox.bytesInUse)
+                d.metrics.bufferBytes(d.node?.bufferedBytes ?? 0)
                 text += d.metrics.registry.emitToString()
             }
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
@@ -170,9 +169,7 @@ public final class InstanceAPI: Sendable {
         var export: (@Sendable (KVPayload) async -> Void)?
         switch disaggregation?.part(for: request.headers[.xRequestID]) ?? .none {
         case .produce(let id):
-            generation.exportKV = true
-            let d = disaggregation!
-            export = { payload in await d.send(payload, id: id) }
+            export = disaggregation!.produce(&generation, id: id)
         case .consume(let id):
             generation.preloadedKV = try await disaggregation!.receive(id: id)
         case .none: break

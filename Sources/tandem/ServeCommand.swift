@@ -103,11 +103,6 @@ struct ServeCommand: AsyncParsableCommand {
             logger.info(
                 "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
             )
-            if kv.sendType != .put {
-                logger.notice(
-                    "send_type \(kv.sendType.rawValue): KV is sent as with PUT (whole prompt, before the prefill answers)"
-                )
-            }
             options.disaggregation = DisaggregationRuntime(
                 config: kv, kvAddress: zmq, logger: Logger(label: "tandem.kv"))
             if let proxy = kv.proxy {

@@ -18,37 +18,53 @@ import Testing
         body.replacingOccurrences(of: "\"max_tokens\":", with: "\"max_tokens\":1,\"ignored_max_tokens\":")
     }
 
+    /// For each send type, on IPv4 and IPv6: a request sent to P (max_tokens 1) then to D with the same id gives
+    /// exactly the colocated output, greedy and seeded, for the golden prompts.
     @Test(arguments: ["127.0.0.1", "::1"])
     func disaggregatedOutputEqualsColocatedForGoldenPrompts(host: String) async throws {
         let golden = try loadGolden()
-        let kvPort = freePort()
-        let p = try await ServerProcess.instance(host: host, role: "kv_producer", kvPort: freePort())
-        defer { #expect(p.stop() == 0) }
-        let d = try await ServerProcess.instance(host: host, role: "kv_consumer", kvPort: kvPort)
-        defer { #expect(d.stop() == 0) }
         let colocated = try await ServerProcess(host: host)
         defer { #expect(colocated.stop() == 0) }
-        var checked = 0
-        for (i, g) in golden.generations.enumerated() where i % 2 == 0 {
-            for sampling in ["\"temperature\":0", "\"temperature\":0.8,\"top_p\":0.9,\"seed\":\(i)"] {
-                let body =
-                    "{\"prompt\":\(jsonString(g.prompt_text)),\"max_tokens\":12,\(sampling),\"return_token_ids\":true}"
-                let want = try #require(try await colocated.post("/v1/completions", body).json?.firstChoice)
-                let id = Self.newId(prefill: HostPort(host: host, port: 1), decode: HostPort(host: host, port: kvPort))
-                let pre = try await p.post("/v1/completions", Self.prefillBody(body), headers: [("X-Request-Id", id)])
-                #expect(pre.status == .ok, "\(pre.body)")
-                let got = try await d.post("/v1/completions", body, headers: [("X-Request-Id", id)])
-                #expect(got.status == .ok, "\(got.body)")
-                #expect(got.json?.firstChoice?["token_ids"] as? [Int] == want["token_ids"] as? [Int], "\(g.name)")
-                #expect(got.json?.firstChoice?["text"] as? String == want["text"] as? String, "\(g.name)")
-                checked += 1
+        var wants: [String: [String: Any]] = [:]
+        for sendType in ["PUT", "PUT_ASYNC", "GET"] {
+            let pPort = freePort()
+            let dPort = freePort()
+            let p = try await ServerProcess.instance(host: host, role: "kv_producer", kvPort: pPort, sendType: sendType)
+            defer { #expect(p.stop() == 0) }
+            let d = try await ServerProcess.instance(host: host, role: "kv_consumer", kvPort: dPort, sendType: sendType)
+            defer { #expect(d.stop() == 0) }
+            var checked = 0
+            for (i, g) in golden.generations.enumerated() where i % 2 == 0 {
+                for sampling in ["\"temperature\":0", "\"temperature\":0.8,\"top_p\":0.9,\"seed\":\(i)"] {
+                    let body =
+                        "{\"prompt\":\(jsonString(g.prompt_text)),\"max_tokens\":12,\(sampling),\"return_token_ids\":true}"
+                    if wants[body] == nil {
+                        wants[body] = try #require(try await colocated.post("/v1/completions", body).json?.firstChoice)
+                    }
+                    let want = wants[body]!
+                    let id = Self.newId(
+                        prefill: HostPort(host: host, port: pPort), decode: HostPort(host: host, port: dPort))
+                    let pre = try await p.post(
+                        "/v1/completions", Self.prefillBody(body), headers: [("X-Request-Id", id)])
+                    #expect(pre.status == .ok, "\(pre.body)")
+                    let got = try await d.post("/v1/completions", body, headers: [("X-Request-Id", id)])
+                    #expect(got.status == .ok, "\(got.body)")
+                    #expect(
+                        got.json?.firstChoice?["token_ids"] as? [Int] == want["token_ids"] as? [Int],
+                        "\(sendType) \(g.name)")
+                    #expect(got.json?.firstChoice?["text"] as? String == want["text"] as? String, "\(g.name)")
+                    checked += 1
+                }
             }
+            #expect(checked == 12)
+            let metrics = try await d.get("/metrics").body
+            #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 0, "\(sendType): every decode used the KV")
+            #expect((metricValue(metrics, #"tandem_kv_transfer_bytes_total{direction="received"}"#) ?? 0) > 0)
+            #expect(metricValue(metrics, "tandem_kv_buffer_bytes") == 0)
+            let pm = try await p.get("/metrics").body
+            #expect((metricValue(pm, #"tandem_kv_transfer_bytes_total{direction="sent"}"#) ?? 0) > 0, "\(sendType)")
+            #expect(metricValue(pm, "tandem_kv_buffer_bytes") == 0)
         }
-        #expect(checked == 12)
-        let metrics = try await d.get("/metrics").body
-        #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 0, "every decode used the transferred KV")
-        #expect((metricValue(metrics, #"tandem_kv_transfer_bytes_total{direction="received"}"#) ?? 0) > 0)
-        #expect(metricValue(metrics, "tandem_kv_buffer_bytes") == 0)
     }
 
     @Test func kvThatNeverComesIsRecomputedOrRefusedWithinTheDeadline() async throws {
@@ -75,21 +91,31 @@ import Testing
         #expect(((refused.json?["error"] as? [String: Any])?["message"] as? String)?.contains("KV") == true)
     }
 
-    @Test func buffersAndCachesReturnToZeroAfterManyMixedRequests() async throws {
+    /// 100 mixed requests, some never decoded, some decoded without their prefill, some abandoned mid-stream: both
+    /// sides' caches and KV buffers end at zero bytes.
+    @Test(arguments: ["PUT_ASYNC", "GET"])
+    func buffersAndCachesReturnToZeroAfterManyMixedRequests(sendType: String) async throws {
         let kvPort = freePort()
-        let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort())
+        let pPort = freePort()
+        let limits = "\"kv_transfer_timeout_s\":2,\"kv_unclaimed_ttl_s\":2"
+        let p = try await ServerProcess.instance(role: "kv_producer", kvPort: pPort, sendType: sendType, extra: limits)
         defer { #expect(p.stop() == 0) }
-        let d = try await ServerProcess.instance(
-            role: "kv_consumer", kvPort: kvPort, extra: "\"kv_transfer_timeout_s\":2,\"kv_unclaimed_ttl_s\":2")
+        let d = try await ServerProcess.instance(role: "kv_consumer", kvPort: kvPort, sendType: sendType, extra: limits)
         defer { #expect(d.stop() == 0) }
         let decodeAddress = HostPort(host: "127.0.0.1", port: kvPort)
+        let prefillAddress = HostPort(host: "127.0.0.1", port: pPort)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for i in 0..<40 {
+            // Eight clients at a time (as many connections as the test's HTTP client opens to one host, so that no
+            // decode request waits in the client while its KV's lease runs out).
+            for i in 0..<100 {
+                if i >= 8 { try await group.next() }
                 group.addTask {
+                    // Every tenth prompt is long enough to be prefilled in several chunks.
+                    let text = String(repeating: "Request \(i): tell me about the sea. ", count: i % 10 == 0 ? 30 : 1)
                     let body =
-                        "{\"prompt\":\"Request \(i): tell me about the sea.\",\"max_tokens\":\(4 + i % 9),"
+                        "{\"prompt\":\"\(text)\",\"max_tokens\":\(4 + i % 9),"
                         + "\"ignore_eos\":true,\"stream\":\(i % 3 == 0)}"
-                    let id = Self.newId(prefill: HostPort(host: "127.0.0.1", port: 1), decode: decodeAddress)
+                    let id = Self.newId(prefill: prefillAddress, decode: decodeAddress)
                     if i % 7 == 3 {
                         // The prefill never reaches the decode: its KV goes out and is never claimed... or the
                         // decode request is never sent.
@@ -132,12 +158,19 @@ import Testing
         }
         #expect(settled, "both caches back to zero")
         // Unclaimed KV (prefills whose decode never came) expires after its TTL: the buffer is back to zero.
-        var held = -1.0
+        var held = (-1.0, -1.0)
         for _ in 0..<50 {
-            held = metricValue(try await d.get("/metrics").body, "tandem_kv_buffer_bytes") ?? -1
-            if held == 0 { break }
+            held = (
+                metricValue(try await d.get("/metrics").body, "tandem_kv_buffer_bytes") ?? -1,
+                metricValue(try await p.get("/metrics").body, "tandem_kv_buffer_bytes") ?? -1
+            )
+            if held == (0, 0) { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(held == 0)
+        #expect(held == (0, 0), "decode and prefill KV buffers (bytes)")
+        let pm = try await p.get("/metrics").body
+        #expect(
+            (metricValue(pm, #"tandem_kv_transfer_bytes_total{direction="sent"}"#) ?? 0) > 0,
+            "\(String(p.logText.suffix(3000)))\n\(String(d.logText.suffix(3000)))")
     }
 }

@@ -77,9 +77,10 @@ final class ServerProcess: @unchecked Sendable {
     /// A `tandem serve` instance with a KV role, registering with the proxy at `discoveryPort` when one is given;
     /// `extra` adds keys to `kv_connector_extra_config` (for example `"kv_transfer_timeout_s":1`).
     static func instance(
-        host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int? = nil, extra: String = ""
+        host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int? = nil, sendType: String = "PUT",
+        extra: String = ""
     ) async throws -> ServerProcess {
-        var extraConfig = "\"kv_host\":\"\(host)\""
+        var extraConfig = "\"kv_host\":\"\(host)\",\"send_type\":\"\(sendType)\""
         if let discoveryPort { extraConfig += ",\"proxy_ip\":\"\(host)\",\"proxy_port\":\"\(discoveryPort)\"" }
         if !extra.isEmpty { extraConfig += "," + extra }
         let config = """

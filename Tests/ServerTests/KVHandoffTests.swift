@@ -1,5 +1,31 @@
 import Engine
+import Foundation
 import Testing
+
+/// Collects what the engine streams out of a prefill.
+final class SliceCollector: KVLayerSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var slices: [KVLayerSlice] = []
+    private(set) var ended: Bool?
+    func push(_ slice: KVLayerSlice) { lock.withLock { slices.append(slice) } }
+    func end(complete: Bool) { lock.withLock { ended = complete } }
+
+    /// The slices put together as one payload, checking each (layer, position) comes exactly once, in order.
+    func assemble(tokens: [Int32], layers: Int, kvDim: Int, fingerprint: UInt64) -> KVPayload? {
+        var values = [UInt16](repeating: 0, count: layers * 2 * tokens.count * kvDim)
+        var filled = [Int](repeating: 0, count: layers)
+        for s in lock.withLock({ slices }) {
+            guard s.tokenStart == filled[s.layer] else { return nil }
+            let n = s.tokenCount * kvDim
+            let k = s.layer * 2 * tokens.count * kvDim + s.tokenStart * kvDim
+            values.replaceSubrange(k..<k + n, with: s.values[0..<n])
+            values.replaceSubrange(k + tokens.count * kvDim..<k + tokens.count * kvDim + n, with: s.values[n..<2 * n])
+            filled[s.layer] += s.tokenCount
+        }
+        guard filled.allSatisfy({ $0 == tokens.count }) else { return nil }
+        return KVPayload(tokens: tokens, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, values: values)
+    }
+}
 
 /// The prefill/decode hand-off inside the engine: KV exported by one engine and loaded into another gives exactly
 /// the output of one engine doing both.
@@ -31,6 +57,43 @@ import Testing
             #expect(disaggregated.ids == colocated.ids, "\(r.id)")
             #expect(disaggregated.text == colocated.text, "\(r.id)")
         }
+    }
+
+    /// PUT_ASYNC: the KV streamed layer by layer during a chunked prefill, after a prefix-cache hit, is exactly the
+    /// KV exported at the end.
+    @Test func streamedLayersEqualTheExportedKV() async throws {
+        let engine = SharedModel.engine(maxBatchedTokens: 7)
+        defer { engine.shutdown() }
+        let prompt: [Int32] = (0..<40).map { Int32(200 + $0 * 37) }
+        let mc = engine.model.config
+        // The second time, the first block comes from the prefix cache and is streamed from there.
+        for round in 0..<2 {
+            var r = GenerationRequest(id: "s\(round)", promptTokens: prompt, params: .greedy(maxTokens: 1))
+            r.exportKV = true
+            let sink = SliceCollector()
+            r.kvLayerSink = sink
+            var exported: KVPayload?
+            var cached = 0
+            for await out in try engine.submit(r).outputs where out.finishReason != nil {
+                exported = out.exportedKV
+                cached = out.usage?.cachedTokens ?? 0
+            }
+            #expect(round == 0 ? cached == 0 : cached > 0)
+            #expect(sink.ended == true)
+            let streamed = sink.assemble(
+                tokens: prompt, layers: mc.layerCount, kvDim: mc.kvDim, fingerprint: engine.fingerprint)
+            #expect(streamed != nil, "every position of every layer, once, in order")
+            #expect(streamed == exported)
+            #expect(sink.slices.count > mc.layerCount, "several chunks")
+        }
+        // An aborted prefill ends its stream incomplete.
+        var r = GenerationRequest(id: "aborted", promptTokens: prompt + prompt, params: .greedy(maxTokens: 1))
+        let sink = SliceCollector()
+        r.kvLayerSink = sink
+        let handle = try engine.submit(r)
+        handle.abort()
+        for await _ in handle.outputs {}
+        #expect(sink.ended == false)
     }
 
     @Test func kvThatDoesNotFitIsRefused() throws {

@@ -198,11 +198,43 @@ public final class EngineCore: @unchecked Sendable {
                 tokens: Array(c.request.allTokens[c.start..<c.start + c.count]), startPosition: c.start,
                 blockTable: c.request.blockTable, wantsLogits: c.wantsLogits)
         }
-        let logits = model.forward(chunks, cache: cache)
+        let streams = streamPlan(plan)
+        let cache = cache
+        let logits = model.forward(
+            chunks, cache: cache,
+            afterLayer: streams.isEmpty
+                ? nil
+                : { layer in
+                    for (r, range) in streams {
+                        r.kvLayerSink?.push(cache.slice(layer: layer, range: range, table: r.blockTable))
+                    }
+                })
+        for (r, range) in streams { r.streamedTokens = range.upperBound }
         for (i, c) in plan.enumerated() {
             scheduler.commit(c)
             if let l = logits[i] { emitToken(for: c.request, logits: l) }
         }
+    }
+
+    /// For requests that stream their prompt's KV: hands out at once what is already cached but not yet streamed
+    /// (a prefix-cache hit), and returns the prompt positions this step computes that still have to go out.
+    private func streamPlan(_ plan: [ScheduledChunk]) -> [(EngineRequest, Range<Int>)] {
+        var streams: [(EngineRequest, Range<Int>)] = []
+        for c in plan {
+            let r = c.request
+            guard let sink = r.kvLayerSink else { continue }
+            let cachedEnd = min(c.start, r.prompt.count)
+            if r.streamedTokens < cachedEnd {
+                for layer in 0..<cache.layerCount {
+                    sink.push(cache.slice(layer: layer, range: r.streamedTokens..<cachedEnd, table: r.blockTable))
+                }
+                r.streamedTokens = cachedEnd
+            }
+            let lower = max(c.start, r.streamedTokens)
+            let upper = min(c.start + c.count, r.prompt.count)
+            if lower < upper { streams.append((r, lower..<upper)) }
+        }
+        return streams
     }
 
     private func emitToken(for r: EngineRequest, logits: [Float]) {
@@ -238,6 +270,7 @@ public final class EngineCore: @unchecked Sendable {
             out.exportedKV = cache.export(
                 tokens: Array(r.prompt.prefix(count)), table: r.blockTable, fingerprint: fingerprint)
         }
+        r.kvLayerSink?.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count)
         scheduler.remove(r)
         live[r.arrival] = nil
         r.continuation.yield(out)

@@ -10,12 +10,23 @@ public struct GenerationRequest: Sendable {
     /// KV computed elsewhere for a prefix of the prompt (a decode instance's request); its tokens must equal the
     /// prompt's first tokens, and its fingerprint this model's.
     public var preloadedKV: KVPayload?
+    /// Receives the prompt's KV layer by layer as it is computed (a prefill instance streaming with PUT_ASYNC).
+    public var kvLayerSink: (any KVLayerSink)?
 
     public init(id: String, promptTokens: [Int32], params: SamplingParams) {
         self.id = id
         self.promptTokens = promptTokens
         self.params = params
     }
+}
+
+/// Receives a prompt's KV layer by layer as soon as each layer of each prompt chunk is in the cache. Every (layer,
+/// position) of the prompt is pushed exactly once, in position order within a layer; then `end` is called once.
+/// Both are called on the engine thread and must return at once.
+public protocol KVLayerSink: Sendable {
+    func push(_ slice: KVLayerSlice)
+    /// The request ended: `complete` when every prompt position was pushed, false when it was aborted first.
+    func end(complete: Bool)
 }
 
 /// Counts reported when a request ends.
@@ -69,6 +80,9 @@ final class EngineRequest {
     var preloadedKV: KVPayload?
     /// Prompt tokens whose KV was loaded from elsewhere.
     var loadedTokens = 0
+    let kvLayerSink: (any KVLayerSink)?
+    /// Prompt positions already handed to `kvLayerSink` (for every layer).
+    var streamedTokens = 0
     var sampler: Sampler
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
@@ -86,6 +100,7 @@ final class EngineRequest {
         allTokens = prompt
         exportKV = request.exportKV
         preloadedKV = request.preloadedKV
+        kvLayerSink = request.kvLayerSink
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)
     }

@@ -29,7 +29,45 @@ public struct KVPayload: Sendable, Equatable {
     public func offset(layer: Int, value: Bool) -> Int { (layer * 2 + (value ? 1 : 0)) * valuesPerPart }
 }
 
+/// One layer's K and V for a run of prompt positions, handed out while the prefill computes (PUT_ASYNC streaming).
+public struct KVLayerSlice: Sendable, Equatable {
+    public var layer: Int
+    /// First position, and how many positions follow.
+    public var tokenStart: Int
+    public var tokenCount: Int
+    public var kvDim: Int
+    /// K rows `[token][kvDim]`, then V rows, fp16.
+    public var values: [UInt16]
+
+    public init(layer: Int, tokenStart: Int, tokenCount: Int, kvDim: Int, values: [UInt16]) {
+        self.layer = layer
+        self.tokenStart = tokenStart
+        self.tokenCount = tokenCount
+        self.kvDim = kvDim
+        self.values = values
+    }
+
+    /// Bytes of KV carried.
+    public var byteCount: Int { values.count * 2 }
+}
+
 extension PagedKVCache {
+    /// Copies one layer's K and V of positions `range` of a sequence with block table `table`.
+    func slice(layer: Int, range: Range<Int>, table: [Int32]) -> KVLayerSlice {
+        let n = range.count
+        var values = [UInt16](repeating: 0, count: 2 * n * kvDim)
+        values.withUnsafeMutableBufferPointer { out in
+            for part in [false, true] {
+                let base = out.baseAddress! + (part ? n * kvDim : 0)
+                for (i, t) in range.enumerated() {
+                    let src = row(layer: layer, value: part, block: Int(table[t / blockSize]), slot: t % blockSize)
+                    (base + i * kvDim).update(from: src, count: kvDim)
+                }
+            }
+        }
+        return KVLayerSlice(layer: layer, tokenStart: range.lowerBound, tokenCount: n, kvDim: kvDim, values: values)
+    }
+
     /// Copies the KV of positions 0..<tokens.count of a sequence with block table `table` out of the cache.
     func export(tokens: [Int32], table: [Int32], fingerprint: UInt64) -> KVPayload {
         let perPart = tokens.count * kvDim
