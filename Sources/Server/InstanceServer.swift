@@ -75,7 +75,7 @@ struct EngineService: Service {
         if let d = options.disaggregation {
             kvNode = try await d.start(host: options.host, model: engine.model.config, fingerprint: engine.fingerprint)
             logger.info(
-                "KV node listening on \(HostPort(host: options.host, port: d.config.kvPort)) (send_type \(d.config.sendType.rawValue), buffer \(d.config.bufferBytes) bytes)"
+                "KV node listening on \(HostPort(host: options.host, port: d.config.kvPort)) (send_type \(d.config.sendType.rawValue), buffer \(d.config.bufferBytes) bytes, model fingerprint \(String(engine.fingerprint, radix: 16)))"
             )
         }
         host.setReady(LoadedModel(engine: engine))

@@ -1,8 +1,19 @@
 import AsyncHTTPClient
 import Discovery
+import Engine
 import Foundation
+import KVTransfer
 import NIOCore
+import NIOPosix
 import Testing
+
+/// Writes raw bytes to a TCP port (hand-made KV frames) and keeps the connection open until closed.
+func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connect(host: "127.0.0.1", port: port).get()
+    try await channel.writeAndFlush(bytes)
+    return channel
+}
 
 /// A prefill and a decode `tandem serve` process exchanging KV over TCP, driven as the proxy drives them.
 @Suite(.serialized) struct DisaggregationTests {
@@ -89,6 +100,48 @@ import Testing
         let refused = try await fail.post("/v1/completions", body, headers: [("X-Request-Id", id)])
         #expect(refused.status.code == 503)
         #expect(((refused.json?["error"] as? [String: Any])?["message"] as? String)?.contains("KV") == true)
+    }
+
+    /// KV from another model, and KV whose payload was corrupted on the way, are refused at once: the decode request
+    /// recomputes and answers exactly the colocated output, long before its deadline.
+    @Test func foreignOrCorruptedKVIsRefusedAndTheDecodeRecomputes() async throws {
+        let kvPort = freePort()
+        let d = try await ServerProcess.instance(
+            role: "kv_consumer", kvPort: kvPort, extra: "\"kv_transfer_timeout_s\":30")
+        defer { #expect(d.stop() == 0) }
+        let prompt = "The capital of Germany is"
+        let body = "{\"prompt\":\"\(prompt)\",\"max_tokens\":8,\"temperature\":0}"
+        let want = try await d.post("/v1/completions", body).json?.firstChoice?["text"] as? String
+        let tokens = try #require(
+            try await d.post("/tokenize", "{\"prompt\":\"\(prompt)\"}").json?["tokens"] as? [Int])
+        let logged = try #require(d.logText.firstMatch(of: /model fingerprint ([0-9a-f]+)/))
+        let fingerprint = try #require(UInt64(logged.1, radix: 16))
+        for (name, fp, corrupt) in [("foreign", fingerprint &+ 1, false), ("corrupted", fingerprint, true)] {
+            let id = Self.newId(
+                prefill: HostPort(host: "127.0.0.1", port: 1), decode: HostPort(host: "127.0.0.1", port: kvPort))
+            let payload = KVPayload(
+                tokens: tokens.map(Int32.init), layerCount: 30, kvDim: 192, fingerprint: fp,
+                values: (0..<(30 * 2 * tokens.count * 192)).map { UInt16(truncatingIfNeeded: $0 &* 40_503) & 0x3BFF })
+            var frames = KVFrame.frames(for: payload, requestId: id)
+            if corrupt, case .layer(let r, let l, let s, let c, let k, let sum, var values) = frames[5] {
+                values[17] ^= 0x0100
+                frames[5] = .layer(
+                    requestId: r, layer: l, tokenStart: s, tokenCount: c, kvDim: k, checksum: sum, values: values)
+            }
+            var bytes = ByteBuffer()
+            for f in frames { f.write(into: &bytes) }
+            let channel = try await writeRaw(bytes, toPort: kvPort)
+            let start = Date()
+            let reply = try await d.post("/v1/completions", body, headers: [("X-Request-Id", id)])
+            #expect(reply.status == .ok, "\(name)")
+            #expect(reply.json?.firstChoice?["text"] as? String == want, "\(name)")
+            #expect(Date().timeIntervalSince(start) < 10, "\(name): refused at once, not at the 30 s deadline")
+            try? await channel.close()
+        }
+        let metrics = try await d.get("/metrics").body
+        #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 2)
+        #expect(metricValue(metrics, #"tandem_kv_transfer_failures_total{reason="rejected"}"#) == 2)
+        #expect(d.logText.contains("fingerprint mismatch") && d.logText.contains("failed its checksum"))
     }
 
     /// 100 mixed requests, some never decoded, some decoded without their prefill, some abandoned mid-stream: both
