@@ -103,33 +103,48 @@ static float dot_q4_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
     return acc;
 }
 
+// Q4_1 and Q8_0 in llama.cpp's order, as the interleaved kernels compute them (interleaved.c): eight partial sums,
+// partial c taking columns 4c..4c+3 (Q4_1: the low nibbles of bytes 4c..4c+3 for c < 4, their high nibbles for c >= 4)
+// of every block, reduced ((4+0) + (6+2)) + ((5+1) + (7+3)); Q4_1's minimums accumulate apart and are added last.
+static inline float reduce8_lanes(const float a[8]) {
+    return ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]));
+}
+
 static float dot_q4_1_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
-    float acc = 0.0f;
+    float acc[8] = {0}, mins = 0.0f;
     for (int i = 0; i < nb; i++, w += 20) {
         uint16_t dh, mh;
         memcpy(&dh, w, 2);
         memcpy(&mh, w + 2, 2);
         const uint8_t *qs = w + 4;
-        int sum = 0;
-        for (int j = 0; j < 16; j++) {
-            sum += (qs[j] & 0x0F) * x[i].qs[j] + (qs[j] >> 4) * x[i].qs[j + 16];
+        const float scale = tk_half_to_float(dh) * x[i].d;
+        for (int c = 0; c < 8; c++) {
+            int sum = 0;
+            for (int j = 0; j < 4; j++) {
+                const uint8_t q = qs[4 * (c & 3) + j];
+                sum += (c < 4 ? q & 0x0F : q >> 4) * x[i].qs[4 * c + j];
+            }
+            acc[c] = fmaf(scale, (float)sum, acc[c]);
         }
-        acc += tk_half_to_float(dh) * x[i].d * (float)sum + tk_half_to_float(mh) * x[i].s;
+        mins = fmaf(tk_half_to_float(mh), x[i].s, mins);
     }
-    return acc;
+    return reduce8_lanes(acc) + mins;
 }
 
 static float dot_q8_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
-    float acc = 0.0f;
+    float acc[8] = {0};
     for (int i = 0; i < nb; i++, w += 34) {
         uint16_t dh;
         memcpy(&dh, w, 2);
         const int8_t *qs = (const int8_t *)(w + 2);
-        int sum = 0;
-        for (int j = 0; j < 32; j++) sum += qs[j] * x[i].qs[j];
-        acc += tk_half_to_float(dh) * x[i].d * (float)sum;
+        const float scale = tk_half_to_float(dh) * x[i].d;
+        for (int c = 0; c < 8; c++) {
+            int sum = 0;
+            for (int j = 0; j < 4; j++) sum += qs[4 * c + j] * x[i].qs[4 * c + j];
+            acc[c] = fmaf(scale, (float)sum, acc[c]);
+        }
     }
-    return acc;
+    return reduce8_lanes(acc);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -167,23 +182,6 @@ TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
 
-#define TK_DEFINE_Q4_1(NAME, ATTR, DOT)                                                                \
-    ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
-        __m256 acc = _mm256_setzero_ps();                                                              \
-        float mins = 0.0f;                                                                             \
-        for (int i = 0; i < nb; i++, w += 20) {                                                        \
-            uint16_t dh, mh;                                                                           \
-            memcpy(&dh, w, 2);                                                                         \
-            memcpy(&mh, w + 2, 2);                                                                     \
-            const __m256i q = unpack_nibbles(w + 4);                                                   \
-            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
-            const __m256 sum = _mm256_cvtepi32_ps(DOT(q, y));                                          \
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
-            mins = fmaf(tk_half_to_float(mh), x[i].s, mins);                                           \
-        }                                                                                              \
-        return hsum8(acc) + mins;                                                                      \
-    }
-
 #define TK_DEFINE_Q4_0(NAME, ATTR, DOT)                                                                \
     ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
         __m256 acc = _mm256_setzero_ps();                                                              \
@@ -201,128 +199,8 @@ TK_VNNI static inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s) {
         return hsum8(acc);                                                                             \
     }
 
-#define TK_DEFINE_Q8_0(NAME, ATTR, DOT)                                                                \
-    ATTR static float NAME(const uint8_t *w, const tk_block_q8 *x, int nb) {                           \
-        __m256 acc = _mm256_setzero_ps();                                                              \
-        for (int i = 0; i < nb; i++, w += 34) {                                                        \
-            uint16_t dh;                                                                               \
-            memcpy(&dh, w, 2);                                                                         \
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));                            \
-            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
-            const __m256i aq = _mm256_sign_epi8(q, q);                                                 \
-            const __m256i sy = _mm256_sign_epi8(y, q);                                                 \
-            const __m256 sum = _mm256_cvtepi32_ps(DOT(aq, sy));                                        \
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * x[i].d), sum, acc);            \
-        }                                                                                              \
-        return hsum8(acc);                                                                             \
-    }
-
-// Four rows at once against one activation row: four independent dependency chains and four memory streams.
-// Each row's arithmetic is exactly that of the one-row kernel above (same operations, same order), so results are
-// bitwise equal whichever kernel computes a row.
-#define TK_DEFINE_Q4_1_X4(NAME, ATTR, DOT)                                                             \
-    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, int nb, float *out, int os) { \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;                      \
-        float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;                                              \
-        const uint8_t *w0 = w, *w1 = w + rb, *w2 = w + 2 * rb, *w3 = w + 3 * rb;                       \
-        for (int i = 0; i < nb; i++) {                                                                 \
-            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
-            const float xd = x[i].d, xs = x[i].s;                                                      \
-            uint16_t dh, mh;                                                                           \
-            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
-                const uint8_t *wk = k == 0 ? w0 : k == 1 ? w1 : k == 2 ? w2 : w3;                      \
-                memcpy(&dh, wk + 20 * i, 2);                                                           \
-                memcpy(&mh, wk + 20 * i + 2, 2);                                                       \
-                const __m256i q = unpack_nibbles(wk + 20 * i + 4);                                     \
-                const __m256 sum = _mm256_cvtepi32_ps(DOT(q, y));                                      \
-                const __m256 sc = _mm256_set1_ps(tk_half_to_float(dh) * xd);                           \
-                const float mm = tk_half_to_float(mh) * xs;                                            \
-                if (k == 0) { acc0 = _mm256_fmadd_ps(sc, sum, acc0); m0 = fmaf(tk_half_to_float(mh), xs, m0); }                       \
-                else if (k == 1) { acc1 = _mm256_fmadd_ps(sc, sum, acc1); m1 = fmaf(tk_half_to_float(mh), xs, m1); }                  \
-                else if (k == 2) { acc2 = _mm256_fmadd_ps(sc, sum, acc2); m2 = fmaf(tk_half_to_float(mh), xs, m2); }                  \
-                else { acc3 = _mm256_fmadd_ps(sc, sum, acc3); m3 = fmaf(tk_half_to_float(mh), xs, m3); }                              \
-            }                                                                                          \
-        }                                                                                              \
-        out[0] = hsum8(acc0) + m0;                                                                     \
-        out[os] = hsum8(acc1) + m1;                                                                    \
-        out[2 * os] = hsum8(acc2) + m2;                                                                \
-        out[3 * os] = hsum8(acc3) + m3;                                                                \
-    }
-
-#define TK_DEFINE_Q8_0_X4(NAME, ATTR, DOT)                                                             \
-    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, int nb, float *out, int os) { \
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
-        for (int i = 0; i < nb; i++) {                                                                 \
-            const __m256i y = _mm256_loadu_si256((const __m256i *)x[i].qs);                            \
-            const float xd = x[i].d;                                                                   \
-            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
-                const uint8_t *wk = w + k * rb + 34 * i;                                               \
-                uint16_t dh;                                                                           \
-                memcpy(&dh, wk, 2);                                                                    \
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(wk + 2));                       \
-                const __m256i aq = _mm256_sign_epi8(q, q);                                             \
-                const __m256i sy = _mm256_sign_epi8(y, q);                                             \
-                const __m256 sum = _mm256_cvtepi32_ps(DOT(aq, sy));                                    \
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(tk_half_to_float(dh) * xd), sum, acc[k]);      \
-            }                                                                                          \
-        }                                                                                              \
-        for (int k = 0; k < 4; k++) out[k * os] = hsum8(acc[k]);                                       \
-    }
-
-// Four rows against NA activation rows at once (prefill and batched decode): each weight block is unpacked once and
-// used NA times. Every (row, activation) pair still gets exactly the one-row kernel's operations in the same order.
-#define TK_DEFINE_Q4_1_X4_N(NAME, ATTR, DOT, NA)                                                       \
-    ATTR static void NAME(const uint8_t *w, size_t rb, const tk_block_q8 *x, size_t xs_stride, int nb,   \
-                          float *out, size_t os) {                                                     \
-        __m256 acc[4][NA];                                                                             \
-        float mn[4][NA];                                                                               \
-        _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++)                                 \
-            _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++) {                          \
-                acc[k][a] = _mm256_setzero_ps();                                                       \
-                mn[k][a] = 0.0f;                                                                       \
-            }                                                                                          \
-        for (int i = 0; i < nb; i++) {                                                                 \
-            __m256i q[4];                                                                              \
-            float d[4], m[4];                                                                          \
-            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                           \
-                const uint8_t *wk = w + k * rb + 20 * i;                                               \
-                uint16_t dh, mh;                                                                       \
-                memcpy(&dh, wk, 2);                                                                    \
-                memcpy(&mh, wk + 2, 2);                                                                \
-                d[k] = tk_half_to_float(dh);                                                           \
-                m[k] = tk_half_to_float(mh);                                                           \
-                q[k] = unpack_nibbles(wk + 4);                                                         \
-            }                                                                                          \
-            _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++) {                          \
-                const tk_block_q8 *xa = x + a * xs_stride + i;                                         \
-                const __m256i y = _mm256_loadu_si256((const __m256i *)xa->qs);                         \
-                const float xd = xa->d, xsum = xa->s;                                                  \
-                _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++) {                       \
-                    const __m256 sum = _mm256_cvtepi32_ps(DOT(q[k], y));                               \
-                    acc[k][a] = _mm256_fmadd_ps(_mm256_set1_ps(d[k] * xd), sum, acc[k][a]);            \
-                    mn[k][a] = fmaf(m[k], xsum, mn[k][a]);                                             \
-                }                                                                                      \
-            }                                                                                          \
-        }                                                                                              \
-        _Pragma("clang loop unroll(full)") for (int a = 0; a < NA; a++)                                \
-            _Pragma("clang loop unroll(full)") for (int k = 0; k < 4; k++)                             \
-                out[a * os + k] = hsum8(acc[k][a]) + mn[k][a];                                         \
-    }
-
-TK_DEFINE_Q4_1_X4_N(gemm4x2_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2, 2)
-TK_DEFINE_Q4_1_X4_N(gemm4x4_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni, 4)
-
-TK_DEFINE_Q4_1_X4(dot4_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
-TK_DEFINE_Q4_1_X4(dot4_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
-TK_DEFINE_Q8_0_X4(dot4_q8_0_avx2, TK_AVX2, dot_u8_s8_avx2)
-TK_DEFINE_Q8_0_X4(dot4_q8_0_vnni, TK_VNNI, dot_u8_s8_vnni)
-
-TK_DEFINE_Q4_1(dot_q4_1_avx2, TK_AVX2, dot_u8_s8_avx2)
-TK_DEFINE_Q4_1(dot_q4_1_vnni, TK_VNNI, dot_u8_s8_vnni)
 TK_DEFINE_Q4_0(dot_q4_0_avx2, TK_AVX2, dot_u8_s8_avx2)
 TK_DEFINE_Q4_0(dot_q4_0_vnni, TK_VNNI, dot_u8_s8_vnni)
-TK_DEFINE_Q8_0(dot_q8_0_avx2, TK_AVX2, dot_u8_s8_avx2)
-TK_DEFINE_Q8_0(dot_q8_0_vnni, TK_VNNI, dot_u8_s8_vnni)
 #endif
 
 typedef float (*tk_dot_fn)(const uint8_t *, const tk_block_q8 *, int);
@@ -336,18 +214,8 @@ static tk_dot_fn tk_pick(int type) {
         if (level == 1) return dot_q4_0_avx2;
 #endif
         return dot_q4_0_scalar;
-    case 3:
-#if TK_X86
-        if (level == 2) return dot_q4_1_vnni;
-        if (level == 1) return dot_q4_1_avx2;
-#endif
-        return dot_q4_1_scalar;
-    case 8:
-#if TK_X86
-        if (level == 2) return dot_q8_0_vnni;
-        if (level == 1) return dot_q8_0_avx2;
-#endif
-        return dot_q8_0_scalar;
+    case 3: return dot_q4_1_scalar;  // SIMD: the interleaved kernels
+    case 8: return dot_q8_0_scalar;
     default:
         return 0;
     }
@@ -357,54 +225,12 @@ float tk_dot_q4_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(2
 float tk_dot_q4_1(const void *w, const tk_block_q8 *x, int n) { return tk_pick(3)(w, x, n / 32); }
 float tk_dot_q8_0(const void *w, const tk_block_q8 *x, int n) { return tk_pick(8)(w, x, n / 32); }
 
-typedef void (*tk_dot4_fn)(const uint8_t *, size_t, const tk_block_q8 *, int, float *, int);
-
-static tk_dot4_fn tk_pick4(int type) {
-#if TK_X86
-    const int level = tk_simd_level();
-    if (type == 3 && level == 2) return dot4_q4_1_vnni;
-    if (type == 3 && level == 1) return dot4_q4_1_avx2;
-    if (type == 8 && level == 2) return dot4_q8_0_vnni;
-    if (type == 8 && level == 1) return dot4_q8_0_avx2;
-#endif
-    (void)type;
-    return 0;
-}
-
 int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
                 const tk_block_q8 *x, int n_act, float *out, int out_stride) {
     tk_dot_fn dot = tk_pick(type);
     if (!dot) return -1;
-    tk_dot4_fn dot4 = tk_pick4(type);
     const int nb = n / 32;
-    int r = row_begin;
-#if TK_X86
-    // Q4_1 with several activation rows: unpack each weight block once for a group of activations.
-    if (type == 3 && n_act > 1 && tk_simd_level() >= 1) {
-        const int group = tk_simd_level() == 2 ? 4 : 2;
-        for (; r + 4 <= row_end; r += 4) {
-            const uint8_t *rows = (const uint8_t *)w + (size_t)r * row_bytes;
-            int b = 0;
-            for (; b + group <= n_act; b += group) {
-                float *o = out + (size_t)b * out_stride + r;
-                if (group == 4) gemm4x4_q4_1_vnni(rows, row_bytes, x + (size_t)b * nb, nb, nb, o, out_stride);
-                else gemm4x2_q4_1_avx2(rows, row_bytes, x + (size_t)b * nb, nb, nb, o, out_stride);
-            }
-            for (; b < n_act; b++) {
-                dot4(rows, row_bytes, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + r, 1);
-            }
-        }
-    }
-#endif
-    if (dot4) {
-        for (; r + 4 <= row_end; r += 4) {
-            const uint8_t *rows = (const uint8_t *)w + (size_t)r * row_bytes;
-            for (int b = 0; b < n_act; b++) {
-                dot4(rows, row_bytes, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + r, 1);
-            }
-        }
-    }
-    for (; r < row_end; r++) {
+    for (int r = row_begin; r < row_end; r++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
         for (int b = 0; b < n_act; b++) {
             out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);

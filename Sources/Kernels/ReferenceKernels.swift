@@ -35,31 +35,51 @@ public enum ReferenceKernels {
     }
 
     /// The dot product of a Q4_0, Q4_1 or Q8_0 weight row with quantized activations, block by block in integers.
+    /// Q4_1 and Q8_0 take llama.cpp's order, which every SIMD path follows bitwise: eight partial sums, partial c
+    /// taking columns 4c..4c+3 of every block (Q4_1: low nibbles of bytes 4c..4c+3 for c < 4, their high nibbles for
+    /// c ≥ 4), each accumulated as fma(d_w·d_x, sum, partial), reduced ((4+0) + (6+2)) + ((5+1) + (7+3)); Q4_1's
+    /// minimums (m_w·s_x) accumulate apart and are added last.
     public static func dot(_ type: GGMLType, row: UnsafeRawPointer, blocks: [Block]) -> Float {
         var total: Float = 0
+        var partial = [Float](repeating: 0, count: 8)
+        var mins: Float = 0
         for (i, x) in blocks.enumerated() {
             let w = row + i * type.blockBytes
             let d = HalfFloat.toFloat(w.loadUnaligned(as: UInt16.self))
-            var sum = 0
             switch type {
-            case .q4_0, .q4_1:
-                let qs = w + (type == .q4_0 ? 2 : 4)
-                let bias = type == .q4_0 ? 8 : 0
+            case .q4_0:
+                var sum = 0
                 for j in 0..<16 {
-                    let q = qs.load(fromByteOffset: j, as: UInt8.self)
-                    sum += (Int(q & 0x0F) - bias) * Int(x.qs[j]) + (Int(q >> 4) - bias) * Int(x.qs[j + 16])
+                    let q = w.load(fromByteOffset: 2 + j, as: UInt8.self)
+                    sum += (Int(q & 0x0F) - 8) * Int(x.qs[j]) + (Int(q >> 4) - 8) * Int(x.qs[j + 16])
                 }
                 total += d * x.d * Float(sum)
+            case .q4_1, .q8_0:
+                let scale = d * x.d
+                for c in 0..<8 {
+                    var sum = 0
+                    for j in 0..<4 {
+                        let weight: Int
+                        if type == .q4_1 {
+                            let q = w.load(fromByteOffset: 4 + 4 * (c & 3) + j, as: UInt8.self)
+                            weight = Int(c < 4 ? q & 0x0F : q >> 4)
+                        } else {
+                            weight = Int(w.load(fromByteOffset: 2 + 4 * c + j, as: Int8.self))
+                        }
+                        sum += weight * Int(x.qs[4 * c + j])
+                    }
+                    partial[c] = partial[c].addingProduct(scale, Float(sum))
+                }
                 if type == .q4_1 {
-                    total += HalfFloat.toFloat(w.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) * x.s
+                    mins = mins.addingProduct(
+                        HalfFloat.toFloat(w.loadUnaligned(fromByteOffset: 2, as: UInt16.self)), x.s)
                 }
-            case .q8_0:
-                for j in 0..<32 { sum += Int(w.load(fromByteOffset: 2 + j, as: Int8.self)) * Int(x.qs[j]) }
-                total += d * x.d * Float(sum)
             default:
                 preconditionFailure("no integer kernel for \(type.name)")
             }
         }
-        return total
+        if type == .q4_0 { return total }
+        let p = partial
+        return ((p[4] + p[0]) + (p[6] + p[2])) + ((p[5] + p[1]) + (p[7] + p[3])) + mins
     }
 }

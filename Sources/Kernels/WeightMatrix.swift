@@ -1,21 +1,42 @@
 import CKernels
 import GGUF
 
-/// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file.
-/// Row `r` holds the weights of output `r` (ggml's layout: `columns` is the contiguous dimension).
+/// A copy of a Q4_1 or Q8_0 matrix repacked into groups of 8 interleaved rows (see CKernels' interleaved.c), which
+/// the matrix kernels read 8 rows at a time.
+final class InterleavedRows: @unchecked Sendable {
+    let bytes: UnsafeMutableRawPointer
+    let groups: Int
+
+    init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int) {
+        guard type == .q4_1 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
+        groups = (rows + 7) / 8
+        let size = groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns))
+        bytes = .allocate(byteCount: size, alignment: 64)
+        tk_repack_x8(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
+    }
+
+    deinit { bytes.deallocate() }
+}
+
+/// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file (Q4_1 and Q8_0
+/// from an interleaved copy). Row `r` holds the weights of output `r` (ggml's layout: `columns` is the contiguous
+/// dimension).
 public struct WeightMatrix: @unchecked Sendable {
     public let type: GGMLType
     public let data: UnsafeRawPointer
     public let rows: Int
     public let columns: Int
     public let rowBytes: Int
+    let interleaved: InterleavedRows?
 
     public init(type: GGMLType, data: UnsafeRawPointer, rows: Int, columns: Int) {
         self.type = type
         self.data = data
         self.rows = rows
         self.columns = columns
-        self.rowBytes = type.byteCount(elements: columns) ?? 0
+        let rowBytes = type.byteCount(elements: columns) ?? 0
+        self.rowBytes = rowBytes
+        interleaved = InterleavedRows(type: type, data: data, rowBytes: rowBytes, rows: rows, columns: columns)
     }
 
     /// Whether a quantized-activation SIMD kernel exists for this type.
@@ -32,6 +53,16 @@ public struct WeightMatrix: @unchecked Sendable {
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
         scratch: inout ActivationBuffer
     ) {
+        if let packed = interleaved {
+            let q = scratch.quantize(x, rows: batch, columns: columns)
+            let args = UncheckedSendable((q, out, packed.bytes))
+            pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
+                _ = tk_matmul_x8(
+                    Int32(type.rawValue), args.value.2, Int32(columns), Int32(begin), Int32(end), Int32(rows),
+                    args.value.0, Int32(batch), args.value.1, Int32(rows))
+            }
+            return
+        }
         if hasIntegerKernel {
             let q = scratch.quantize(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out))

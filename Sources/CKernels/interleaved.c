@@ -1,0 +1,243 @@
+// Matrix kernels for Q4_1 and Q8_0 weights repacked into groups of 8 interleaved rows. See CKernels.h.
+//
+// Layout of one block (32 columns) of one group (8 rows):
+//   Q4_1 (160 bytes): d[8] fp16 | m[8] fp16 | 4 chunks of 32 bytes; chunk c holds, for each row r, the row's packed
+//                     bytes 4c..4c+3 (low nibbles: columns 4c..4c+3, high nibbles: columns 16+4c..16+4c+3).
+//   Q8_0 (272 bytes): d[8] fp16 | 8 chunks of 32 bytes; chunk c holds, for each row r, the row's columns 4c..4c+3.
+// One 32-byte load then feeds 8 rows at once: lane r of an integer dot product against the broadcast activations of
+// chunk c is row r's exact partial sum S_c over that chunk's 4 (Q4_1: 4 + 4) columns.
+//
+// The float arithmetic is llama.cpp's (ggml's AVX2 vec_dot_q4_1_q8_1 and vec_dot_q8_0_q8_0), which keeps eight
+// partial sums per row, one per chunk: acc_c = fma(d_w * d_x, S_c, acc_c) block after block, then
+// ((acc_4 + acc_0) + (acc_6 + acc_2)) + ((acc_5 + acc_1) + (acc_7 + acc_3)); Q4_1 adds mins = fma(m_w, s_x, mins)
+// accumulated block after block. Here the eight partial sums are eight vectors (lanes = rows) instead of the eight
+// lanes of one vector. The scalar path does exactly the same, so every path, batch size and thread split gives the
+// same bits, and the same bits as ggml's kernel.
+#include "CKernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TK_X86 1
+#else
+#define TK_X86 0
+#endif
+
+static inline float half_to_float(uint16_t h) {
+    _Float16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
+}
+
+static int x8_block_bytes(int type) { return type == 3 ? 160 : type == 8 ? 272 : 0; }
+
+size_t tk_x8_group_bytes(int type, int n) { return (size_t)x8_block_bytes(type) * (size_t)(n / 32); }
+
+int tk_repack_x8(int type, const void *src, size_t row_bytes, int rows, int n, void *dst) {
+    const int bb = x8_block_bytes(type);
+    if (bb == 0) return -1;
+    const int nb = n / 32;
+    const int groups = (rows + 7) / 8;
+    uint8_t *out = dst;
+    memset(out, 0, (size_t)groups * (size_t)nb * (size_t)bb);
+    for (int g = 0; g < groups; g++) {
+        for (int r = 0; r < 8 && g * 8 + r < rows; r++) {
+            const uint8_t *row = (const uint8_t *)src + (size_t)(g * 8 + r) * row_bytes;
+            for (int i = 0; i < nb; i++) {
+                uint8_t *blk = out + ((size_t)g * nb + i) * bb;
+                if (type == 3) {
+                    const uint8_t *b = row + 20 * i;
+                    memcpy(blk + 2 * r, b, 2);
+                    memcpy(blk + 16 + 2 * r, b + 2, 2);
+                    for (int c = 0; c < 4; c++) memcpy(blk + 32 + 32 * c + 4 * r, b + 4 + 4 * c, 4);
+                } else {
+                    const uint8_t *b = row + 34 * i;
+                    memcpy(blk + 2 * r, b, 2);
+                    for (int c = 0; c < 8; c++) memcpy(blk + 16 + 32 * c + 4 * r, b + 2 + 4 * c, 4);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Scalar path (the reference order).
+
+// The fixed reduction of the eight partial sums (ggml's hsum_float_8).
+static inline float reduce8(const float a[8]) { return ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3])); }
+
+static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, float out[8]) {
+    const int bb = x8_block_bytes(type);
+    for (int r = 0; r < 8; r++) {
+        float acc[8] = {0}, mins = 0.0f;
+        for (int i = 0; i < nb; i++) {
+            const uint8_t *blk = g + (size_t)i * bb;
+            uint16_t dh;
+            memcpy(&dh, blk + 2 * r, 2);
+            const float scale = half_to_float(dh) * x[i].d;
+            for (int c = 0; c < 8; c++) {
+                int sum = 0;
+                for (int j = 0; j < 4; j++) {
+                    if (type == 3) {
+                        const uint8_t q = blk[32 + 32 * (c & 3) + 4 * r + j];
+                        sum += (c < 4 ? q & 0x0F : q >> 4) * x[i].qs[4 * c + j];
+                    } else {
+                        sum += (int8_t)blk[16 + 32 * c + 4 * r + j] * x[i].qs[4 * c + j];
+                    }
+                }
+                acc[c] = fmaf(scale, (float)sum, acc[c]);
+            }
+            if (type == 3) {
+                uint16_t mh;
+                memcpy(&mh, blk + 16 + 2 * r, 2);
+                mins = fmaf(half_to_float(mh), x[i].s, mins);
+            }
+        }
+        out[r] = reduce8(acc) + mins;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// AVX2 and AVX-512 VNNI paths: NA activation rows per pass, so each weight block is loaded and unpacked once for them.
+
+#if TK_X86
+#define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// acc + (unsigned bytes of u) · (signed bytes of s), four at a time into 8 int32 lanes; exact.
+TK_AVX2 static inline __m256i dp_avx2(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+TK_VNNI static inline __m256i dp_vnni(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+static inline int32_t quad(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// The eight partial-sum vectors of one activation row, reduced in ggml's order; lane r is row r's result.
+#define TK_REDUCE8(A) \
+    _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(A[4], A[0]), _mm256_add_ps(A[6], A[2])), \
+                  _mm256_add_ps(_mm256_add_ps(A[5], A[1]), _mm256_add_ps(A[7], A[3])))
+
+#define TK_X8_Q4_1(NAME, ATTR, DP, NA)                                                                 \
+    ATTR static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out,  \
+                          size_t os, int valid) {                                                      \
+        __m256 acc[NA][8], mins[NA];                                                                   \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            mins[a] = _mm256_setzero_ps();                                                             \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm256_setzero_ps();                               \
+        }                                                                                              \
+        const __m256i mask = _mm256_set1_epi8(0x0F);                                                   \
+        for (int i = 0; i < nb; i++, g += 160) {                                                       \
+            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                    \
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16)));             \
+            __m256i w[8];                                                                              \
+            for (int c = 0; c < 4; c++) {                                                              \
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(g + 32 + 32 * c));              \
+                w[c] = _mm256_and_si256(b, mask);                                                      \
+                w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);                            \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const __m256 scale = _mm256_mul_ps(dv, _mm256_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m256i s = DP(_mm256_setzero_si256(), w[c], _mm256_set1_epi32(quad(xa->qs + 4 * c))); \
+                    acc[a][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+                mins[a] = _mm256_fmadd_ps(mv, _mm256_set1_ps(xa->s), mins[a]);                         \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[8];                                                                                \
+            _mm256_storeu_ps(r, _mm256_add_ps(TK_REDUCE8(acc[a]), mins[a]));                           \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+        }                                                                                              \
+    }
+
+#define TK_X8_Q8_0(NAME, ATTR, DP, NA)                                                                 \
+    ATTR static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out,  \
+                          size_t os, int valid) {                                                      \
+        __m256 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm256_setzero_ps();                               \
+        for (int i = 0; i < nb; i++, g += 272) {                                                       \
+            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                    \
+            __m256i w[8], aw[8];                                                                       \
+            for (int c = 0; c < 8; c++) {                                                              \
+                w[c] = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * c));                         \
+                aw[c] = _mm256_sign_epi8(w[c], w[c]);                                                  \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const __m256 scale = _mm256_mul_ps(dv, _mm256_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(quad(xa->qs + 4 * c)), w[c]); \
+                    const __m256i s = DP(_mm256_setzero_si256(), aw[c], xs);                           \
+                    acc[a][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[8];                                                                                \
+            _mm256_storeu_ps(r, TK_REDUCE8(acc[a]));                                                   \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+        }                                                                                              \
+    }
+
+TK_X8_Q4_1(x8_q4_1_vnni_1, TK_VNNI, dp_vnni, 1)
+TK_X8_Q4_1(x8_q4_1_vnni_2, TK_VNNI, dp_vnni, 2)
+TK_X8_Q4_1(x8_q4_1_avx2_1, TK_AVX2, dp_avx2, 1)
+TK_X8_Q4_1(x8_q4_1_avx2_2, TK_AVX2, dp_avx2, 2)
+TK_X8_Q8_0(x8_q8_0_vnni_1, TK_VNNI, dp_vnni, 1)
+TK_X8_Q8_0(x8_q8_0_vnni_2, TK_VNNI, dp_vnni, 2)
+TK_X8_Q8_0(x8_q8_0_avx2_1, TK_AVX2, dp_avx2, 1)
+TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
+#endif
+
+typedef void (*x8_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
+
+int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                 const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+    const int bb = x8_block_bytes(type);
+    if (bb == 0) return -1;
+    const int nb = n / 32;
+    const size_t group_bytes = (size_t)bb * (size_t)nb;
+    const int level = tk_simd_level();
+    for (int g = group_begin; g < group_end; g++) {
+        const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;
+        const int first = g * 8;
+        const int valid = rows - first < 8 ? rows - first : 8;
+        int b = 0;
+#if TK_X86
+        if (level >= 1) {
+            // Two activation rows per pass: with eight partial sums each, more would not fit in the registers.
+            x8_fn one, two;
+            if (level == 2) {
+                one = type == 3 ? x8_q4_1_vnni_1 : x8_q8_0_vnni_1;
+                two = type == 3 ? x8_q4_1_vnni_2 : x8_q8_0_vnni_2;
+            } else {
+                one = type == 3 ? x8_q4_1_avx2_1 : x8_q8_0_avx2_1;
+                two = type == 3 ? x8_q4_1_avx2_2 : x8_q8_0_avx2_2;
+            }
+            for (; b + 2 <= n_act; b += 2) {
+                two(gp, nb, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + first, out_stride, valid);
+            }
+            for (; b < n_act; b++) {
+                one(gp, nb, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + first, out_stride, valid);
+            }
+        }
+#endif
+        for (; b < n_act; b++) {
+            float r[8];
+            x8_scalar(type, gp, nb, x + (size_t)b * nb, r);
+            for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+        }
+    }
+    return 0;
+}
