@@ -399,6 +399,61 @@ TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, c
     const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
     for (int i = 0; i < head_dim; i++) out[i] = acc[i] * inv;
 }
+
+// The same steps for a head dimension known at compile time: the query and the accumulator stay in registers, and
+// the keys are walked block by block (no division per key). Same operations in the same order as attend_f16_avx2.
+#define TK_ATTEND_FIXED(NAME, HD)                                                                      \
+    TK_AVX2 static void NAME(const float *qr, int length, const uint16_t *k_base, const uint16_t *v_base, \
+                             const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, \
+                             float scale, float *out) {                                                \
+        __m256 q[HD / 8], acc[HD / 8];                                                                 \
+        for (int j = 0; j < HD / 8; j++) {                                                             \
+            q[j] = _mm256_loadu_ps(qr + 8 * j);                                                        \
+            acc[j] = _mm256_setzero_ps();                                                              \
+        }                                                                                              \
+        float m = -INFINITY;                                                                           \
+        float s_sum = 0.0f;                                                                            \
+        for (int start = 0; start < length; start += block_size) {                                     \
+            const size_t block = (size_t)table[start / block_size] * block_stride;                     \
+            const int end = length - start < block_size ? length - start : block_size;                 \
+            for (int slot = 0; slot < end; slot++) {                                                   \
+                const uint16_t *k = k_base + block + (size_t)slot * slot_stride;                       \
+                const uint16_t *v = v_base + block + (size_t)slot * slot_stride;                       \
+                __m256 d = _mm256_setzero_ps();                                                        \
+                for (int j = 0; j < HD / 8; j++) {                                                     \
+                    d = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j))), q[j], d); \
+                }                                                                                      \
+                const float s = hsum8(d) * scale;                                                      \
+                float ms = 1.0f, vs = 1.0f;                                                            \
+                if (s > m) {                                                                           \
+                    const float old = m;                                                               \
+                    m = s;                                                                             \
+                    ms = expf(old - m);                                                                \
+                    const __m256 vms = _mm256_set1_ps(ms);                                             \
+                    for (int j = 0; j < HD / 8; j++) {                                                 \
+                        acc[j] = _mm256_cvtph_ps(                                                      \
+                            _mm256_cvtps_ph(_mm256_mul_ps(acc[j], vms), _MM_FROUND_TO_NEAREST_INT));   \
+                    }                                                                                  \
+                } else {                                                                               \
+                    vs = expf(s - m);                                                                  \
+                }                                                                                      \
+                const __m256 vvs = _mm256_set1_ps(vs);                                                 \
+                for (int j = 0; j < HD / 8; j++) {                                                     \
+                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8 * j)));   \
+                    acc[j] = _mm256_cvtph_ps(                                                          \
+                        _mm256_cvtps_ph(_mm256_fmadd_ps(x, vvs, acc[j]), _MM_FROUND_TO_NEAREST_INT));  \
+                }                                                                                      \
+                s_sum = s_sum * ms;                                                                    \
+                s_sum = s_sum + vs;                                                                    \
+            }                                                                                          \
+        }                                                                                              \
+        const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;                                         \
+        const __m256 vinv = _mm256_set1_ps(inv);                                                       \
+        for (int j = 0; j < HD / 8; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], vinv));   \
+    }
+
+TK_ATTEND_FIXED(attend_f16_avx2_64, 64)
+TK_ATTEND_FIXED(attend_f16_avx2_128, 128)
 #endif
 
 void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
@@ -410,6 +465,11 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
     tk_f32_to_f16(q, q16, head_dim);
     tk_f16_to_f32(q16, qr, head_dim);
 #if TK_X86
+    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128)) {
+        (head_dim == 64 ? attend_f16_avx2_64 : attend_f16_avx2_128)(
+            qr, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
+        return;
+    }
     if (tk_simd_level() >= 1 && head_dim % 8 == 0) {
         attend_f16_avx2(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale,
                         out);

@@ -140,11 +140,14 @@ public final class TransformerModel: @unchecked Sendable {
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(hd).squareRoot()
-        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws))
+        // A row's cost grows with its position, so rows are taken first, last, second, second to last, ...: each
+        // thread's contiguous range of tasks then gets about the same work.
+        let order = (0..<rows).map { $0 % 2 == 0 ? $0 / 2 : rows - 1 - $0 / 2 }
+        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order))
         pool.parallelRanges(rows * c.headCount) { begin, end in
-            let (chunks, rowChunk, rowPosition, ws) = shared.value
+            let (chunks, rowChunk, rowPosition, ws, order) = shared.value
             for task in begin..<end {
-                let row = task / c.headCount
+                let row = order[task / c.headCount]
                 let head = task % c.headCount
                 let kvHead = head / group
                 let table = chunks[rowChunk[row]].blockTable
