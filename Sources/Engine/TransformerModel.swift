@@ -80,9 +80,9 @@ public final class TransformerModel: @unchecked Sendable {
         let rope = RotaryEmbedding(config: c, factors: weights.ropeFrequencyFactors, positions: rowPosition)
         for (layerIndex, layer) in weights.layers.enumerated() {
             Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
-            layer.wq.multiply(ws.xn, batch: rowCount, into: ws.q, pool: pool, scratch: &activations)
-            layer.wk.multiply(ws.xn, batch: rowCount, into: ws.k, pool: pool, scratch: &activations)
-            layer.wv.multiply(ws.xn, batch: rowCount, into: ws.v, pool: pool, scratch: &activations)
+            WeightMatrix.multiply(
+                [layer.wq, layer.wk, layer.wv], ws.xn, batch: rowCount, into: [ws.q, ws.k, ws.v], pool: pool,
+                scratch: &activations)
             if let b = layer.bq { Ops.addBias(ws.q, b, rows: rowCount) }
             if let b = layer.bk { Ops.addBias(ws.k, b, rows: rowCount) }
             if let b = layer.bv { Ops.addBias(ws.v, b, rows: rowCount) }
@@ -100,8 +100,9 @@ public final class TransformerModel: @unchecked Sendable {
             layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
             Ops.rmsNorm(ws.x, layer.ffnNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
-            layer.gate.multiply(ws.xn, batch: rowCount, into: ws.gate, pool: pool, scratch: &activations)
-            layer.up.multiply(ws.xn, batch: rowCount, into: ws.up, pool: pool, scratch: &activations)
+            WeightMatrix.multiply(
+                [layer.gate, layer.up], ws.xn, batch: rowCount, into: [ws.gate, ws.up], pool: pool,
+                scratch: &activations)
             Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
             layer.down.multiply(ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)

@@ -89,6 +89,37 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 }
 
+extension WeightMatrix {
+    /// Several products of the same input, e.g. Q, K and V: `outputs[i]` = `matrices[i]` × x. When every matrix is
+    /// interleaved, x is quantized once and all the row groups are split over the threads in one parallel loop (one
+    /// synchronization instead of one per matrix). Each output element gets the same arithmetic as `multiply`.
+    public static func multiply(
+        _ matrices: [WeightMatrix], _ x: UnsafePointer<Float>, batch: Int, into outputs: [UnsafeMutablePointer<Float>],
+        pool: ThreadPool, scratch: inout ActivationBuffer
+    ) {
+        let columns = matrices[0].columns
+        guard matrices.allSatisfy({ $0.interleaved != nil && $0.columns == columns }) else {
+            for (m, out) in zip(matrices, outputs) { m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch) }
+            return
+        }
+        let q = scratch.quantize(x, rows: batch, columns: columns)
+        var starts = [0]
+        for m in matrices { starts.append(starts.last! + m.interleaved!.groups) }
+        let args = UncheckedSendable((q, matrices, outputs, starts))
+        pool.parallelRanges(starts.last!, minimumPerThread: 2) { begin, end in
+            let (q, matrices, outputs, starts) = args.value
+            for (i, m) in matrices.enumerated() {
+                let lo = max(begin, starts[i])
+                let hi = min(end, starts[i + 1])
+                guard lo < hi else { continue }
+                _ = tk_matmul_x8(
+                    Int32(m.type.rawValue), m.interleaved!.bytes, Int32(columns), Int32(lo - starts[i]),
+                    Int32(hi - starts[i]), Int32(m.rows), q, Int32(batch), outputs[i], Int32(m.rows))
+            }
+        }
+    }
+}
+
 /// Reusable scratch space for activations quantized to 8-bit blocks.
 public struct ActivationBuffer {
     private var blocks: UnsafeMutablePointer<tk_block_q8>
