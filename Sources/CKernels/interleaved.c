@@ -1,11 +1,12 @@
-// Matrix kernels for Q4_1 and Q8_0 weights repacked into groups of 8 interleaved rows. See CKernels.h.
+// Matrix kernels for Q4_1 and Q8_0 weights repacked into groups of 16 interleaved rows. See CKernels.h.
 //
-// Layout of one block (32 columns) of one group (8 rows):
-//   Q4_1 (160 bytes): d[8] fp16 | m[8] fp16 | 4 chunks of 32 bytes; chunk c holds, for each row r, the row's packed
+// Layout of one block (32 columns) of one group (16 rows):
+//   Q4_1 (320 bytes): d[16] fp16 | m[16] fp16 | 4 chunks of 64 bytes; chunk c holds, for each row r, the row's packed
 //                     bytes 4c..4c+3 (low nibbles: columns 4c..4c+3, high nibbles: columns 16+4c..16+4c+3).
-//   Q8_0 (272 bytes): d[8] fp16 | 8 chunks of 32 bytes; chunk c holds, for each row r, the row's columns 4c..4c+3.
-// One 32-byte load then feeds 8 rows at once: lane r of an integer dot product against the broadcast activations of
-// chunk c is row r's exact partial sum S_c over that chunk's 4 (Q4_1: 4 + 4) columns.
+//   Q8_0 (544 bytes): d[16] fp16 | 8 chunks of 64 bytes; chunk c holds, for each row r, the row's columns 4c..4c+3.
+// One 64-byte load then feeds 16 rows at once (AVX-512), or 32 bytes 8 rows (AVX2, two halves): lane r of an integer
+// dot product against the broadcast activations of chunk c is row r's exact partial sum S_c over that chunk's 4
+// (Q4_1: 4 + 4) columns.
 //
 // The float arithmetic is llama.cpp's (ggml's AVX2 vec_dot_q4_1_q8_1 and vec_dot_q8_0_q8_0), which keeps eight
 // partial sums per row, one per chunk: acc_c = fma(d_w * d_x, S_c, acc_c) block after block, then
@@ -31,7 +32,7 @@ static inline float half_to_float(uint16_t h) {
     return (float)f;
 }
 
-static int x8_block_bytes(int type) { return type == 3 ? 160 : type == 8 ? 272 : 0; }
+static int x8_block_bytes(int type) { return type == 3 ? 320 : type == 8 ? 544 : 0; }
 
 size_t tk_x8_group_bytes(int type, int n) { return (size_t)x8_block_bytes(type) * (size_t)(n / 32); }
 
@@ -39,23 +40,23 @@ int tk_repack_x8(int type, const void *src, size_t row_bytes, int rows, int n, v
     const int bb = x8_block_bytes(type);
     if (bb == 0) return -1;
     const int nb = n / 32;
-    const int groups = (rows + 7) / 8;
+    const int groups = (rows + 15) / 16;
     uint8_t *out = dst;
     memset(out, 0, (size_t)groups * (size_t)nb * (size_t)bb);
     for (int g = 0; g < groups; g++) {
-        for (int r = 0; r < 8 && g * 8 + r < rows; r++) {
-            const uint8_t *row = (const uint8_t *)src + (size_t)(g * 8 + r) * row_bytes;
+        for (int r = 0; r < 16 && g * 16 + r < rows; r++) {
+            const uint8_t *row = (const uint8_t *)src + (size_t)(g * 16 + r) * row_bytes;
             for (int i = 0; i < nb; i++) {
                 uint8_t *blk = out + ((size_t)g * nb + i) * bb;
                 if (type == 3) {
                     const uint8_t *b = row + 20 * i;
                     memcpy(blk + 2 * r, b, 2);
-                    memcpy(blk + 16 + 2 * r, b + 2, 2);
-                    for (int c = 0; c < 4; c++) memcpy(blk + 32 + 32 * c + 4 * r, b + 4 + 4 * c, 4);
+                    memcpy(blk + 32 + 2 * r, b + 2, 2);
+                    for (int c = 0; c < 4; c++) memcpy(blk + 64 + 64 * c + 4 * r, b + 4 + 4 * c, 4);
                 } else {
                     const uint8_t *b = row + 34 * i;
                     memcpy(blk + 2 * r, b, 2);
-                    for (int c = 0; c < 8; c++) memcpy(blk + 16 + 32 * c + 4 * r, b + 2 + 4 * c, 4);
+                    for (int c = 0; c < 8; c++) memcpy(blk + 32 + 64 * c + 4 * r, b + 2 + 4 * c, 4);
                 }
             }
         }
@@ -69,9 +70,9 @@ int tk_repack_x8(int type, const void *src, size_t row_bytes, int rows, int n, v
 // The fixed reduction of the eight partial sums (ggml's hsum_float_8).
 static inline float reduce8(const float a[8]) { return ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3])); }
 
-static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, float out[8]) {
+static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, float out[16]) {
     const int bb = x8_block_bytes(type);
-    for (int r = 0; r < 8; r++) {
+    for (int r = 0; r < 16; r++) {
         float acc[8] = {0}, mins = 0.0f;
         for (int i = 0; i < nb; i++) {
             const uint8_t *blk = g + (size_t)i * bb;
@@ -82,17 +83,17 @@ static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, 
                 int sum = 0;
                 for (int j = 0; j < 4; j++) {
                     if (type == 3) {
-                        const uint8_t q = blk[32 + 32 * (c & 3) + 4 * r + j];
+                        const uint8_t q = blk[64 + 64 * (c & 3) + 4 * r + j];
                         sum += (c < 4 ? q & 0x0F : q >> 4) * x[i].qs[4 * c + j];
                     } else {
-                        sum += (int8_t)blk[16 + 32 * c + 4 * r + j] * x[i].qs[4 * c + j];
+                        sum += (int8_t)blk[32 + 64 * c + 4 * r + j] * x[i].qs[4 * c + j];
                     }
                 }
                 acc[c] = fmaf(scale, (float)sum, acc[c]);
             }
             if (type == 3) {
                 uint16_t mh;
-                memcpy(&mh, blk + 16 + 2 * r, 2);
+                memcpy(&mh, blk + 32 + 2 * r, 2);
                 mins = fmaf(half_to_float(mh), x[i].s, mins);
             }
         }
@@ -101,18 +102,16 @@ static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// AVX2 and AVX-512 VNNI paths: NA activation rows per pass, so each weight block is loaded and unpacked once for them.
+// AVX2 (8 rows at a time, two halves of a group) and AVX-512 VNNI (16 rows) paths: NA activation rows per pass, so each weight block is loaded and unpacked once for them.
 
 #if TK_X86
 #define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // acc + (unsigned bytes of u) · (signed bytes of s), four at a time into 8 int32 lanes; exact.
 TK_AVX2 static inline __m256i dp_avx2(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
 
-TK_VNNI static inline __m256i dp_vnni(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
 static inline int32_t quad(const int8_t *p) {
     int32_t v;
@@ -126,20 +125,22 @@ static inline int32_t quad(const int8_t *p) {
                   _mm256_add_ps(_mm256_add_ps(A[5], A[1]), _mm256_add_ps(A[7], A[3])))
 
 #define TK_X8_Q4_1(NAME, ATTR, DP, NA)                                                                 \
-    ATTR static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out,  \
+    ATTR static void NAME(const uint8_t *g0, int nb, const tk_block_q8 *x, size_t xstride, float *out, \
                           size_t os, int valid) {                                                      \
+        for (int h = 0; h < 2 && 8 * h < valid; h++) {                                                 \
+        const uint8_t *g = g0 + 16 * h;                                                                \
         __m256 acc[NA][8], mins[NA];                                                                   \
         for (int a = 0; a < NA; a++) {                                                                 \
             mins[a] = _mm256_setzero_ps();                                                             \
             for (int c = 0; c < 8; c++) acc[a][c] = _mm256_setzero_ps();                               \
         }                                                                                              \
         const __m256i mask = _mm256_set1_epi8(0x0F);                                                   \
-        for (int i = 0; i < nb; i++, g += 160) {                                                       \
+        for (int i = 0; i < nb; i++, g += 320) {                                                       \
             const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                    \
-            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16)));             \
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 32)));             \
             __m256i w[8];                                                                              \
             for (int c = 0; c < 4; c++) {                                                              \
-                const __m256i b = _mm256_loadu_si256((const __m256i *)(g + 32 + 32 * c));              \
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(g + 64 + 64 * c + 16 * h));     \
                 w[c] = _mm256_and_si256(b, mask);                                                      \
                 w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);                            \
             }                                                                                          \
@@ -156,21 +157,24 @@ static inline int32_t quad(const int8_t *p) {
         for (int a = 0; a < NA; a++) {                                                                 \
             float r[8];                                                                                \
             _mm256_storeu_ps(r, _mm256_add_ps(TK_REDUCE8(acc[a]), mins[a]));                           \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+            for (int k = 0; k < 8 && 8 * h + k < valid; k++) out[a * os + 8 * h + k] = r[k];           \
+        }                                                                                              \
         }                                                                                              \
     }
 
 #define TK_X8_Q8_0(NAME, ATTR, DP, NA)                                                                 \
-    ATTR static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out,  \
+    ATTR static void NAME(const uint8_t *g0, int nb, const tk_block_q8 *x, size_t xstride, float *out, \
                           size_t os, int valid) {                                                      \
+        for (int h = 0; h < 2 && 8 * h < valid; h++) {                                                 \
+        const uint8_t *g = g0 + 16 * h;                                                                \
         __m256 acc[NA][8];                                                                             \
         for (int a = 0; a < NA; a++)                                                                   \
             for (int c = 0; c < 8; c++) acc[a][c] = _mm256_setzero_ps();                               \
-        for (int i = 0; i < nb; i++, g += 272) {                                                       \
+        for (int i = 0; i < nb; i++, g += 544) {                                                       \
             const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                    \
             __m256i w[8], aw[8];                                                                       \
             for (int c = 0; c < 8; c++) {                                                              \
-                w[c] = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * c));                         \
+                w[c] = _mm256_loadu_si256((const __m256i *)(g + 32 + 64 * c + 16 * h));                \
                 aw[c] = _mm256_sign_epi8(w[c], w[c]);                                                  \
             }                                                                                          \
             for (int a = 0; a < NA; a++) {                                                             \
@@ -186,16 +190,93 @@ static inline int32_t quad(const int8_t *p) {
         for (int a = 0; a < NA; a++) {                                                                 \
             float r[8];                                                                                \
             _mm256_storeu_ps(r, TK_REDUCE8(acc[a]));                                                   \
+            for (int k = 0; k < 8 && 8 * h + k < valid; k++) out[a * os + 8 * h + k] = r[k];           \
+        }                                                                                              \
+        }                                                                                              \
+    }
+
+// AVX-512: all 16 rows of a group in one register. Same operations per lane as the AVX2 kernels.
+#define TK_V512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TK_REDUCE16(A) \
+    _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(A[4], A[0]), _mm512_add_ps(A[6], A[2])), \
+                  _mm512_add_ps(_mm512_add_ps(A[5], A[1]), _mm512_add_ps(A[7], A[3])))
+
+#define TK_X16_Q4_1(NAME, NA)                                                                          \
+    TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out, \
+                             size_t os, int valid) {                                                   \
+        __m512 acc[NA][8], mins[NA];                                                                   \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            mins[a] = _mm512_setzero_ps();                                                             \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
+        }                                                                                              \
+        const __m512i mask = _mm512_set1_epi8(0x0F);                                                   \
+        for (int i = 0; i < nb; i++, g += 320) {                                                       \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                 \
+            const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));          \
+            __m512i w[8];                                                                              \
+            for (int c = 0; c < 4; c++) {                                                              \
+                const __m512i b = _mm512_loadu_si512((const void *)(g + 64 + 64 * c));                 \
+                w[c] = _mm512_and_si512(b, mask);                                                      \
+                w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);                            \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[c],                \
+                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
+                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+                mins[a] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xa->s), mins[a]);                         \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[16];                                                                               \
+            _mm512_storeu_ps(r, _mm512_add_ps(TK_REDUCE16(acc[a]), mins[a]));                          \
             for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
         }                                                                                              \
     }
 
-TK_X8_Q4_1(x8_q4_1_vnni_1, TK_VNNI, dp_vnni, 1)
-TK_X8_Q4_1(x8_q4_1_vnni_2, TK_VNNI, dp_vnni, 2)
+#define TK_X16_Q8_0(NAME, NA)                                                                          \
+    TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out, \
+                             size_t os, int valid) {                                                   \
+        __m512 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
+        for (int i = 0; i < nb; i++, g += 544) {                                                       \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                 \
+            __m512i aw[8];                                                                             \
+            __mmask64 neg[8];                                                                          \
+            for (int c = 0; c < 8; c++) {                                                              \
+                const __m512i w = _mm512_loadu_si512((const void *)(g + 32 + 64 * c));                 \
+                aw[c] = _mm512_abs_epi8(w);                                                            \
+                neg[c] = _mm512_movepi8_mask(w);                                                       \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m512i xb = _mm512_set1_epi32(quad(xa->qs + 4 * c));                        \
+                    const __m512i xs = _mm512_mask_sub_epi8(xb, neg[c], _mm512_setzero_si512(), xb);   \
+                    const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[c], xs);          \
+                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[16];                                                                               \
+            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+        }                                                                                              \
+    }
+
+TK_X16_Q4_1(x16_q4_1_1, 1)
+TK_X16_Q4_1(x16_q4_1_2, 2)
+TK_X16_Q8_0(x16_q8_0_1, 1)
+TK_X16_Q8_0(x16_q8_0_2, 2)
+
 TK_X8_Q4_1(x8_q4_1_avx2_1, TK_AVX2, dp_avx2, 1)
 TK_X8_Q4_1(x8_q4_1_avx2_2, TK_AVX2, dp_avx2, 2)
-TK_X8_Q8_0(x8_q8_0_vnni_1, TK_VNNI, dp_vnni, 1)
-TK_X8_Q8_0(x8_q8_0_vnni_2, TK_VNNI, dp_vnni, 2)
 TK_X8_Q8_0(x8_q8_0_avx2_1, TK_AVX2, dp_avx2, 1)
 TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
 #endif
@@ -211,16 +292,16 @@ int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group
     const int level = tk_simd_level();
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;
-        const int first = g * 8;
-        const int valid = rows - first < 8 ? rows - first : 8;
+        const int first = g * 16;
+        const int valid = rows - first < 16 ? rows - first : 16;
         int b = 0;
 #if TK_X86
         if (level >= 1) {
             // Two activation rows per pass: with eight partial sums each, more would not fit in the registers.
             x8_fn one, two;
             if (level == 2) {
-                one = type == 3 ? x8_q4_1_vnni_1 : x8_q8_0_vnni_1;
-                two = type == 3 ? x8_q4_1_vnni_2 : x8_q8_0_vnni_2;
+                one = type == 3 ? x16_q4_1_1 : x16_q8_0_1;
+                two = type == 3 ? x16_q4_1_2 : x16_q8_0_2;
             } else {
                 one = type == 3 ? x8_q4_1_avx2_1 : x8_q8_0_avx2_1;
                 two = type == 3 ? x8_q4_1_avx2_2 : x8_q8_0_avx2_2;
@@ -234,7 +315,7 @@ int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group
         }
 #endif
         for (; b < n_act; b++) {
-            float r[8];
+            float r[16];
             x8_scalar(type, gp, nb, x + (size_t)b * nb, r);
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }

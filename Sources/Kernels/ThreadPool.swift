@@ -8,24 +8,22 @@ import Synchronization
 /// on a condition variable, so back-to-back loops start in well under a microsecond.
 public final class ThreadPool: @unchecked Sendable {
     public let threads: Int
-    private let generation = Atomic<Int>(0)
-    private let remaining = Atomic<Int>(0)
-    private let sleepers = Atomic<Int>(0)
-    private let wake = NSCondition()
+    private let state: PoolState
     private let callerLock = NSLock()
-    // Set by the caller before `generation` is bumped, read by workers after they see the bump.
-    private var job: ((Int, Int) -> Void)?
-    private var jobCount = 0
-    private var jobParts = 0
 
     public init(threads: Int) {
         self.threads = max(1, threads)
+        state = PoolState(threads: self.threads)
         for worker in 1..<self.threads {
-            let thread = Thread { [unowned self] in self.workerLoop(worker) }
+            // Workers hold the shared state, not the pool, so the pool can go away and stop them.
+            let state = state
+            let thread = Thread { state.workerLoop(worker) }
             thread.name = "tandem-worker-\(worker)"
             thread.start()
         }
     }
+
+    deinit { state.stop() }
 
     /// Runs `body(begin, end)` over `count` items cut into at most `threads` contiguous ranges and waits for all.
     /// Each item is processed by exactly one call, so results do not depend on the thread count.
@@ -37,29 +35,56 @@ public final class ThreadPool: @unchecked Sendable {
         }
         callerLock.lock()
         defer { callerLock.unlock() }
-        withoutActuallyEscaping(body) { escapable in
-            job = escapable
-            jobCount = count
-            jobParts = parts
-            // Every worker acknowledges every loop, so none can lag a loop behind and read the next loop's fields.
-            remaining.store(threads - 1, ordering: .sequentiallyConsistent)
-            generation.add(1, ordering: .sequentiallyConsistent)
-            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                wake.lock()
-                wake.broadcast()
-                wake.unlock()
-            }
-            escapable(0, count / parts)
-            var spins = 0
-            while remaining.load(ordering: .sequentiallyConsistent) > 0 {
-                spins += 1
-                if spins > 1_000_000 { sched_yield() }
-            }
-            job = nil
+        withoutActuallyEscaping(body) { escapable in state.run(escapable, count: count, parts: parts) }
+    }
+}
+
+/// What the caller and the workers of a pool share.
+private final class PoolState: @unchecked Sendable {
+    let threads: Int
+    private let generation = Atomic<Int>(0)
+    private let remaining = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let wake = NSCondition()
+    // Set by the caller before `generation` is bumped, read by workers after they see the bump.
+    private var job: ((Int, Int) -> Void)?
+    private var jobCount = 0
+    private var jobParts = 0
+
+    init(threads: Int) { self.threads = threads }
+
+    func run(_ body: @escaping (Int, Int) -> Void, count: Int, parts: Int) {
+        job = body
+        jobCount = count
+        jobParts = parts
+        // Every worker acknowledges every loop, so none can lag a loop behind and read the next loop's fields.
+        remaining.store(threads - 1, ordering: .sequentiallyConsistent)
+        generation.add(1, ordering: .sequentiallyConsistent)
+        if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+            wake.lock()
+            wake.broadcast()
+            wake.unlock()
         }
+        body(0, count / parts)
+        var spins = 0
+        while remaining.load(ordering: .sequentiallyConsistent) > 0 {
+            spins += 1
+            if spins > 1_000_000 { sched_yield() }
+        }
+        job = nil
     }
 
-    private func workerLoop(_ worker: Int) {
+    /// Makes every worker return.
+    func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        wake.lock()
+        generation.add(1, ordering: .sequentiallyConsistent)
+        wake.broadcast()
+        wake.unlock()
+    }
+
+    func workerLoop(_ worker: Int) {
         var seen = 0
         while true {
             var spins = 0
@@ -78,6 +103,7 @@ public final class ThreadPool: @unchecked Sendable {
                 wake.unlock()
                 current = generation.load(ordering: .sequentiallyConsistent)
             }
+            if stopping.load(ordering: .sequentiallyConsistent) { return }
             seen = current
             let parts = jobParts
             if worker < parts, let job {

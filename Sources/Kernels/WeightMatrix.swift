@@ -1,15 +1,15 @@
 import CKernels
 import GGUF
 
-/// A copy of a Q4_1 or Q8_0 matrix repacked into groups of 8 interleaved rows (see CKernels' interleaved.c), which
-/// the matrix kernels read 8 rows at a time.
+/// A copy of a Q4_1 or Q8_0 matrix repacked into groups of 16 interleaved rows (see CKernels' interleaved.c), which
+/// the matrix kernels read 16 (AVX-512) or 8 (AVX2) rows at a time.
 final class InterleavedRows: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
     let groups: Int
 
     init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int) {
         guard type == .q4_1 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
-        groups = (rows + 7) / 8
+        groups = (rows + 15) / 16
         let size = groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns))
         bytes = .allocate(byteCount: size, alignment: 64)
         tk_repack_x8(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
@@ -99,7 +99,9 @@ extension WeightMatrix {
     ) {
         let columns = matrices[0].columns
         guard matrices.allSatisfy({ $0.interleaved != nil && $0.columns == columns }) else {
-            for (m, out) in zip(matrices, outputs) { m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch) }
+            for (m, out) in zip(matrices, outputs) {
+                m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch)
+            }
             return
         }
         let q = scratch.quantize(x, rows: batch, columns: columns)

@@ -76,7 +76,7 @@ import Testing
     @Test(arguments: [GGMLType.q4_1, .q8_0])
     func interleavedKernelsEqualTheReferenceBitwiseAtEveryLevel(type: GGMLType) {
         var rng = Rng(state: 11)
-        for (rows, columns) in [(37, 96), (16, 576), (5, 32)] {
+        for (rows, columns) in [(37, 96), (16, 576), (5, 32), (8, 64)] {
             let weights = randomRow(type, blocks: rows * columns / 32, rng: &rng)
             let batch = 7
             let x = (0..<(batch * columns)).map { _ in rng.float(2) }
@@ -90,7 +90,7 @@ import Testing
             }
             weights.withUnsafeBytes { w in
                 let rowBytes = type.byteCount(elements: columns)!
-                let groups = (rows + 7) / 8
+                let groups = (rows + 15) / 16
                 var packed = [UInt8](
                     repeating: 0, count: groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns)))
                 tk_repack_x8(Int32(type.rawValue), w.baseAddress!, rowBytes, Int32(rows), Int32(columns), &packed)
