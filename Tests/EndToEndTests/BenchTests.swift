@@ -7,7 +7,7 @@ import Testing
     static func runBench(_ arguments: [String]) async throws -> (Int32, String, Data) {
         let json = FileManager.default.temporaryDirectory.appendingPathComponent("bench-\(UUID().uuidString).json")
         defer { try? FileManager.default.removeItem(at: json) }
-        let result = try await Task.detached { try TandemBinary.run(arguments + ["--result-json", json.path]) }.value
+        let result = try await offThePool { try TandemBinary.run(arguments + ["--result-json", json.path]) }
         return (result.status, result.stdout + result.stderr, (try? Data(contentsOf: json)) ?? Data())
     }
 
@@ -62,8 +62,13 @@ import Testing
                 "16", "--request-rate", "10", "--seed", "1",
             ])
         }
-        try await Task.sleep(for: .milliseconds(1200))
-        server.stop()
+        // Stop the server once the benchmark is under way: some requests have finished, more are still to come.
+        for _ in 0..<200 {
+            let done = metricValue(try await server.get("/metrics").body, "vllm:generation_tokens_total") ?? 0
+            if done > 0 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        _ = try await offThePool { server.stop() }
         let (_, output, data) = try await run.value
         let r = Self.object(data)
         let completed = r["completed"] as? Int ?? -1

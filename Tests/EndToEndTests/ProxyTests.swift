@@ -170,7 +170,7 @@ final class LockedBox<T>: @unchecked Sendable {
 
     @Test func aClientLeavingDuringPrefillCancelsTheRequestBeforeTheDecode() async throws {
         let stub = StubInstance()
-        stub.delay = .seconds(2)
+        stub.delay = .seconds(4)
         try await stub.start()
         defer { stub.stop() }
         let discovery = freePort()
@@ -187,10 +187,10 @@ final class LockedBox<T>: @unchecked Sendable {
         defer { for p in pings { p.stop() } }
         try await waitForInstances(proxy, prefill: 1, decode: 1)
         let client = Task { try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":5}"#) }
-        try await Task.sleep(for: .milliseconds(500))
+        for _ in 0..<500 where stub.requests.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
         client.cancel()  // The client goes away while the prefill is still running.
         _ = try? await client.value
-        try await Task.sleep(for: .seconds(3))
+        try await Task.sleep(for: .seconds(5))
         #expect(stub.requests.count == 1, "the decode request is never sent")
         let metrics = try await proxy.get("/metrics").body
         #expect(metricValue(metrics, #"tandem_proxy_requests_total{outcome="client_gone"}"#) == 1, "\(metrics)")

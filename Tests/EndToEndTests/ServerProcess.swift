@@ -153,3 +153,11 @@ final class LogBuffer: @unchecked Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 }
+
+/// Runs blocking work (waiting for a child process) on a thread of its own. Swift's cooperative pool has as many
+/// threads as cores (two here); a test that blocks one of them stalls every other test running in parallel.
+func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}

@@ -117,8 +117,8 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         overrun.push(slice(of: payload, layer: 0, range: 0..<7))
         overrun.end(complete: true)
         let start = Date()
-        expectRejected(await consumer.inbox.wait(for: "o", timeout: 5), containing: "abandoned")
-        #expect(Date().timeIntervalSince(start) < 2, "the consumer hears at once, not at its deadline")
+        expectRejected(await consumer.inbox.wait(for: "o", timeout: 30), containing: "abandoned")
+        #expect(Date().timeIntervalSince(start) < 10, "the consumer hears at once, not at its deadline")
         #expect(log.failures == ["backpressure"])
         let producer = try await makeNode()
         let aborted = producer.stream(requestId: "a", tokens: payload.tokens, layerCount: 3, kvDim: 8, to: peer)
@@ -131,8 +131,8 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
     }
 
     @Test func getKeepsTheKVUntilPulledAndRefusesWhatItDoesNotHave() async throws {
-        let producer = try await makeNode(ttl: 0.5, timeout: 0.5)
-        let consumer = try await makeNode(timeout: 3)
+        let producer = try await makeNode(ttl: 0.5, timeout: 3)
+        let consumer = try await makeNode(timeout: 30)
         let peer = HostPort(host: "127.0.0.1", port: producer.port)
         let payload = samplePayload()
         #expect(producer.offer(payload, requestId: "g"))
@@ -147,7 +147,7 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         // Never offered: refused once the producer's deadline passes, well before the consumer's.
         let start = Date()
         expectRejected(await consumer.pull("missing", from: peer), containing: "refused")
-        #expect(Date().timeIntervalSince(start) < 2)
+        #expect(Date().timeIntervalSince(start) < 15)
         // Never pulled: the lease ends and the outbox is empty again.
         #expect(producer.offer(payload, requestId: "unclaimed"))
         try await Task.sleep(for: .milliseconds(600))
