@@ -16,21 +16,10 @@
 // same bits, and the same bits as ggml's kernel.
 #include "CKernels.h"
 
+#include "internal.h"
+
 #include <math.h>
 #include <string.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define TK_X86 1
-#else
-#define TK_X86 0
-#endif
-
-static inline float half_to_float(uint16_t h) {
-    _Float16 f;
-    memcpy(&f, &h, 2);
-    return (float)f;
-}
 
 static int x8_block_bytes(int type) { return type == 3 ? 320 : type == 8 ? 544 : 0; }
 
@@ -78,7 +67,7 @@ static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, 
             const uint8_t *blk = g + (size_t)i * bb;
             uint16_t dh;
             memcpy(&dh, blk + 2 * r, 2);
-            const float scale = half_to_float(dh) * x[i].d;
+            const float scale = tk_half_to_float(dh) * x[i].d;
             for (int c = 0; c < 8; c++) {
                 int sum = 0;
                 for (int j = 0; j < 4; j++) {
@@ -94,7 +83,7 @@ static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, 
             if (type == 3) {
                 uint16_t mh;
                 memcpy(&mh, blk + 32 + 2 * r, 2);
-                mins = fmaf(half_to_float(mh), x[i].s, mins);
+                mins = fmaf(tk_half_to_float(mh), x[i].s, mins);
             }
         }
         out[r] = reduce8(acc) + mins;

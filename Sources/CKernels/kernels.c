@@ -1,28 +1,10 @@
 // Quantized dot-product kernels with run-time SIMD dispatch. See CKernels.h.
 #include "CKernels.h"
 
+#include "internal.h"
+
 #include <math.h>
 #include <string.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define TK_X86 1
-#else
-#define TK_X86 0
-#endif
-
-static inline float tk_half_to_float(uint16_t h) {
-    _Float16 f;
-    memcpy(&f, &h, 2);
-    return (float)f;
-}
-
-static inline uint16_t tk_float_to_half(float x) {
-    _Float16 f = (_Float16)x;
-    uint16_t h;
-    memcpy(&h, &f, 2);
-    return h;
-}
 
 static inline float tk_round_half(float x) { return tk_half_to_float(tk_float_to_half(x)); }
 

@@ -55,14 +55,20 @@ public final class KVSendBudget: @unchecked Sendable {
     public func release(_ bytes: Int) {
         lock.lock()
         used -= bytes
+        let woken = admitWaiters()
+        lock.unlock()
+        for w in woken { w(true) }
+    }
+
+    /// Under the lock: takes the budget for the waiters at the head of the line that fit now.
+    private func admitWaiters() -> [@Sendable (Bool) -> Void] {
         var woken: [@Sendable (Bool) -> Void] = []
         while let first = waiters.first, used + first.bytes <= capacity {
             used += first.bytes
             woken.append(first.resume)
             waiters.removeFirst()
         }
-        lock.unlock()
-        for w in woken { w(true) }
+        return woken
     }
 
     private func expire(_ token: UInt64) {
@@ -72,13 +78,7 @@ public final class KVSendBudget: @unchecked Sendable {
             return
         }
         let w = waiters.remove(at: i)
-        // The head leaving may let the next ones in.
-        var woken: [@Sendable (Bool) -> Void] = []
-        while let first = waiters.first, used + first.bytes <= capacity {
-            used += first.bytes
-            woken.append(first.resume)
-            waiters.removeFirst()
-        }
+        let woken = admitWaiters()  // the head leaving may let the next ones in
         lock.unlock()
         w.resume(false)
         for x in woken { x(true) }
