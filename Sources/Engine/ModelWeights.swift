@@ -29,6 +29,7 @@ public struct ModelWeights: @unchecked Sendable {
     public let ropeFrequencyFactors: [Float]?
 
     public init(file: GGUFFile, config: ModelConfig) throws {
+        let arena = WeightArena()
         func tensor(_ name: String) throws -> GGUFTensor {
             guard let t = file.tensor(name) else { throw ModelError.missingTensor(name) }
             return t
@@ -41,7 +42,7 @@ public struct ModelWeights: @unchecked Sendable {
             guard t.type.isDequantizable else {
                 throw ModelError.badTensor(name, "type \(t.type.name) is not supported")
             }
-            return WeightMatrix(type: t.type, data: file.data(of: t), rows: rows, columns: columns)
+            return WeightMatrix(type: t.type, data: file.data(of: t), rows: rows, columns: columns, arena: arena)
         }
         func vector(_ name: String, count: Int) throws -> [Float] {
             let t = try tensor(name)

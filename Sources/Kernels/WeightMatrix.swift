@@ -1,4 +1,5 @@
 import CKernels
+import Foundation
 import GGUF
 
 /// A copy of a Q4_1 or Q8_0 matrix repacked into groups of 16 interleaved rows (see CKernels' interleaved.c), which
@@ -6,16 +7,56 @@ import GGUF
 final class InterleavedRows: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
     let groups: Int
+    /// The arena the bytes come from (kept alive with them), or nil when they were allocated alone.
+    private let arena: WeightArena?
 
-    init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int) {
+    init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int, arena: WeightArena?) {
         guard type == .q4_1 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
         groups = (rows + 15) / 16
         let size = groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns))
-        bytes = .allocate(byteCount: size, alignment: 64)
+        self.arena = arena
+        bytes = arena?.allocate(size) ?? .allocate(byteCount: size, alignment: 64)
         tk_repack_x8(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
     }
 
-    deinit { bytes.deallocate() }
+    deinit { if arena == nil { bytes.deallocate() } }
+}
+
+/// Memory for a model's interleaved weights, in large slabs backed by transparent huge pages where the kernel allows
+/// (`madvise(MADV_HUGEPAGE)`). Decode streams every weight once per token: with 2 MiB pages the hardware prefetcher
+/// is not stopped at every 4 KiB page boundary, and the TLB holds the whole model. Freed with the last matrix.
+public final class WeightArena: @unchecked Sendable {
+    private static let slabBytes = 32 << 20
+    private static let hugePage = 2 << 20
+    private let lock = NSLock()
+    private var slabs: [(base: UnsafeMutableRawPointer, size: Int)] = []
+    private var next: UnsafeMutableRawPointer?
+    private var left = 0
+
+    public init() {}
+
+    /// `count` bytes, 64-byte aligned, zero-filled.
+    func allocate(_ count: Int) -> UnsafeMutableRawPointer {
+        lock.lock()
+        defer { lock.unlock() }
+        let size = (count + 63) & ~63
+        if size > left {
+            let slab = (max(size, Self.slabBytes) + Self.hugePage - 1) / Self.hugePage * Self.hugePage
+            guard let base = mmap(nil, slab, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                base != MAP_FAILED
+            else { fatalError("cannot map \(slab) bytes for the model's weights") }
+            _ = madvise(base, slab, MADV_HUGEPAGE)
+            slabs.append((base, slab))
+            next = base
+            left = slab
+        }
+        let p = next!
+        next = p + size
+        left -= size
+        return p
+    }
+
+    deinit { for s in slabs { munmap(s.base, s.size) } }
 }
 
 /// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file (Q4_1 and Q8_0
@@ -29,14 +70,16 @@ public struct WeightMatrix: @unchecked Sendable {
     public let rowBytes: Int
     let interleaved: InterleavedRows?
 
-    public init(type: GGMLType, data: UnsafeRawPointer, rows: Int, columns: Int) {
+    /// `arena`, when given, holds the interleaved copy (a model's matrices share one).
+    public init(type: GGMLType, data: UnsafeRawPointer, rows: Int, columns: Int, arena: WeightArena? = nil) {
         self.type = type
         self.data = data
         self.rows = rows
         self.columns = columns
         let rowBytes = type.byteCount(elements: columns) ?? 0
         self.rowBytes = rowBytes
-        interleaved = InterleavedRows(type: type, data: data, rowBytes: rowBytes, rows: rows, columns: columns)
+        interleaved = InterleavedRows(
+            type: type, data: data, rowBytes: rowBytes, rows: rows, columns: columns, arena: arena)
     }
 
     /// Whether a quantized-activation SIMD kernel exists for this type.
