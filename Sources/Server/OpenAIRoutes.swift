@@ -1,3 +1,4 @@
+import Discovery
 import Engine
 import Foundation
 import HTTPTypes
@@ -167,23 +168,21 @@ public final class InstanceAPI: Sendable {
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
         var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
         var export: (@Sendable (KVPayload) async -> Void)?
+        var consume: DisaggregatedRequestID?
         switch disaggregation?.part(for: request.headers[.xRequestID]) ?? .none {
         case .produce(let id):
             export = disaggregation!.produce(&generation, id: id)
         case .consume(let id):
-            generation.preloadedKV = try await disaggregation!.receive(id: id)
+            // Submitted at once: the engine reserves the prompt's blocks while the KV is on its way.
+            generation.remoteKV = RemoteKV()
+            consume = id
         case .none: break
         }
         let handle: GenerationHandle
         do {
-            do {
-                handle = try loaded.engine.submit(generation)
-            } catch EngineError.kvMismatch(let why) where disaggregation?.config.failurePolicy != .fail {
-                disaggregation?.logger.warning("received KV refused (\(why)); recomputing the prompt")
-                disaggregation?.metrics.failed("rejected")
-                disaggregation?.metrics.recomputed()
-                generation.preloadedKV = nil
-                handle = try loaded.engine.submit(generation)
+            handle = try loaded.engine.submit(generation)
+            if let id = consume, let remote = generation.remoteKV {
+                try await receiveKV(id, into: remote, prompt: prompt, engine: loaded.engine, handle: handle)
             }
         } catch let error as EngineError {
             switch error {
@@ -199,6 +198,37 @@ public final class InstanceAPI: Sendable {
         let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics, export: export)
         if stream { return run.streamingResponse(includeUsage: includeUsage) }
         return try await run.collectedResponse()
+    }
+}
+
+extension InstanceAPI {
+    /// Waits for a decode request's KV (received or pulled, within the deadline) and hands it to the engine, which
+    /// holds the request's blocks meanwhile. KV that does not come or does not fit is recomputed, or, with the `fail`
+    /// policy, the request is aborted and answered 503.
+    fileprivate func receiveKV(
+        _ id: DisaggregatedRequestID, into remote: RemoteKV, prompt: [Int32], engine: EngineCore,
+        handle: GenerationHandle
+    ) async throws {
+        let d = disaggregation!
+        do {
+            guard let kv = try await d.receive(id: id) else { return remote.fail() }
+            do {
+                try engine.check(kv, prompt: prompt)
+                remote.deliver(kv)
+            } catch EngineError.kvMismatch(let why) {
+                d.metrics.failed("rejected")
+                guard d.config.failurePolicy != .fail else {
+                    throw APIError(.serviceUnavailable, "the received KV does not fit this request: \(why)")
+                }
+                d.logger.warning("received KV refused (\(why)); recomputing the prompt")
+                d.metrics.recomputed()
+                remote.fail()
+            }
+        } catch {
+            remote.fail()
+            handle.abort()
+            throw error
+        }
     }
 }
 

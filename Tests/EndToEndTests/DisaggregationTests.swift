@@ -92,7 +92,18 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
         let want = try await colocated.post("/v1/completions", body).json?.firstChoice?["text"] as? String
         let id = Self.newId(prefill: HostPort(host: "127.0.0.1", port: 1), decode: HostPort(host: "127.0.0.1", port: 2))
         let start = Date()
-        let recomputed = try await recompute.post("/v1/completions", body, headers: [("X-Request-Id", id)])
+        let pending = Task { try await recompute.post("/v1/completions", body, headers: [("X-Request-Id", id)]) }
+        // While the KV is awaited, the request is admitted and holds its cache blocks, waiting outside the batch.
+        var holding = false
+        for _ in 0..<40 where !holding {
+            let m = try await recompute.get("/metrics").body
+            holding =
+                (metricValue(m, "vllm:kv_cache_usage_perc") ?? 0) > 0
+                && metricValue(m, "vllm:num_requests_waiting") == 1
+            if !holding { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(holding, "blocks reserved while waiting for the KV")
+        let recomputed = try await pending.value
         #expect(recomputed.status == .ok)
         #expect(recomputed.json?.firstChoice?["text"] as? String == want)
         #expect(Date().timeIntervalSince(start) < 5, "answered within its deadline")

@@ -96,6 +96,47 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
         #expect(sink.ended == false)
     }
 
+    /// A decode request submitted before its KV arrives holds blocks for its whole prompt while it waits, then gives
+    /// the colocated output whether the KV is delivered (loaded) or fails (recomputed in the same blocks).
+    @Test func aRequestWaitingForItsKVHoldsItsBlocksThenLoadsOrRecomputes() async throws {
+        let producer = SharedModel.engine()
+        let consumer = SharedModel.engine()
+        defer {
+            producer.shutdown()
+            consumer.shutdown()
+        }
+        let r = mixedRequests()[1]
+        let colocated = await collect(try consumer.submit(r))
+        var prefill = r
+        prefill.params.maxTokens = 1
+        prefill.exportKV = true
+        var exported: KVPayload?
+        for await out in try producer.submit(prefill).outputs where out.exportedKV != nil { exported = out.exportedKV }
+        let kv = try #require(exported)
+        for deliver in [true, false] {
+            var decode = r
+            decode.id = r.id + (deliver ? "-loaded" : "-recomputed")
+            let remote = RemoteKV()
+            decode.remoteKV = remote
+            let handle = try consumer.submit(decode)
+            var held = consumer.stats
+            for _ in 0..<200 {
+                held = consumer.stats
+                if held.usedBlocks > 0 { break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let blocks = (r.promptTokens.count + 15) / 16
+            #expect(held.usedBlocks >= blocks, "blocks for the whole prompt are held while the KV is on its way")
+            #expect(held.waiting == 1 && held.running == 0)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(consumer.stats.usedBlocks == held.usedBlocks, "nothing computed while waiting")
+            if deliver { remote.deliver(kv) } else { remote.fail() }
+            let result = await collect(handle)
+            #expect(result.ids == colocated.ids, "\(decode.id)")
+            #expect(result.text == colocated.text, "\(decode.id)")
+        }
+    }
+
     @Test func kvThatDoesNotFitIsRefused() throws {
         let engine = SharedModel.engine()
         defer { engine.shutdown() }

@@ -104,15 +104,7 @@ public final class EngineCore: @unchecked Sendable {
         if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= vocab }) {
             throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
         }
-        if let kv = request.preloadedKV {
-            guard kv.fingerprint == fingerprint else { throw EngineError.kvMismatch("it comes from another model") }
-            guard kv.layerCount == model.config.layerCount, kv.kvDim == model.config.kvDim,
-                kv.values.count == kv.layerCount * 2 * kv.tokens.count * kv.kvDim
-            else { throw EngineError.kvMismatch("its shape differs from this model's") }
-            guard kv.tokens.count <= request.promptTokens.count,
-                kv.tokens.elementsEqual(request.promptTokens.prefix(kv.tokens.count))
-            else { throw EngineError.kvMismatch("its tokens are not a prefix of the prompt") }
-        }
+        if let kv = request.preloadedKV { try check(kv, prompt: request.promptTokens) }
         let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
         condition.lock()
         defer { condition.unlock() }
@@ -127,6 +119,17 @@ public final class EngineCore: @unchecked Sendable {
         }
         condition.signal()
         return GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
+    }
+
+    /// Throws `kvMismatch` unless `kv` can be loaded for `prompt`: this model's fingerprint and shape, and tokens
+    /// that are a prefix of the prompt.
+    public func check(_ kv: KVPayload, prompt: [Int32]) throws {
+        guard kv.fingerprint == fingerprint else { throw EngineError.kvMismatch("it comes from another model") }
+        guard kv.layerCount == model.config.layerCount, kv.kvDim == model.config.kvDim,
+            kv.values.count == kv.layerCount * 2 * kv.tokens.count * kv.kvDim
+        else { throw EngineError.kvMismatch("its shape differs from this model's") }
+        guard kv.tokens.count <= prompt.count, kv.tokens.elementsEqual(prompt.prefix(kv.tokens.count))
+        else { throw EngineError.kvMismatch("its tokens are not a prefix of the prompt") }
     }
 
     private func abort(serial: UInt64) {
@@ -280,7 +283,7 @@ public final class EngineCore: @unchecked Sendable {
     private func publish() {
         var s = EngineStats()
         s.running = scheduler.running.count
-        s.waiting = scheduler.waiting.count
+        s.waiting = scheduler.waiting.count + scheduler.awaitingKV.count
         s.usedBlocks = scheduler.pool.usedCount
         s.kvCacheUsage = scheduler.pool.usage
         s.prefixQueryTokens = scheduler.prefixQueryTokens

@@ -10,6 +10,10 @@ public struct GenerationRequest: Sendable {
     /// KV computed elsewhere for a prefix of the prompt (a decode instance's request); its tokens must equal the
     /// prompt's first tokens, and its fingerprint this model's.
     public var preloadedKV: KVPayload?
+    /// KV still on its way from a prefill instance (a decode instance's request): the engine admits the request,
+    /// reserves blocks for its whole prompt, and holds them until the box is filled (the KV is loaded) or fails (the
+    /// prompt is recomputed in those blocks).
+    public var remoteKV: RemoteKV?
     /// Receives the prompt's KV layer by layer as it is computed (a prefill instance streaming with PUT_ASYNC).
     public var kvLayerSink: (any KVLayerSink)?
 
@@ -27,6 +31,28 @@ public protocol KVLayerSink: Sendable {
     func push(_ slice: KVLayerSlice)
     /// The request ended: `complete` when every prompt position was pushed, false when it was aborted first.
     func end(complete: Bool)
+}
+
+/// Where a decode request's KV will come from; filled or failed once by the server, read by the scheduler.
+public final class RemoteKV: @unchecked Sendable {
+    enum State {
+        case pending
+        case ready(KVPayload)
+        case failed
+    }
+
+    private let lock = NSLock()
+    private var value = State.pending
+
+    public init() {}
+
+    /// The KV arrived (already checked against the request with `EngineCore.check`).
+    public func deliver(_ payload: KVPayload) { lock.withLock { if case .pending = value { value = .ready(payload) } } }
+
+    /// No usable KV: the engine recomputes the prompt.
+    public func fail() { lock.withLock { if case .pending = value { value = .failed } } }
+
+    var state: State { lock.withLock { value } }
 }
 
 /// Counts reported when a request ends.
@@ -78,6 +104,7 @@ final class EngineRequest {
     let exportKV: Bool
     /// KV to load when the request is first admitted; dropped once loaded.
     var preloadedKV: KVPayload?
+    let remoteKV: RemoteKV?
     /// Prompt tokens whose KV was loaded from elsewhere.
     var loadedTokens = 0
     let kvLayerSink: (any KVLayerSink)?
@@ -100,6 +127,7 @@ final class EngineRequest {
         allTokens = prompt
         exportKV = request.exportKV
         preloadedKV = request.preloadedKV
+        remoteKV = request.remoteKV
         kvLayerSink = request.kvLayerSink
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)

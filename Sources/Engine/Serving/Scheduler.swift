@@ -34,6 +34,8 @@ final class Scheduler {
     let pool: KVBlockPool
     private(set) var waiting: [EngineRequest] = []
     private(set) var running: [EngineRequest] = []
+    /// Admitted requests holding blocks for their whole prompt while their KV comes from a prefill instance.
+    private(set) var awaitingKV: [EngineRequest] = []
     private(set) var prefixQueryTokens = 0
     private(set) var prefixHitTokens = 0
     private(set) var preemptions = 0
@@ -47,7 +49,7 @@ final class Scheduler {
             blockCount: config.blockCount, blockSize: config.blockSize, prefixCaching: config.prefixCaching)
     }
 
-    var isIdle: Bool { waiting.isEmpty && running.isEmpty }
+    var isIdle: Bool { waiting.isEmpty && running.isEmpty && awaitingKV.isEmpty }
 
     func add(_ request: EngineRequest) { waiting.append(request) }
 
@@ -56,6 +58,7 @@ final class Scheduler {
         var budget = config.maxBatchedTokens
         var plan: [ScheduledChunk] = []
         var preempted = false
+        resolveArrivedKV()
         var i = 0
         runningLoop: while i < running.count, budget > 0 {
             let r = running[i]
@@ -71,8 +74,17 @@ final class Scheduler {
             i += 1
         }
         guard !preempted else { return plan }
-        while let r = waiting.first, running.count < config.maxNumSeqs, budget > 0 {
+        while let r = waiting.first, running.count + awaitingKV.count < config.maxNumSeqs, budget > 0 {
             var hit = 0
+            if r.blockTable.isEmpty, let remote = r.remoteKV, case .pending = remote.state {
+                // KV on its way: take blocks for the whole prompt now and wait for it outside the batch.
+                guard reserve(r, upTo: r.prompt.count) else { break }
+                if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
+                waiting.removeFirst()
+                r.status = .running
+                awaitingKV.append(r)
+                continue
+            }
             if r.blockTable.isEmpty, let payload = r.preloadedKV {
                 // KV computed by a prefill instance: load all of it but the last prompt token, which is computed
                 // here to give the logits of the first output token.
@@ -109,6 +121,25 @@ final class Scheduler {
         return plan
     }
 
+    /// Moves requests whose KV arrived (loaded into their blocks, all but the last prompt token) or failed (their
+    /// prompt is recomputed in the same blocks) from waiting for KV into the running batch.
+    private func resolveArrivedKV() {
+        awaitingKV.removeAll { r in
+            switch r.remoteKV?.state {
+            case .pending?: return false
+            case .ready(let payload)?:
+                let count = min(payload.tokens.count, r.prompt.count - 1)
+                loadKV(r, payload, count)
+                r.loadedTokens = count
+                r.computed = count
+            case .failed?, nil:
+                r.computed = 0
+            }
+            running.append(r)
+            return true
+        }
+    }
+
     /// Marks a step's chunks as computed and offers their newly full blocks to the prefix cache.
     func commit(_ chunk: ScheduledChunk) {
         let r = chunk.request
@@ -127,6 +158,7 @@ final class Scheduler {
     func remove(_ request: EngineRequest) {
         if let i = running.firstIndex(where: { $0 === request }) { running.remove(at: i) }
         if let i = waiting.firstIndex(where: { $0 === request }) { waiting.remove(at: i) }
+        if let i = awaitingKV.firstIndex(where: { $0 === request }) { awaitingKV.remove(at: i) }
         pool.release(request.blockTable)
         request.blockTable = []
         request.status = .finished
