@@ -80,7 +80,7 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
 
     @Test func kvThatNeverComesIsRecomputedOrRefusedWithinTheDeadline() async throws {
         let recompute = try await ServerProcess.instance(
-            role: "kv_consumer", kvPort: freePort(), extra: "\"kv_transfer_timeout_s\":1")
+            role: "kv_consumer", kvPort: freePort(), extra: "\"kv_transfer_timeout_s\":3")
         defer { #expect(recompute.stop() == 0) }
         let fail = try await ServerProcess.instance(
             role: "kv_consumer", kvPort: freePort(),
@@ -95,7 +95,7 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
         let pending = Task { try await recompute.post("/v1/completions", body, headers: [("X-Request-Id", id)]) }
         // While the KV is awaited, the request is admitted and holds its cache blocks, waiting outside the batch.
         var holding = false
-        for _ in 0..<40 where !holding {
+        for _ in 0..<100 where !holding {
             let m = try await recompute.get("/metrics").body
             holding =
                 (metricValue(m, "vllm:kv_cache_usage_perc") ?? 0) > 0
@@ -106,7 +106,7 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
         let recomputed = try await pending.value
         #expect(recomputed.status == .ok)
         #expect(recomputed.json?.firstChoice?["text"] as? String == want)
-        #expect(Date().timeIntervalSince(start) < 5, "answered within its deadline")
+        #expect(Date().timeIntervalSince(start) < 10, "answered within its deadline")
         #expect(metricValue(try await recompute.get("/metrics").body, "tandem_kv_recomputes_total") == 1)
         let refused = try await fail.post("/v1/completions", body, headers: [("X-Request-Id", id)])
         #expect(refused.status.code == 503)

@@ -125,13 +125,13 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         aborted.push(slice(of: payload, layer: 0, range: 0..<7))
         try await Task.sleep(for: .milliseconds(100))
         aborted.end(complete: false)
-        expectRejected(await consumer.inbox.wait(for: "a", timeout: 5), containing: "abandoned")
+        expectRejected(await consumer.inbox.wait(for: "a", timeout: 30), containing: "abandoned")
         #expect(small.bufferedBytes == 0 && producer.bufferedBytes == 0 && consumer.bufferedBytes == 0)
         for n in [small, producer, consumer] { await n.close() }
     }
 
     @Test func getKeepsTheKVUntilPulledAndRefusesWhatItDoesNotHave() async throws {
-        let producer = try await makeNode(ttl: 0.5, timeout: 3)
+        let producer = try await makeNode(ttl: 30, timeout: 3)
         let consumer = try await makeNode(timeout: 30)
         let peer = HostPort(host: "127.0.0.1", port: producer.port)
         let payload = samplePayload()
@@ -148,13 +148,15 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         let start = Date()
         expectRejected(await consumer.pull("missing", from: peer), containing: "refused")
         #expect(Date().timeIntervalSince(start) < 15)
-        // Never pulled: the lease ends and the outbox is empty again.
-        #expect(producer.offer(payload, requestId: "unclaimed"))
-        try await Task.sleep(for: .milliseconds(600))
         #expect(producer.bufferedBytes == 0)
         #expect(consumer.bufferedBytes == 0)
-        await producer.close()
-        await consumer.close()
+        // Never pulled: the lease ends and the outbox is empty again.
+        let leased = try await makeNode(ttl: 0.3)
+        #expect(leased.offer(payload, requestId: "unclaimed"))
+        #expect(leased.bufferedBytes == payload.byteCount)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(leased.bufferedBytes == 0)
+        for n in [producer, consumer, leased] { await n.close() }
     }
 
     @Test func aCorruptedLayerIsRefused() async throws {

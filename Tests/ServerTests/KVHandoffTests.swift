@@ -120,7 +120,7 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             decode.remoteKV = remote
             let handle = try consumer.submit(decode)
             var held = consumer.stats
-            for _ in 0..<200 {
+            for _ in 0..<2000 {
                 held = consumer.stats
                 if held.usedBlocks > 0 { break }
                 try await Task.sleep(for: .milliseconds(5))
