@@ -21,12 +21,12 @@
 #include <math.h>
 #include <string.h>
 
-static int x8_block_bytes(int type) { return type == 3 ? 320 : type == 8 ? 544 : 0; }
+static int block_bytes_of(int type) { return type == 3 ? 320 : type == 8 ? 544 : 0; }
 
-size_t tk_x8_group_bytes(int type, int n) { return (size_t)x8_block_bytes(type) * (size_t)(n / 32); }
+size_t tk_interleaved_group_bytes(int type, int n) { return (size_t)block_bytes_of(type) * (size_t)(n / 32); }
 
-int tk_repack_x8(int type, const void *src, size_t row_bytes, int rows, int n, void *dst) {
-    const int bb = x8_block_bytes(type);
+int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows, int n, void *dst) {
+    const int bb = block_bytes_of(type);
     if (bb == 0) return -1;
     const int nb = n / 32;
     const int groups = (rows + 15) / 16;
@@ -59,8 +59,8 @@ int tk_repack_x8(int type, const void *src, size_t row_bytes, int rows, int n, v
 // The fixed reduction of the eight partial sums (ggml's hsum_float_8).
 static inline float reduce8(const float a[8]) { return ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3])); }
 
-static void x8_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, float out[16]) {
-    const int bb = x8_block_bytes(type);
+static void interleaved_scalar(int type, const uint8_t *g, int nb, const tk_block_q8 *x, float out[16]) {
+    const int bb = block_bytes_of(type);
     for (int r = 0; r < 16; r++) {
         float acc[8] = {0}, mins = 0.0f;
         for (int i = 0; i < nb; i++) {
@@ -270,11 +270,11 @@ TK_X8_Q8_0(x8_q8_0_avx2_1, TK_AVX2, dp_avx2, 1)
 TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
 #endif
 
-typedef void (*x8_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
+typedef void (*interleaved_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
 
-int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                  const tk_block_q8 *x, int n_act, float *out, int out_stride) {
-    const int bb = x8_block_bytes(type);
+    const int bb = block_bytes_of(type);
     if (bb == 0) return -1;
     const int nb = n / 32;
     const size_t group_bytes = (size_t)bb * (size_t)nb;
@@ -287,7 +287,7 @@ int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group
 #if TK_X86
         if (level >= 1) {
             // Two activation rows per pass: with eight partial sums each, more would not fit in the registers.
-            x8_fn one, two;
+            interleaved_fn one, two;
             if (level == 2) {
                 one = type == 3 ? x16_q4_1_1 : x16_q8_0_1;
                 two = type == 3 ? x16_q4_1_2 : x16_q8_0_2;
@@ -305,7 +305,7 @@ int tk_matmul_x8(int type, const void *packed, int n, int group_begin, int group
 #endif
         for (; b < n_act; b++) {
             float r[16];
-            x8_scalar(type, gp, nb, x + (size_t)b * nb, r);
+            interleaved_scalar(type, gp, nb, x + (size_t)b * nb, r);
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }
     }

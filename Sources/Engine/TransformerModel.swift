@@ -77,6 +77,9 @@ public final class TransformerModel: @unchecked Sendable {
                 r += 1
             }
         }
+        // Attention: a row's cost grows with its position, so rows are handed out first, last, second, second to
+        // last, ...: each thread's contiguous range of (row, head) tasks then gets about the same work.
+        let attentionOrder = (0..<rowCount).map { $0 % 2 == 0 ? $0 / 2 : rowCount - 1 - $0 / 2 }
         let rope = RotaryEmbedding(config: c, factors: weights.ropeFrequencyFactors, positions: rowPosition)
         for (layerIndex, layer) in weights.layers.enumerated() {
             Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
@@ -95,7 +98,8 @@ public final class TransformerModel: @unchecked Sendable {
             }
             afterLayer?(layerIndex)
             attention(
-                layer: layerIndex, rows: rowCount, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,
+                layer: layerIndex, rows: rowCount, order: attentionOrder, chunks: chunks, rowChunk: rowChunk,
+                rowPosition: rowPosition,
                 cache: cache, ws: ws)
             layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
@@ -134,16 +138,13 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// Causal attention of every row over its sequence's cached keys and values, parallel over (row, head).
     private func attention(
-        layer: Int, rows: Int, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int], cache: PagedKVCache,
-        ws: Workspace.Buffers
+        layer: Int, rows: Int, order: [Int], chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
+        cache: PagedKVCache, ws: Workspace.Buffers
     ) {
         let c = config
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(hd).squareRoot()
-        // A row's cost grows with its position, so rows are taken first, last, second, second to last, ...: each
-        // thread's contiguous range of tasks then gets about the same work.
-        let order = (0..<rows).map { $0 % 2 == 0 ? $0 / 2 : rows - 1 - $0 / 2 }
         let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order))
         pool.parallelRanges(rows * c.headCount) { begin, end in
             let (chunks, rowChunk, rowPosition, ws, order) = shared.value

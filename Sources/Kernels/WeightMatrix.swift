@@ -13,10 +13,10 @@ final class InterleavedRows: @unchecked Sendable {
     init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int, arena: WeightArena?) {
         guard type == .q4_1 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
         groups = (rows + 15) / 16
-        let size = groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns))
+        let size = groups * tk_interleaved_group_bytes(Int32(type.rawValue), Int32(columns))
         self.arena = arena
         bytes = arena?.allocate(size) ?? .allocate(byteCount: size, alignment: 64)
-        tk_repack_x8(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
+        tk_repack_interleaved(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
     }
 
     deinit { if arena == nil { bytes.deallocate() } }
@@ -100,7 +100,7 @@ public struct WeightMatrix: @unchecked Sendable {
             let q = scratch.quantize(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out, packed.bytes))
             pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
-                _ = tk_matmul_x8(
+                _ = tk_matmul_interleaved(
                     Int32(type.rawValue), args.value.2, Int32(columns), Int32(begin), Int32(end), Int32(rows),
                     args.value.0, Int32(batch), args.value.1, Int32(rows))
             }
@@ -157,7 +157,7 @@ extension WeightMatrix {
                 let lo = max(begin, starts[i])
                 let hi = min(end, starts[i + 1])
                 guard lo < hi else { continue }
-                _ = tk_matmul_x8(
+                _ = tk_matmul_interleaved(
                     Int32(m.type.rawValue), m.interleaved!.bytes, Int32(columns), Int32(lo - starts[i]),
                     Int32(hi - starts[i]), Int32(m.rows), q, Int32(batch), outputs[i], Int32(m.rows))
             }

@@ -92,13 +92,14 @@ import Testing
                 let rowBytes = type.byteCount(elements: columns)!
                 let groups = (rows + 15) / 16
                 var packed = [UInt8](
-                    repeating: 0, count: groups * tk_x8_group_bytes(Int32(type.rawValue), Int32(columns)))
-                tk_repack_x8(Int32(type.rawValue), w.baseAddress!, rowBytes, Int32(rows), Int32(columns), &packed)
+                    repeating: 0, count: groups * tk_interleaved_group_bytes(Int32(type.rawValue), Int32(columns)))
+                tk_repack_interleaved(
+                    Int32(type.rawValue), w.baseAddress!, rowBytes, Int32(rows), Int32(columns), &packed)
                 for level in 0...2 {
                     let used = tk_set_simd_level(Int32(level))
                     for n in [1, 2, 3, 4, 7] {
                         var out = [Float](repeating: .nan, count: n * rows)
-                        tk_matmul_x8(
+                        tk_matmul_interleaved(
                             Int32(type.rawValue), packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(n),
                             &out, Int32(rows))
                         for b in 0..<n {
