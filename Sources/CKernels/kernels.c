@@ -270,23 +270,46 @@ int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin,
 // ---------------------------------------------------------------------------------------------------------------------
 // fp16 helpers for the KV cache. The SIMD versions convert with F16C; sums use 8 lanes then a fixed reduction.
 
+// ggml's fp16 dot product as its AVX-512 build computes it (ggml_vec_dot_f16, the attention's q·k): four accumulators
+// of 16 lanes over steps of 64 elements, lane j of the step an FMA chain; accumulators reduced (0+2) + (1+3), then
+// across the 16 lanes as GCC's _mm512_reduce_add_ps does (upper half + lower half, twice, then (0+2) + (1+3));
+// elements past the last full step added one product at a time in double.
 static float dot_f16_scalar(const uint16_t *a, const float *b, int n) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += tk_half_to_float(a[i]) * b[i];
-    return sum;
+    float acc[64] = {0};
+    const int np = n & ~63;
+    for (int i = 0; i < np; i += 64) {
+        for (int j = 0; j < 64; j++) acc[j] = fmaf(tk_half_to_float(a[i + j]), b[i + j], acc[j]);
+    }
+    float x[16], t3[8], t6[4];
+    for (int l = 0; l < 16; l++) x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    for (int l = 0; l < 8; l++) t3[l] = x[l + 8] + x[l];
+    for (int l = 0; l < 4; l++) t6[l] = t3[l + 4] + t3[l];
+    double sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
+    for (int i = np; i < n; i++) sum += (double)(tk_half_to_float(a[i]) * b[i]);
+    return (float)sum;
 }
 
 #if TK_X86
-__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
-    __m256 acc = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));
-        acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + i), acc);
+// The same sums with eight 8-lane accumulators: accumulator c holds lanes 8c..8c+7 of the 64-element step.
+TK_AVX2 static inline float reduce_f16_steps(const __m256 acc[8]) {
+    const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    return hsum8(_mm256_add_ps(hi, lo));
+}
+
+TK_AVX2 static float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
+    __m256 acc[8];
+    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+    const int np = n & ~63;
+    for (int i = 0; i < np; i += 64) {
+        for (int c = 0; c < 8; c++) {
+            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8 * c)));
+            acc[c] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + i + 8 * c), acc[c]);
+        }
     }
-    float sum = hsum8(acc);
-    for (; i < n; i++) sum += tk_half_to_float(a[i]) * b[i];
-    return sum;
+    double sum = reduce_f16_steps(acc);
+    for (int i = np; i < n; i++) sum += (double)(tk_half_to_float(a[i]) * b[i]);
+    return (float)sum;
 }
 
 __attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float alpha, const uint16_t *a, float *y, int n) {
@@ -380,9 +403,9 @@ static void attend_f16_scalar(const float *qr, int head_dim, int length, const u
         for (int i = 0; i < head_dim; i++) {
             acc[i] = tk_float_to_half(fmaf(tk_half_to_float(v[i]), vs, tk_half_to_float(acc[i])));
         }
-        // Two statements: no fused multiply-add here, so every path rounds the same way.
-        s_sum = s_sum * ms;
-        s_sum = s_sum + vs;
+        // One fused multiply-add, as ggml's build contracts S*ms + vs.
+        s_sum = fmaf(s_sum, ms, vs);
+        
     }
     const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
     for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
@@ -420,9 +443,9 @@ TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, c
             const __m256 a = _mm256_fmadd_ps(x, vvs, _mm256_loadu_ps(acc + i));
             _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
         }
-        // Two statements: no fused multiply-add here, so every path rounds the same way.
-        s_sum = s_sum * ms;
-        s_sum = s_sum + vs;
+        // One fused multiply-add, as ggml's build contracts S*ms + vs.
+        s_sum = fmaf(s_sum, ms, vs);
+        
     }
     const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
     for (int i = 0; i < head_dim; i++) out[i] = acc[i] * inv;
@@ -447,11 +470,15 @@ TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, c
             for (int slot = 0; slot < end; slot++) {                                                   \
                 const uint16_t *k = k_base + block + (size_t)slot * slot_stride;                       \
                 const uint16_t *v = v_base + block + (size_t)slot * slot_stride;                       \
-                __m256 d = _mm256_setzero_ps();                                                        \
-                for (int j = 0; j < HD / 8; j++) {                                                     \
-                    d = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j))), q[j], d); \
+                __m256 d[8];                                                                           \
+                for (int j = 0; j < 8; j++) {                                                          \
+                    d[j] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j))), q[j]); \
                 }                                                                                      \
-                const float s = hsum8(d) * scale;                                                      \
+                for (int j = 8; j < HD / 8; j++) {                                                     \
+                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j)));   \
+                    d[j % 8] = _mm256_fmadd_ps(x, q[j], d[j % 8]);                                     \
+                }                                                                                      \
+                const float s = reduce_f16_steps(d) * scale;                                           \
                 float ms = 1.0f, vs = 1.0f;                                                            \
                 if (s > m) {                                                                           \
                     const float old = m;                                                               \
@@ -471,8 +498,7 @@ TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, c
                     acc[j] = _mm256_cvtph_ps(                                                          \
                         _mm256_cvtps_ph(_mm256_fmadd_ps(x, vvs, acc[j]), _MM_FROUND_TO_NEAREST_INT));  \
                 }                                                                                      \
-                s_sum = s_sum * ms;                                                                    \
-                s_sum = s_sum + vs;                                                                    \
+                s_sum = fmaf(s_sum, ms, vs);                                                           \
             }                                                                                          \
         }                                                                                              \
         const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;                                         \

@@ -75,8 +75,8 @@ struct RotaryEmbedding {
                 let (a, b) = neox ? (i, i + pairs) : (2 * i, 2 * i + 1)
                 let x0 = v[a]
                 let x1 = v[b]
-                v[a] = x0 * c - x1 * s
-                v[b] = x0 * s + x1 * c
+                v[a] = (-(x1 * s)).addingProduct(x0, c)
+                v[b] = (x1 * c).addingProduct(x0, s)
             }
         }
     }

@@ -1,4 +1,5 @@
 import CKernels
+import Foundation
 import GGUF
 
 /// Plain Swift versions of the C kernels: the specification the SIMD paths are tested against.
@@ -81,5 +82,59 @@ public enum ReferenceKernels {
         if type == .q4_0 { return total }
         let p = partial
         return ((p[4] + p[0]) + (p[6] + p[2])) + ((p[5] + p[1]) + (p[7] + p[3])) + mins
+    }
+
+    /// The fp16 dot product of attention scores (`tk_dot_f16_f32`), in the order of ggml's AVX-512 build: 64 lanes
+    /// over steps of 64 elements, each lane a fused multiply-add chain; lanes l, l+16, l+32, l+48 summed as
+    /// (l + (l+32)) + ((l+16) + (l+48)); the 16 results reduced by halves (upper + lower, twice), then
+    /// (0 + 2) + (1 + 3); elements past the last full step added one product at a time in Double.
+    public static func dotF16(_ a: [UInt16], _ b: [Float]) -> Float {
+        let n = a.count
+        let steps = n & ~63
+        var lanes = [Float](repeating: 0, count: 64)
+        for i in stride(from: 0, to: steps, by: 64) {
+            for j in 0..<64 { lanes[j] = lanes[j].addingProduct(HalfFloat.toFloat(a[i + j]), b[i + j]) }
+        }
+        var x = [Float](repeating: 0, count: 16)
+        for l in 0..<16 {
+            let outer: Float = lanes[l] + lanes[32 + l]
+            let inner: Float = lanes[16 + l] + lanes[48 + l]
+            x[l] = outer + inner
+        }
+        for width in [8, 4] {
+            for l in 0..<width { x[l] = x[l + width] + x[l] }
+        }
+        let pairs: Float = (x[0] + x[2]) + (x[1] + x[3])
+        var sum = Double(pairs)
+        for i in steps..<n { sum += Double(HalfFloat.toFloat(a[i]) * b[i]) }
+        return Float(sum)
+    }
+
+    /// One query row's attention over `keys` and `values` (fp16 rows of `q.count`), as `tk_attend_f16` computes it
+    /// (ggml's flash-attention step for an fp16 cache): the query rounded to fp16; an online softmax whose running
+    /// sum is S = fma(S, ms, vs); the output accumulator kept in fp16, rescaled and rounded at every key.
+    public static func attend(q: [Float], keys: [[UInt16]], values: [[UInt16]], scale: Float) -> [Float] {
+        let q16 = q.map { HalfFloat.toFloat(HalfFloat.fromFloat($0)) }
+        var acc = [UInt16](repeating: 0, count: q.count)
+        var m = -Float.infinity
+        var sum: Float = 0
+        for (k, v) in zip(keys, values) {
+            let s = dotF16(k, q16) * scale
+            var ms: Float = 1
+            var vs: Float = 1
+            if s > m {
+                ms = expf(m - s)
+                m = s
+                acc = acc.map { HalfFloat.fromFloat(HalfFloat.toFloat($0) * ms) }
+            } else {
+                vs = expf(s - m)
+            }
+            for i in 0..<acc.count {
+                acc[i] = HalfFloat.fromFloat(HalfFloat.toFloat(acc[i]).addingProduct(HalfFloat.toFloat(v[i]), vs))
+            }
+            sum = vs.addingProduct(sum, ms)
+        }
+        let inverse: Float = sum == 0 ? 0 : 1 / sum
+        return acc.map { HalfFloat.toFloat($0) * inverse }
     }
 }

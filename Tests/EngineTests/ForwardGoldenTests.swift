@@ -63,11 +63,11 @@ enum TestModel {
             print(
                 "\(g.name): differs at \(k): ours \(ours[k]) (\(at.logprob)), llama.cpp \(expected[k]) (\(String(describing: theirs?.logprob)))"
             )
-            // llama.cpp's token is one of our top 5 there, and the two agreed on at least the first two tokens.
-            #expect(theirs != nil, "\(g.name) at \(k)")
-            #expect(k >= 2, "\(g.name) diverges at \(k)")
+            // llama.cpp's token is one of our top 5 there, within 0.1 logprob of our choice.
+            let gap = theirs.map { at.logprob - $0.logprob }
+            #expect(gap != nil && gap! <= 0.1, "\(g.name) at \(k): gap \(String(describing: gap))")
         }
         print("greedy: \(matching) of \(Golden.shared.generations.count) generations match llama.cpp for 16 tokens")
-        #expect(matching >= 8)
+        #expect(matching >= 10)
     }
 }
