@@ -94,13 +94,11 @@ static void interleaved_scalar(int type, const uint8_t *g, int nb, const tk_bloc
 // AVX2 (8 rows at a time, two halves of a group) and AVX-512 VNNI (16 rows) paths: NA activation rows per pass, so each weight block is loaded and unpacked once for them.
 
 #if TK_X86
-#define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // acc + (unsigned bytes of u) · (signed bytes of s), four at a time into 8 int32 lanes; exact.
 TK_AVX2 static inline __m256i dp_avx2(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
-
 
 static inline int32_t quad(const int8_t *p) {
     int32_t v;

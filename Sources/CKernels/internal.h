@@ -25,4 +25,41 @@ static inline uint16_t tk_float_to_half(float x) {
     return h;
 }
 
+#if TK_X86
+#define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Horizontal sum in the order ggml uses (its hsum_float_8, and GCC's reduction of the last 8 lanes):
+// (v0+v4, v1+v5, ...), then (0+2, 1+3), then 0+1.
+TK_AVX2 static inline float hsum8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+// Eight lanes of tk_expf's exact steps (ggml's vector expf); the final scaling by 2^n is a multiply, exact while n
+// stays in [-126, 127]. Returns 0 in *ok (and garbage) when some lane's n is outside: the caller then takes tk_expf
+// lane by lane.
+TK_AVX2 static inline __m256 tk_expf8(__m256 x, int *ok) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 nn = _mm256_sub_ps(z, r);
+    const __m256 lo = _mm256_cmp_ps(nn, _mm256_set1_ps(-126.0f), _CMP_NGE_UQ);
+    const __m256 hi = _mm256_cmp_ps(nn, _mm256_set1_ps(127.0f), _CMP_NLE_UQ);
+    *ok = !_mm256_movemask_ps(_mm256_or_ps(lo, hi));
+    const __m256 negn = _mm256_xor_ps(nn, sign);
+    const __m256 b =
+        _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 p1 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f));
+    const __m256 p2 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f));
+    const __m256 p3 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f));
+    const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(p1, u, p2), u, p3);
+    const __m256i ni = _mm256_cvtps_epi32(nn);
+    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(j, scale);
+}
+#endif
+
 #endif

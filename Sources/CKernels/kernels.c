@@ -180,16 +180,7 @@ static float dot_q8_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
 // only the float accumulation order differs (8 lanes, then a horizontal sum).
 
 #if TK_X86
-#define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-
-// Horizontal sum in the order ggml uses: (v0+v4, ...), then (0+2, 1+3), then 0+1.
-TK_AVX2 static inline float hsum8(__m256 v) {
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
 
 // Expands 16 bytes of packed nibbles into 32 bytes: low nibbles first, then high nibbles (ggml's element order).
 TK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *qs) {
@@ -270,48 +261,7 @@ int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin,
 // ---------------------------------------------------------------------------------------------------------------------
 // fp16 helpers for the KV cache. The SIMD versions convert with F16C; sums use 8 lanes then a fixed reduction.
 
-// ggml's fp16 dot product as its AVX-512 build computes it (ggml_vec_dot_f16, the attention's q·k): four accumulators
-// of 16 lanes over steps of 64 elements, lane j of the step an FMA chain; accumulators reduced (0+2) + (1+3), then
-// across the 16 lanes as GCC's _mm512_reduce_add_ps does (upper half + lower half, twice, then (0+2) + (1+3));
-// elements past the last full step added one product at a time in double.
-static float dot_f16_scalar(const uint16_t *a, const float *b, int n) {
-    float acc[64] = {0};
-    const int np = n & ~63;
-    for (int i = 0; i < np; i += 64) {
-        for (int j = 0; j < 64; j++) acc[j] = fmaf(tk_half_to_float(a[i + j]), b[i + j], acc[j]);
-    }
-    float x[16], t3[8], t6[4];
-    for (int l = 0; l < 16; l++) x[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
-    for (int l = 0; l < 8; l++) t3[l] = x[l + 8] + x[l];
-    for (int l = 0; l < 4; l++) t6[l] = t3[l + 4] + t3[l];
-    double sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
-    for (int i = np; i < n; i++) sum += (double)(tk_half_to_float(a[i]) * b[i]);
-    return (float)sum;
-}
-
 #if TK_X86
-// The same sums with eight 8-lane accumulators: accumulator c holds lanes 8c..8c+7 of the 64-element step.
-TK_AVX2 static inline float reduce_f16_steps(const __m256 acc[8]) {
-    const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-    const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-    return hsum8(_mm256_add_ps(hi, lo));
-}
-
-TK_AVX2 static float dot_f16_avx2(const uint16_t *a, const float *b, int n) {
-    __m256 acc[8];
-    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-    const int np = n & ~63;
-    for (int i = 0; i < np; i += 64) {
-        for (int c = 0; c < 8; c++) {
-            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8 * c)));
-            acc[c] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + i + 8 * c), acc[c]);
-        }
-    }
-    double sum = reduce_f16_steps(acc);
-    for (int i = np; i < n; i++) sum += (double)(tk_half_to_float(a[i]) * b[i]);
-    return (float)sum;
-}
-
 __attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float alpha, const uint16_t *a, float *y, int n) {
     const __m256 va = _mm256_set1_ps(alpha);
     int i = 0;
@@ -336,13 +286,6 @@ __attribute__((target("avx2,f16c"))) static void f16_to_f32_avx2(const uint16_t 
     for (; i < n; i++) y[i] = tk_half_to_float(x[i]);
 }
 #endif
-
-float tk_dot_f16_f32(const uint16_t *a, const float *b, int n) {
-#if TK_X86
-    if (tk_simd_level() >= 1) return dot_f16_avx2(a, b, n);
-#endif
-    return dot_f16_scalar(a, b, n);
-}
 
 void tk_axpy_f16(float alpha, const uint16_t *a, float *y, int n) {
 #if TK_X86
@@ -375,165 +318,6 @@ void tk_f16_to_f32(const uint16_t *x, float *y, int n) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Attention
-
-// The accumulator of V is kept in fp16 (each update rounded to fp16), as ggml's flash attention does with an F16 cache.
-// The two paths take the same rounding steps; they differ only in the q·k dot products (tk_dot_f16_f32 sums in order
-// at the scalar level, in eight lanes otherwise). The scalar path is the portable fallback and the tests' reference.
-static void attend_f16_scalar(const float *qr, int head_dim, int length, const uint16_t *k_base,
-                              const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
-                              size_t slot_stride, float scale, float *out) {
-    uint16_t acc[512];
-    for (int i = 0; i < head_dim; i++) acc[i] = 0;
-    float m = -INFINITY;
-    float s_sum = 0.0f;
-    for (int t = 0; t < length; t++) {
-        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
-        const float s = tk_dot_f16_f32(k_base + offset, qr, head_dim) * scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > m) {
-            const float old = m;
-            m = s;
-            ms = expf(old - m);
-            for (int i = 0; i < head_dim; i++) acc[i] = tk_float_to_half(tk_half_to_float(acc[i]) * ms);
-        } else {
-            vs = expf(s - m);
-        }
-        const uint16_t *v = v_base + offset;
-        for (int i = 0; i < head_dim; i++) {
-            acc[i] = tk_float_to_half(fmaf(tk_half_to_float(v[i]), vs, tk_half_to_float(acc[i])));
-        }
-        // One fused multiply-add, as ggml's build contracts S*ms + vs.
-        s_sum = fmaf(s_sum, ms, vs);
-        
-    }
-    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
-    for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
-}
-
-#if TK_X86
-// head_dim must be a multiple of 8 here. acc holds fp16-rounded values widened to float.
-TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, const uint16_t *k_base,
-                                    const uint16_t *v_base, const int32_t *table, int block_size,
-                                    size_t block_stride, size_t slot_stride, float scale, float *out) {
-    float acc[512];
-    for (int i = 0; i < head_dim; i++) acc[i] = 0.0f;
-    float m = -INFINITY;
-    float s_sum = 0.0f;
-    for (int t = 0; t < length; t++) {
-        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
-        const float s = dot_f16_avx2(k_base + offset, qr, head_dim) * scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > m) {
-            const float old = m;
-            m = s;
-            ms = expf(old - m);
-            const __m256 vms = _mm256_set1_ps(ms);
-            for (int i = 0; i < head_dim; i += 8) {
-                const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + i), vms);
-                _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
-            }
-        } else {
-            vs = expf(s - m);
-        }
-        const uint16_t *v = v_base + offset;
-        const __m256 vvs = _mm256_set1_ps(vs);
-        for (int i = 0; i < head_dim; i += 8) {
-            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
-            const __m256 a = _mm256_fmadd_ps(x, vvs, _mm256_loadu_ps(acc + i));
-            _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
-        }
-        // One fused multiply-add, as ggml's build contracts S*ms + vs.
-        s_sum = fmaf(s_sum, ms, vs);
-        
-    }
-    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
-    for (int i = 0; i < head_dim; i++) out[i] = acc[i] * inv;
-}
-
-// The same steps for a head dimension known at compile time: the query and the accumulator stay in registers, and
-// the keys are walked block by block (no division per key). Same operations in the same order as attend_f16_avx2.
-#define TK_ATTEND_FIXED(NAME, HD)                                                                      \
-    TK_AVX2 static void NAME(const float *qr, int length, const uint16_t *k_base, const uint16_t *v_base, \
-                             const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, \
-                             float scale, float *out) {                                                \
-        __m256 q[HD / 8], acc[HD / 8];                                                                 \
-        for (int j = 0; j < HD / 8; j++) {                                                             \
-            q[j] = _mm256_loadu_ps(qr + 8 * j);                                                        \
-            acc[j] = _mm256_setzero_ps();                                                              \
-        }                                                                                              \
-        float m = -INFINITY;                                                                           \
-        float s_sum = 0.0f;                                                                            \
-        for (int start = 0; start < length; start += block_size) {                                     \
-            const size_t block = (size_t)table[start / block_size] * block_stride;                     \
-            const int end = length - start < block_size ? length - start : block_size;                 \
-            for (int slot = 0; slot < end; slot++) {                                                   \
-                const uint16_t *k = k_base + block + (size_t)slot * slot_stride;                       \
-                const uint16_t *v = v_base + block + (size_t)slot * slot_stride;                       \
-                __m256 d[8];                                                                           \
-                for (int j = 0; j < 8; j++) {                                                          \
-                    d[j] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j))), q[j]); \
-                }                                                                                      \
-                for (int j = 8; j < HD / 8; j++) {                                                     \
-                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j)));   \
-                    d[j % 8] = _mm256_fmadd_ps(x, q[j], d[j % 8]);                                     \
-                }                                                                                      \
-                const float s = reduce_f16_steps(d) * scale;                                           \
-                float ms = 1.0f, vs = 1.0f;                                                            \
-                if (s > m) {                                                                           \
-                    const float old = m;                                                               \
-                    m = s;                                                                             \
-                    ms = expf(old - m);                                                                \
-                    const __m256 vms = _mm256_set1_ps(ms);                                             \
-                    for (int j = 0; j < HD / 8; j++) {                                                 \
-                        acc[j] = _mm256_cvtph_ps(                                                      \
-                            _mm256_cvtps_ph(_mm256_mul_ps(acc[j], vms), _MM_FROUND_TO_NEAREST_INT));   \
-                    }                                                                                  \
-                } else {                                                                               \
-                    vs = expf(s - m);                                                                  \
-                }                                                                                      \
-                const __m256 vvs = _mm256_set1_ps(vs);                                                 \
-                for (int j = 0; j < HD / 8; j++) {                                                     \
-                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8 * j)));   \
-                    acc[j] = _mm256_cvtph_ps(                                                          \
-                        _mm256_cvtps_ph(_mm256_fmadd_ps(x, vvs, acc[j]), _MM_FROUND_TO_NEAREST_INT));  \
-                }                                                                                      \
-                s_sum = fmaf(s_sum, ms, vs);                                                           \
-            }                                                                                          \
-        }                                                                                              \
-        const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;                                         \
-        const __m256 vinv = _mm256_set1_ps(inv);                                                       \
-        for (int j = 0; j < HD / 8; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], vinv));   \
-    }
-
-TK_ATTEND_FIXED(attend_f16_avx2_64, 64)
-TK_ATTEND_FIXED(attend_f16_avx2_128, 128)
-#endif
-
-void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
-                   const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
-                   float *out) {
-    uint16_t q16[512];
-    float qr[512];
-    if (head_dim > 512) return;
-    tk_f32_to_f16(q, q16, head_dim);
-    tk_f16_to_f32(q16, qr, head_dim);
-#if TK_X86
-    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128)) {
-        (head_dim == 64 ? attend_f16_avx2_64 : attend_f16_avx2_128)(
-            qr, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
-        return;
-    }
-    if (tk_simd_level() >= 1 && head_dim % 8 == 0) {
-        attend_f16_avx2(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale,
-                        out);
-        return;
-    }
-#endif
-    attend_f16_scalar(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
 // exp and SwiGLU
 
 float tk_expf(float x) {
@@ -559,31 +343,16 @@ static void swiglu_scalar(float *gate, const float *up, int n) {
 // Eight lanes of tk_expf's exact steps; ldexpf becomes a multiply by 2^n, exact when n is in [-126, 127] (else the
 // caller falls back to the scalar path for those eight elements).
 TK_AVX2 static void swiglu_avx2(float *gate, const float *up, int n) {
-    const __m256 r = _mm256_set1_ps(0x1.8p23f);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 x = _mm256_xor_ps(g, sign);
-        const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-        const __m256 nn = _mm256_sub_ps(z, r);
-        const __m256 lo = _mm256_cmp_ps(nn, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
-        const __m256 hi = _mm256_cmp_ps(nn, _mm256_set1_ps(127.0f), _CMP_GT_OQ);
-        if (_mm256_movemask_ps(_mm256_or_ps(lo, hi))) {
+        int ok;
+        const __m256 e = tk_expf8(_mm256_xor_ps(g, sign), &ok);
+        if (!ok) {
             swiglu_scalar(gate + i, up + i, 8);
             continue;
         }
-        const __m256 negn = _mm256_xor_ps(nn, sign);
-        const __m256 b = _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                         _mm256_fmadd_ps(negn, _mm256_set1_ps(0x1.62e4p-1f), x));
-        const __m256 u = _mm256_mul_ps(b, b);
-        const __m256 p1 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f));
-        const __m256 p2 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f));
-        const __m256 p3 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f));
-        const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(p1, u, p2), u, p3);
-        const __m256i ni = _mm256_cvtps_epi32(nn);
-        const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
-        const __m256 e = _mm256_mul_ps(j, scale);
         const __m256 out = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
                                          _mm256_loadu_ps(up + i));
         _mm256_storeu_ps(gate + i, out);

@@ -71,7 +71,7 @@ public final class Generator: @unchecked Sendable {
             let end = min(prompt.count, position + prefillChunk)
             let chunk = SequenceChunk(
                 tokens: Array(prompt[position..<end]), startPosition: position, blockTable: table,
-                wantsLogits: end == prompt.count)
+                wantsLogits: end == prompt.count, promptLength: prompt.count)
             logits = model.forward([chunk], cache: cache)[0] ?? []
             position = end
         }
@@ -100,7 +100,8 @@ public final class Generator: @unchecked Sendable {
             }
             if output.count >= maxNew { break }
             let step = SequenceChunk(
-                tokens: [id], startPosition: prompt.count + output.count - 1, blockTable: table, wantsLogits: true)
+                tokens: [id], startPosition: prompt.count + output.count - 1, blockTable: table, wantsLogits: true,
+                promptLength: prompt.count)
             logits = model.forward([step], cache: cache)[0] ?? []
         }
         if finish == .length {

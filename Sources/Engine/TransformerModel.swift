@@ -12,12 +12,15 @@ public struct SequenceChunk: Sendable {
     public var blockTable: [Int32]
     /// Whether to return logits for the chunk's last token.
     public var wantsLogits: Bool
+    /// Length of the request's prompt: it decides which attention kernel each row uses (`AttentionKernelChoice`).
+    public var promptLength: Int
 
-    public init(tokens: [Int32], startPosition: Int, blockTable: [Int32], wantsLogits: Bool) {
+    public init(tokens: [Int32], startPosition: Int, blockTable: [Int32], wantsLogits: Bool, promptLength: Int) {
         self.tokens = tokens
         self.startPosition = startPosition
         self.blockTable = blockTable
         self.wantsLogits = wantsLogits
+        self.promptLength = promptLength
     }
 }
 
@@ -32,6 +35,7 @@ public final class TransformerModel: @unchecked Sendable {
     public let pool: ThreadPool
     private var workspace = Workspace()
     private var activations = ActivationBuffer()
+    private var tiles = TiledKVBuffer()
     private let lock = NSLock()
 
     public init(path: String, threads: Int) throws {
@@ -41,7 +45,10 @@ public final class TransformerModel: @unchecked Sendable {
         pool = ThreadPool(threads: threads)
     }
 
-    deinit { activations.release() }
+    deinit {
+        activations.release()
+        tiles.release()
+    }
 
     /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
     /// chunk that asked for them (nil for the others). `afterLayer`, when given, is called with each layer's index as
@@ -136,7 +143,9 @@ public final class TransformerModel: @unchecked Sendable {
         return results
     }
 
-    /// Causal attention of every row over its sequence's cached keys and values, parallel over (row, head).
+    /// Causal attention of every row over its sequence's cached keys and values, parallel over (row, head). Rows
+    /// that llama.cpp would compute with its tiled kernel (`AttentionKernelChoice`) read their sequence's keys and
+    /// values gathered once per layer into fp32 tiles; the others read the fp16 cache directly.
     private func attention(
         layer: Int, rows: Int, order: [Int], chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
         cache: PagedKVCache, ws: Workspace.Buffers
@@ -145,25 +154,100 @@ public final class TransformerModel: @unchecked Sendable {
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(hd).squareRoot()
-        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order))
+        let tiled = (0..<rows).map {
+            AttentionKernelChoice.isTiled(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
+        }
+        // Per chunk: how many positions its tiled rows attend to, and where its gathered heads start.
+        var tiledLength = [Int](repeating: 0, count: chunks.count)
+        for row in 0..<rows where tiled[row] {
+            tiledLength[rowChunk[row]] = max(tiledLength[rowChunk[row]], rowPosition[row] + 1)
+        }
+        let gathered = tiles.prepare(lengths: tiledLength, kvHeads: c.kvHeadCount, headDim: hd)
+        let gatherTasks = chunks.indices.filter { tiledLength[$0] > 0 }.flatMap { ci in
+            (0..<c.kvHeadCount).map { (ci, $0) }
+        }
+        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order, tiled, gathered, gatherTasks))
+        if !gatherTasks.isEmpty {
+            pool.parallelRanges(gatherTasks.count) { begin, end in
+                let (chunks, _, _, _, _, _, gathered, gatherTasks) = shared.value
+                for task in begin..<end {
+                    let (ci, kvHead) = gatherTasks[task]
+                    let (kt, v) = gathered.head(chunk: ci, kvHead: kvHead)
+                    chunks[ci].blockTable.withUnsafeBufferPointer { t in
+                        tk_tile_kv(
+                            cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd,
+                            cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd, t.baseAddress,
+                            Int32(cache.blockSize), cache.blockElements, cache.kvDim, Int32(tiledLength[ci]),
+                            Int32(hd), kt, v)
+                    }
+                }
+            }
+        }
         pool.parallelRanges(rows * c.headCount) { begin, end in
-            let (chunks, rowChunk, rowPosition, ws, order) = shared.value
+            let (chunks, rowChunk, rowPosition, ws, order, tiled, gathered, _) = shared.value
             for task in begin..<end {
                 let row = order[task / c.headCount]
                 let head = task % c.headCount
                 let kvHead = head / group
-                let table = chunks[rowChunk[row]].blockTable
                 let length = rowPosition[row] + 1
                 let q = ws.q + row * c.qDim + head * hd
                 let out = ws.attn + row * c.qDim + head * hd
+                if tiled[row] {
+                    let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
+                    tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
+                    continue
+                }
                 let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
                 let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
-                table.withUnsafeBufferPointer { t in
+                chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
                     tk_attend_f16(
                         q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, Int32(cache.blockSize),
                         cache.blockElements, cache.kvDim, scale, out)
                 }
             }
         }
+    }
+}
+
+/// Scratch memory for the keys and values that tiled-kernel rows read: per chunk and KV head, the keys as fp32 tiles
+/// of 64 positions (dimension-major) and the values as fp32 rows (`tk_tile_kv`). Grown on demand and reused.
+struct TiledKVBuffer {
+    /// Where each (chunk, KV head) lives in the buffer.
+    struct Layout: @unchecked Sendable {
+        let base: UnsafeMutablePointer<Float>?
+        let offsets: [[(kt: Int, v: Int)]]
+
+        func head(chunk: Int, kvHead: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+            let o = offsets[chunk][kvHead]
+            return (base! + o.kt, base! + o.v)
+        }
+    }
+
+    private var storage: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+
+    mutating func prepare(lengths: [Int], kvHeads: Int, headDim: Int) -> Layout {
+        var offsets: [[(kt: Int, v: Int)]] = []
+        var total = 0
+        for length in lengths {
+            var heads: [(kt: Int, v: Int)] = []
+            let tileFloats = (length + 63) / 64 * 64 * headDim
+            for _ in 0..<kvHeads {
+                heads.append((total, total + tileFloats))
+                total += tileFloats + length * headDim
+            }
+            offsets.append(heads)
+        }
+        if total > capacity {
+            storage?.deallocate()
+            capacity = total
+            storage = UnsafeMutablePointer<Float>.allocate(capacity: total)
+        }
+        return Layout(base: storage, offsets: offsets)
+    }
+
+    mutating func release() {
+        storage?.deallocate()
+        storage = nil
     }
 }

@@ -137,4 +137,47 @@ public enum ReferenceKernels {
         let inverse: Float = sum == 0 ? 0 : 1 / sum
         return acc.map { HalfFloat.toFloat($0) * inverse }
     }
+
+    /// One query row's attention as `tk_attend_tiled` computes it (ggml's tiled flash attention): the query in fp32;
+    /// keys in tiles of 64 positions; scores as FMA chains over the head dimension; per tile, the running maximum
+    /// (accumulator and sum rescaled by expf(old − new) when it grows), exponentials by `tk_expf`, their sum reduced
+    /// 16 at a time (upper 8 + lower 8, then i+4 + i, then (0+2) + (1+3)) into a Double added to the sum in Double;
+    /// the output accumulated per lane as an FMA chain over the tile's keys; finally times 1/S.
+    public static func attendTiled(q: [Float], keys: [[UInt16]], values: [[UInt16]], scale: Float) -> [Float] {
+        var acc = [Float](repeating: 0, count: q.count)
+        var m = -Float.infinity
+        var sum: Float = 0
+        for start in stride(from: 0, to: keys.count, by: 64) {
+            let n = min(64, keys.count - start)
+            var e = [Float](repeating: 0, count: 64)
+            for t in 0..<n {
+                var d: Float = 0
+                for i in 0..<q.count { d = d.addingProduct(HalfFloat.toFloat(keys[start + t][i]), q[i]) }
+                e[t] = d * scale
+            }
+            let newMax = max(m, e[0..<n].max()!)
+            if newMax > m {
+                let ms = expf(m - newMax)
+                acc = acc.map { $0 * ms }
+                sum *= ms
+            }
+            m = newMax
+            for t in 0..<n { e[t] = tk_expf(e[t] - newMax) }
+            var tileSum: Double = 0
+            for g in stride(from: 0, to: 64, by: 16) {
+                var x = (0..<8).map { e[g + $0 + 8] + e[g + $0] }
+                for l in 0..<4 { x[l] = x[l + 4] + x[l] }
+                let pairs: Float = (x[0] + x[2]) + (x[1] + x[3])
+                tileSum += Double(pairs)
+            }
+            sum = Float(Double(sum) + tileSum)
+            for t in 0..<n {
+                for i in 0..<acc.count {
+                    acc[i] = acc[i].addingProduct(HalfFloat.toFloat(values[start + t][i]), e[t])
+                }
+            }
+        }
+        let inverse: Float = sum == 0 ? 0 : 1 / sum
+        return acc.map { $0 * inverse }
+    }
 }

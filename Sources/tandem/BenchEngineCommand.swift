@@ -85,7 +85,7 @@ struct BenchEngineCommand: ParsableCommand {
             let n = min(512, prompt - position)
             let chunk = SequenceChunk(
                 tokens: tokens(n, seed: position, vocab: m.config.vocabSize), startPosition: position,
-                blockTable: tables[0], wantsLogits: position + n == prompt)
+                blockTable: tables[0], wantsLogits: position + n == prompt, promptLength: prompt)
             _ = m.forward([chunk], cache: c)
             position += n
         }
@@ -96,7 +96,8 @@ struct BenchEngineCommand: ParsableCommand {
     private func decodeRate(_ m: TransformerModel, batch: Int) -> Double {
         let (c, tables) = cache(m, tokens: gen + 1, sequences: batch)
         let firsts = (0..<batch).map { b in
-            SequenceChunk(tokens: [Int32(100 + b)], startPosition: 0, blockTable: tables[b], wantsLogits: true)
+            SequenceChunk(
+                tokens: [Int32(100 + b)], startPosition: 0, blockTable: tables[b], wantsLogits: true, promptLength: 1)
         }
         _ = m.forward(firsts, cache: c)
         let start = Date()
@@ -104,7 +105,7 @@ struct BenchEngineCommand: ParsableCommand {
             let chunks = (0..<batch).map { b in
                 SequenceChunk(
                     tokens: [Int32((step * 31 + b * 17) % m.config.vocabSize)], startPosition: step + 1,
-                    blockTable: tables[b], wantsLogits: true)
+                    blockTable: tables[b], wantsLogits: true, promptLength: 1)
             }
             _ = m.forward(chunks, cache: c)
         }

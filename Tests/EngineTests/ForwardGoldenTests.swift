@@ -23,7 +23,7 @@ enum TestModel {
                 layerCount: model.config.layerCount, blockCount: 32, blockSize: 16, kvDim: model.config.kvDim)
             let chunk = SequenceChunk(
                 tokens: g.prompt_ids.map(Int32.init), startPosition: 0, blockTable: (0..<32).map(Int32.init),
-                wantsLogits: true)
+                wantsLogits: true, promptLength: g.prompt_ids.count)
             let logits = try #require(model.forward([chunk], cache: cache)[0])
             let ours = Sampler.logprob(of: 0, in: logits, top: 5)
             // The most likely token is the same, and llama.cpp's top 3 are among our top 5.

@@ -168,6 +168,42 @@ import Testing
         tk_set_simd_level(99)
     }
 
+    /// The tiled attention kernel gives the Swift reference's bits at every SIMD level, across tile boundaries.
+    @Test func tiledAttentionMatchesReference() {
+        var rng = Rng(state: 17)
+        let blockSize = 16
+        let blocks = 14
+        let table: [Int32] = (0..<Int32(blocks)).map { ($0 * 5) % Int32(blocks) }
+        for headDim in [64, 128, 40] {
+            let k = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+            let v = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+            func row(_ cache: [UInt16], _ t: Int) -> [UInt16] {
+                let start = (Int(table[t / blockSize]) * blockSize + t % blockSize) * headDim
+                return Array(cache[start..<start + headDim])
+            }
+            for length in [1, 7, 63, 64, 65, 130, 200] {
+                let q = (0..<headDim).map { _ in rng.float(2) }
+                let expected = ReferenceKernels.attendTiled(
+                    q: q, keys: (0..<length).map { row(k, $0) }, values: (0..<length).map { row(v, $0) },
+                    scale: 0.125)
+                var kt = [Float](repeating: .nan, count: (length + 63) / 64 * 64 * headDim)
+                var vf = [Float](repeating: .nan, count: length * headDim)
+                tk_tile_kv(
+                    k, v, table, Int32(blockSize), blockSize * headDim, headDim, Int32(length), Int32(headDim), &kt,
+                    &vf)
+                for level in [0, 1, 2] {
+                    tk_set_simd_level(Int32(level))
+                    var out = [Float](repeating: 0, count: headDim)
+                    tk_attend_tiled(q, Int32(headDim), Int32(length), kt, vf, 0.125, &out)
+                    #expect(
+                        out.map(\.bitPattern) == expected.map(\.bitPattern),
+                        "head \(headDim), length \(length), level \(level)")
+                }
+            }
+        }
+        tk_set_simd_level(99)
+    }
+
     /// Every attention path (scalar, AVX2, the fixed head sizes 64 and 128) gives the Swift reference's bits.
     @Test func attentionPathsMatchReference() {
         var rng = Rng(state: 11)

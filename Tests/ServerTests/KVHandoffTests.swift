@@ -119,13 +119,14 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             let remote = RemoteKV()
             decode.remoteKV = remote
             let handle = try consumer.submit(decode)
+            let blocks = (r.promptTokens.count + 15) / 16
             var held = consumer.stats
+            // Wait for the request to be admitted (the previous request's blocks may still be counted briefly).
             for _ in 0..<2000 {
                 held = consumer.stats
-                if held.usedBlocks > 0 { break }
+                if held.waiting == 1, held.usedBlocks >= blocks { break }
                 try await Task.sleep(for: .milliseconds(5))
             }
-            let blocks = (r.promptTokens.count + 15) / 16
             #expect(held.usedBlocks >= blocks, "blocks for the whole prompt are held while the KV is on its way")
             #expect(held.waiting == 1 && held.running == 0)
             try await Task.sleep(for: .milliseconds(100))

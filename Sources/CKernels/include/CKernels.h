@@ -74,6 +74,16 @@ extern "C" {
 void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
                    const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
                    float *out);
+/// Gathers one KV head's first `length` positions for tk_attend_tiled: keys in fp32 tiles of 64 positions, each tile
+/// stored dimension-major (kt[tile][i][t], zero past `length`: ceil(length/64) * 64 * head_dim floats), values in fp32
+/// rows (v[t][i]: length * head_dim floats). Addressing as in tk_attend_f16.
+void tk_tile_kv(const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
+                size_t block_stride, size_t slot_stride, int length, int head_dim, float *kt, float *v);
+/// Attention of one query row as llama.cpp's tiled CPU flash attention computes it (its kernel for prompt rows in
+/// micro-batches of 64 rows or more): the query in fp32, keys in tiles of 64 positions, scores and the weighted sum
+/// of V as fp32 FMA chains, each tile's softmax sum added in double. `kt` and `v` come from tk_tile_kv.
+void tk_attend_tiled(const float *q, int head_dim, int length, const float *kt, const float *v, float scale,
+                     float *out);
 #ifdef __cplusplus
 }
 #endif

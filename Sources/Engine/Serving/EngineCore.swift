@@ -199,7 +199,8 @@ public final class EngineCore: @unchecked Sendable {
         let chunks = plan.map { c in
             SequenceChunk(
                 tokens: Array(c.request.allTokens[c.start..<c.start + c.count]), startPosition: c.start,
-                blockTable: c.request.blockTable, wantsLogits: c.wantsLogits)
+                blockTable: c.request.blockTable, wantsLogits: c.wantsLogits,
+                promptLength: c.request.prompt.count)
         }
         let streams = streamPlan(plan)
         let cache = cache

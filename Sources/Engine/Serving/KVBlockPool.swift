@@ -1,8 +1,9 @@
 /// Owns the KV cache's blocks: which are free, who holds each, and which full blocks can be reused by later
 /// requests with the same token prefix (automatic prefix caching).
 ///
-/// A full block is keyed by a hash chain over its tokens (the hash of the block before it and its own tokens), and
-/// the block remembers its tokens so that a hash collision can never hand out the wrong KV. Blocks whose last holder
+/// A full block is keyed by a hash chain over its tokens (the hash of the block before it, its own tokens, and how
+/// many of its rows the tiled attention kernel computed, which changes the KV's bits: `AttentionKernelChoice`), and
+/// the block remembers its tokens and that count so that a hash collision can never hand out the wrong KV. Blocks whose last holder
 /// let go stay cached, at the tail of a least-recently-freed queue, until a new allocation takes them from the head.
 /// Not thread-safe: one engine loop drives it.
 public final class KVBlockPool {
@@ -13,6 +14,7 @@ public final class KVBlockPool {
     private var refCount: [Int32]
     private var blockHash: [UInt64?]
     private var blockTokens: [[Int32]]
+    private var blockTiledRows: [Int]
     private var cached: [UInt64: Int32] = [:]
     // The free queue: a doubly linked list over block ids (-1 ends it), oldest free at the head.
     private var prev: [Int32]
@@ -29,6 +31,7 @@ public final class KVBlockPool {
         refCount = [Int32](repeating: 0, count: blockCount)
         blockHash = [UInt64?](repeating: nil, count: blockCount)
         blockTokens = [[Int32]](repeating: [], count: blockCount)
+        blockTiledRows = [Int](repeating: 0, count: blockCount)
         prev = [Int32](repeating: -1, count: blockCount)
         next = [Int32](repeating: -1, count: blockCount)
         freeCount = 0
@@ -44,8 +47,9 @@ public final class KVBlockPool {
     /// Number of full blocks currently reusable by prefix.
     public var cachedBlockCount: Int { cached.count }
 
-    /// The hash of a full block that follows a block with hash `parent` (nil for the first block).
-    public static func hash(parent: UInt64?, tokens: ArraySlice<Int32>) -> UInt64 {
+    /// The hash of a full block that follows a block with hash `parent` (nil for the first block), `tiledRows` of whose
+    /// rows were computed by the tiled attention kernel.
+    public static func hash(parent: UInt64?, tokens: ArraySlice<Int32>, tiledRows: Int) -> UInt64 {
         // FNV-1a over the parent hash and the token ids, then a final avalanche.
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ v: UInt64) {
@@ -57,19 +61,27 @@ public final class KVBlockPool {
         }
         mix(parent ?? 0x9e37_79b9_7f4a_7c15)
         for t in tokens { mix(UInt64(UInt32(bitPattern: t))) }
+        if tiledRows > 0 { mix(0x7469_6c65_6400_0000 | UInt64(tiledRows)) }
         h ^= h >> 33
         h = h &* 0xff51_afd7_ed55_8ccd
         h ^= h >> 33
         return h
     }
 
-    /// Hashes of the full blocks of `tokens`, at most `limit` of them.
-    public func blockHashes(of tokens: [Int32], limit: Int) -> [UInt64] {
+    /// How many rows of block `index` of a request whose prompt has `promptLength` tokens use the tiled kernel.
+    public func tiledRows(ofBlock index: Int, promptLength: Int) -> Int {
+        AttentionKernelChoice.tiledRows(start: index * blockSize, count: blockSize, promptLength: promptLength)
+    }
+
+    /// Hashes of the full blocks of `tokens` (a request's tokens, the first `promptLength` its prompt), at most `limit`.
+    public func blockHashes(of tokens: [Int32], promptLength: Int, limit: Int) -> [UInt64] {
         var hashes: [UInt64] = []
         var parent: UInt64? = nil
         var i = 0
         while hashes.count < limit, (i + 1) * blockSize <= tokens.count {
-            let h = Self.hash(parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize])
+            let h = Self.hash(
+                parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize],
+                tiledRows: tiledRows(ofBlock: i, promptLength: promptLength))
             hashes.append(h)
             parent = h
             i += 1
@@ -79,14 +91,15 @@ public final class KVBlockPool {
 
     /// Takes the longest run of cached blocks that holds a prefix of `tokens`, leaving at least one token to
     /// compute. Returns the blocks, now held by the caller, and their chain hashes.
-    public func takeCachedPrefix(of tokens: [Int32]) -> (blocks: [Int32], hashes: [UInt64]) {
+    public func takeCachedPrefix(of tokens: [Int32], promptLength: Int) -> (blocks: [Int32], hashes: [UInt64]) {
         guard prefixCachingEnabled, tokens.count > 1 else { return ([], []) }
         let limit = (tokens.count - 1) / blockSize
         var taken: [Int32] = []
         var hashes: [UInt64] = []
-        for (i, h) in blockHashes(of: tokens, limit: limit).enumerated() {
+        for (i, h) in blockHashes(of: tokens, promptLength: promptLength, limit: limit).enumerated() {
             guard let block = cached[h],
-                blockTokens[Int(block)].elementsEqual(tokens[i * blockSize..<(i + 1) * blockSize])
+                blockTokens[Int(block)].elementsEqual(tokens[i * blockSize..<(i + 1) * blockSize]),
+                blockTiledRows[Int(block)] == tiledRows(ofBlock: i, promptLength: promptLength)
             else { break }
             hold(block)
             taken.append(block)
@@ -117,11 +130,12 @@ public final class KVBlockPool {
 
     /// Records that `block` holds the full block of `tokens` whose chain hash is `hash`, so later requests can reuse
     /// it. A block whose content is already cached elsewhere stays private.
-    public func register(block: Int32, hash: UInt64, tokens: ArraySlice<Int32>) {
+    public func register(block: Int32, hash: UInt64, tokens: ArraySlice<Int32>, tiledRows: Int) {
         guard prefixCachingEnabled, blockHash[Int(block)] == nil, cached[hash] == nil else { return }
         cached[hash] = block
         blockHash[Int(block)] = hash
         blockTokens[Int(block)] = Array(tokens)
+        blockTiledRows[Int(block)] = tiledRows
     }
 
     /// Lets go of `blocks` (a request's table); the last ones go first so that a shared prefix stays cached longest.

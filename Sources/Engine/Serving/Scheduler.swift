@@ -95,7 +95,7 @@ final class Scheduler {
                 r.loadedTokens = count
                 r.computed = count
             } else if r.blockTable.isEmpty {
-                let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens)
+                let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens, promptLength: r.prompt.count)
                 r.blockTable = blocks
                 r.blockHashes = hashes
                 r.computed = blocks.count * config.blockSize
@@ -148,8 +148,9 @@ final class Scheduler {
         while r.blockHashes.count < r.computed / bs {
             let j = r.blockHashes.count
             let tokens = r.allTokens[j * bs..<(j + 1) * bs]
-            let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens)
-            pool.register(block: r.blockTable[j], hash: h, tokens: tokens)
+            let tiled = pool.tiledRows(ofBlock: j, promptLength: r.prompt.count)
+            let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens, tiledRows: tiled)
+            pool.register(block: r.blockTable[j], hash: h, tokens: tokens, tiledRows: tiled)
             r.blockHashes.append(h)
         }
     }
