@@ -62,19 +62,30 @@ float tk_dot_f16_f32(const uint16_t *a, const float *b, int n) {
 // ---------------------------------------------------------------------------------------------------------------------
 // Attention, one key at a time (ggml's flash_attn_ext_f16_one_chunk)
 
-// The accumulator of V is kept in fp16 (each update rounded to fp16), as ggml's flash attention does with an F16 cache.
-// The two paths take the same rounding steps; they differ only in the q·k dot products (tk_dot_f16_f32 sums in order
-// at the scalar level, in eight lanes otherwise). The scalar path is the portable fallback and the tests' reference.
-static void attend_f16_scalar(const float *qr, int head_dim, int length, const uint16_t *k_base,
-                              const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
-                              size_t slot_stride, float scale, float *out) {
+// One KV head's keys and values in the paged cache: position t at table[t / block_size] * block_stride +
+// (t % block_size) * slot_stride from k (and v).
+typedef struct {
+    const uint16_t *k, *v;
+    const int32_t *table;
+    int block_size;
+    size_t block_stride, slot_stride;
+} tk_kv_view;
+
+// The online softmax over positions [begin, end), with ggml's steps: the query already rounded to fp16; each score
+// scaled; a new maximum rescales the accumulator by expf(old - new), otherwise the value is weighted by expf(s - max);
+// the accumulator of V kept in fp16 (every update rounded to fp16); the sum updated as fma(S, ms, vs), as ggml's build
+// contracts S*ms + vs. Leaves the running maximum, the sum and the unnormalized accumulator (fp16 values as floats).
+// The scalar path is the portable fallback; the SIMD paths take the same steps bit for bit.
+static void chunk_f16_scalar(const float *qr, int head_dim, int begin, int end, const tk_kv_view *kv, float scale,
+                             float *m_out, float *s_out, float *out) {
     uint16_t acc[512];
     for (int i = 0; i < head_dim; i++) acc[i] = 0;
     float m = -INFINITY;
     float s_sum = 0.0f;
-    for (int t = 0; t < length; t++) {
-        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
-        const float s = tk_dot_f16_f32(k_base + offset, qr, head_dim) * scale;
+    for (int t = begin; t < end; t++) {
+        const size_t offset =
+            (size_t)kv->table[t / kv->block_size] * kv->block_stride + (size_t)(t % kv->block_size) * kv->slot_stride;
+        const float s = tk_dot_f16_f32(kv->k + offset, qr, head_dim) * scale;
         float ms = 1.0f, vs = 1.0f;
         if (s > m) {
             const float old = m;
@@ -84,30 +95,28 @@ static void attend_f16_scalar(const float *qr, int head_dim, int length, const u
         } else {
             vs = expf(s - m);
         }
-        const uint16_t *v = v_base + offset;
+        const uint16_t *v = kv->v + offset;
         for (int i = 0; i < head_dim; i++) {
             acc[i] = tk_float_to_half(fmaf(tk_half_to_float(v[i]), vs, tk_half_to_float(acc[i])));
         }
-        // One fused multiply-add, as ggml's build contracts S*ms + vs.
         s_sum = fmaf(s_sum, ms, vs);
-        
     }
-    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
-    for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]) * inv;
+    *m_out = m;
+    *s_out = s_sum;
+    for (int i = 0; i < head_dim; i++) out[i] = tk_half_to_float(acc[i]);
 }
 
 #if TK_X86
-// head_dim must be a multiple of 8 here. acc holds fp16-rounded values widened to float.
-TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, const uint16_t *k_base,
-                                    const uint16_t *v_base, const int32_t *table, int block_size,
-                                    size_t block_stride, size_t slot_stride, float scale, float *out) {
-    float acc[512];
+// The same steps with the accumulator in vectors; head_dim must be a multiple of 8.
+TK_AVX2 static void chunk_f16_avx2(const float *qr, int head_dim, int begin, int end, const tk_kv_view *kv,
+                                   float scale, float *m_out, float *s_out, float *acc) {
     for (int i = 0; i < head_dim; i++) acc[i] = 0.0f;
     float m = -INFINITY;
     float s_sum = 0.0f;
-    for (int t = 0; t < length; t++) {
-        const size_t offset = (size_t)table[t / block_size] * block_stride + (size_t)(t % block_size) * slot_stride;
-        const float s = dot_f16_avx2(k_base + offset, qr, head_dim) * scale;
+    for (int t = begin; t < end; t++) {
+        const size_t offset =
+            (size_t)kv->table[t / kv->block_size] * kv->block_stride + (size_t)(t % kv->block_size) * kv->slot_stride;
+        const float s = dot_f16_avx2(kv->k + offset, qr, head_dim) * scale;
         float ms = 1.0f, vs = 1.0f;
         if (s > m) {
             const float old = m;
@@ -121,101 +130,147 @@ TK_AVX2 static void attend_f16_avx2(const float *qr, int head_dim, int length, c
         } else {
             vs = expf(s - m);
         }
-        const uint16_t *v = v_base + offset;
+        const uint16_t *v = kv->v + offset;
         const __m256 vvs = _mm256_set1_ps(vs);
         for (int i = 0; i < head_dim; i += 8) {
             const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
             const __m256 a = _mm256_fmadd_ps(x, vvs, _mm256_loadu_ps(acc + i));
             _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
         }
-        // One fused multiply-add, as ggml's build contracts S*ms + vs.
         s_sum = fmaf(s_sum, ms, vs);
-        
     }
-    const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
-    for (int i = 0; i < head_dim; i++) out[i] = acc[i] * inv;
+    *m_out = m;
+    *s_out = s_sum;
 }
 
 // The same steps for a head dimension known at compile time: the query and the accumulator stay in registers, and
-// the keys are walked block by block (no division per key). Same operations in the same order as attend_f16_avx2.
-#define TK_ATTEND_FIXED(NAME, HD)                                                                      \
-    TK_AVX2 static void NAME(const float *qr, int length, const uint16_t *k_base, const uint16_t *v_base, \
-                             const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, \
-                             float scale, float *out) {                                                \
-        __m256 q[HD / 8], acc[HD / 8];                                                                 \
-        for (int j = 0; j < HD / 8; j++) {                                                             \
-            q[j] = _mm256_loadu_ps(qr + 8 * j);                                                        \
-            acc[j] = _mm256_setzero_ps();                                                              \
-        }                                                                                              \
-        float m = -INFINITY;                                                                           \
-        float s_sum = 0.0f;                                                                            \
-        for (int start = 0; start < length; start += block_size) {                                     \
-            const size_t block = (size_t)table[start / block_size] * block_stride;                     \
-            const int end = length - start < block_size ? length - start : block_size;                 \
-            for (int slot = 0; slot < end; slot++) {                                                   \
-                const uint16_t *k = k_base + block + (size_t)slot * slot_stride;                       \
-                const uint16_t *v = v_base + block + (size_t)slot * slot_stride;                       \
-                __m256 d[8];                                                                           \
-                for (int j = 0; j < 8; j++) {                                                          \
+// the keys are walked block by block (no division per key).
+#define TK_CHUNK_FIXED(NAME, HD)                                                                               \
+    TK_AVX2 static void NAME(const float *qr, int begin, int end, const tk_kv_view *kv, float scale, float *m_out, \
+                             float *s_out, float *out) {                                                       \
+        __m256 q[HD / 8], acc[HD / 8];                                                                         \
+        for (int j = 0; j < HD / 8; j++) {                                                                     \
+            q[j] = _mm256_loadu_ps(qr + 8 * j);                                                                \
+            acc[j] = _mm256_setzero_ps();                                                                      \
+        }                                                                                                      \
+        float m = -INFINITY;                                                                                   \
+        float s_sum = 0.0f;                                                                                    \
+        for (int t = begin; t < end;) {                                                                        \
+            const size_t block = (size_t)kv->table[t / kv->block_size] * kv->block_stride;                     \
+            const int first = t % kv->block_size;                                                              \
+            const int last = end - t + first < kv->block_size ? end - t + first : kv->block_size;              \
+            for (int slot = first; slot < last; slot++) {                                                      \
+                const uint16_t *k = kv->k + block + (size_t)slot * kv->slot_stride;                            \
+                const uint16_t *v = kv->v + block + (size_t)slot * kv->slot_stride;                            \
+                __m256 d[8];                                                                                   \
+                for (int j = 0; j < 8; j++) {                                                                  \
                     d[j] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j))), q[j]); \
-                }                                                                                      \
-                for (int j = 8; j < HD / 8; j++) {                                                     \
-                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j)));   \
-                    d[j % 8] = _mm256_fmadd_ps(x, q[j], d[j % 8]);                                     \
-                }                                                                                      \
-                const float s = reduce_f16_steps(d) * scale;                                           \
-                float ms = 1.0f, vs = 1.0f;                                                            \
-                if (s > m) {                                                                           \
-                    const float old = m;                                                               \
-                    m = s;                                                                             \
-                    ms = expf(old - m);                                                                \
-                    const __m256 vms = _mm256_set1_ps(ms);                                             \
-                    for (int j = 0; j < HD / 8; j++) {                                                 \
-                        acc[j] = _mm256_cvtph_ps(                                                      \
-                            _mm256_cvtps_ph(_mm256_mul_ps(acc[j], vms), _MM_FROUND_TO_NEAREST_INT));   \
-                    }                                                                                  \
-                } else {                                                                               \
-                    vs = expf(s - m);                                                                  \
-                }                                                                                      \
-                const __m256 vvs = _mm256_set1_ps(vs);                                                 \
-                for (int j = 0; j < HD / 8; j++) {                                                     \
-                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8 * j)));   \
-                    acc[j] = _mm256_cvtph_ps(                                                          \
-                        _mm256_cvtps_ph(_mm256_fmadd_ps(x, vvs, acc[j]), _MM_FROUND_TO_NEAREST_INT));  \
-                }                                                                                      \
-                s_sum = fmaf(s_sum, ms, vs);                                                           \
-            }                                                                                          \
-        }                                                                                              \
-        const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;                                         \
-        const __m256 vinv = _mm256_set1_ps(inv);                                                       \
-        for (int j = 0; j < HD / 8; j++) _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(acc[j], vinv));   \
+                }                                                                                              \
+                for (int j = 8; j < HD / 8; j++) {                                                             \
+                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j)));           \
+                    d[j % 8] = _mm256_fmadd_ps(x, q[j], d[j % 8]);                                             \
+                }                                                                                              \
+                const float s = reduce_f16_steps(d) * scale;                                                   \
+                float ms = 1.0f, vs = 1.0f;                                                                    \
+                if (s > m) {                                                                                   \
+                    const float old = m;                                                                       \
+                    m = s;                                                                                     \
+                    ms = expf(old - m);                                                                        \
+                    const __m256 vms = _mm256_set1_ps(ms);                                                     \
+                    for (int j = 0; j < HD / 8; j++) {                                                         \
+                        acc[j] = _mm256_cvtph_ps(                                                              \
+                            _mm256_cvtps_ph(_mm256_mul_ps(acc[j], vms), _MM_FROUND_TO_NEAREST_INT));           \
+                    }                                                                                          \
+                } else {                                                                                       \
+                    vs = expf(s - m);                                                                          \
+                }                                                                                              \
+                const __m256 vvs = _mm256_set1_ps(vs);                                                         \
+                for (int j = 0; j < HD / 8; j++) {                                                             \
+                    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8 * j)));           \
+                    acc[j] = _mm256_cvtph_ps(                                                                  \
+                        _mm256_cvtps_ph(_mm256_fmadd_ps(x, vvs, acc[j]), _MM_FROUND_TO_NEAREST_INT));          \
+                }                                                                                              \
+                s_sum = fmaf(s_sum, ms, vs);                                                                   \
+            }                                                                                                  \
+            t += last - first;                                                                                 \
+        }                                                                                                      \
+        *m_out = m;                                                                                            \
+        *s_out = s_sum;                                                                                        \
+        for (int j = 0; j < HD / 8; j++) _mm256_storeu_ps(out + 8 * j, acc[j]);                                \
     }
 
-TK_ATTEND_FIXED(attend_f16_avx2_64, 64)
-TK_ATTEND_FIXED(attend_f16_avx2_128, 128)
+TK_CHUNK_FIXED(chunk_f16_avx2_64, 64)
+TK_CHUNK_FIXED(chunk_f16_avx2_128, 128)
 #endif
+
+// One chunk of positions for the query qr (already rounded to fp16), by the best path for this machine.
+static void chunk_f16(const float *qr, int head_dim, int begin, int end, const tk_kv_view *kv, float scale, float *m,
+                      float *s, float *acc) {
+#if TK_X86
+    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128)) {
+        (head_dim == 64 ? chunk_f16_avx2_64 : chunk_f16_avx2_128)(qr, begin, end, kv, scale, m, s, acc);
+        return;
+    }
+    if (tk_simd_level() >= 1 && head_dim % 8 == 0) {
+        chunk_f16_avx2(qr, head_dim, begin, end, kv, scale, m, s, acc);
+        return;
+    }
+#endif
+    chunk_f16_scalar(qr, head_dim, begin, end, kv, scale, m, s, acc);
+}
+
+static void round_query(const float *q, float *qr, int head_dim) {
+    uint16_t q16[512];
+    tk_f32_to_f16(q, q16, head_dim);
+    tk_f16_to_f32(q16, qr, head_dim);
+}
 
 void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
                    const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
                    float *out) {
-    uint16_t q16[512];
-    float qr[512];
     if (head_dim > 512) return;
-    tk_f32_to_f16(q, q16, head_dim);
-    tk_f16_to_f32(q16, qr, head_dim);
-#if TK_X86
-    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128)) {
-        (head_dim == 64 ? attend_f16_avx2_64 : attend_f16_avx2_128)(
-            qr, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
-        return;
+    float qr[512], m, s;
+    round_query(q, qr, head_dim);
+    const tk_kv_view kv = {k_base, v_base, table, block_size, block_stride, slot_stride};
+    chunk_f16(qr, head_dim, 0, length, &kv, scale, &m, &s, out);
+    const float inv = s == 0.0f ? 0.0f : 1.0f / s;
+    for (int i = 0; i < head_dim; i++) out[i] *= inv;
+}
+
+// ggml's split-KV decode (ggml_compute_forward_flash_attn_ext_f16 with one query row and 512 or more KV cells): the
+// cells are cut into `parts` chunks of ceil(cells / parts), one per llama.cpp thread, each an online softmax as above
+// over its visible positions; the partial results are merged in chunk order (chunks with a zero sum skipped):
+// m = max, both sides scaled by expf(m_side - m), the accumulator and the sum as fma(a, scale_old, b * scale_new), as
+// ggml's build contracts a*scale_old + b*scale_new; finally times 1/S.
+void tk_attend_split(const float *q, int head_dim, int length, int cells, int parts, const uint16_t *k_base,
+                     const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                     size_t slot_stride, float scale, float *out) {
+    if (head_dim > 512 || parts < 1) return;
+    float qr[512], part[512];
+    round_query(q, qr, head_dim);
+    const tk_kv_view kv = {k_base, v_base, table, block_size, block_stride, slot_stride};
+    const int size = (cells + parts - 1) / parts;
+    float m = -INFINITY, s = 0.0f;
+    for (int i = 0; i < head_dim; i++) out[i] = 0.0f;
+    for (int p = 0; p < parts; p++) {
+        const int begin = p * size;
+        int end = begin + size < cells ? begin + size : cells;
+        end = end < length ? end : length;
+        if (begin >= end) continue;
+        float pm, ps;
+        chunk_f16(qr, head_dim, begin, end, &kv, scale, &pm, &ps, part);
+        if (ps == 0.0f) continue;
+        const float m_new = fmaxf(m, pm);
+        const float scale_old = expf(m - m_new);
+        const float scale_new = expf(pm - m_new);
+        for (int i = 0; i < head_dim; i++) out[i] = fmaf(out[i], scale_old, part[i] * scale_new);
+        s = fmaf(s, scale_old, ps * scale_new);
+        m = m_new;
     }
-    if (tk_simd_level() >= 1 && head_dim % 8 == 0) {
-        attend_f16_avx2(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale,
-                        out);
-        return;
+    if (s != 0.0f) {
+        const float inv = 1.0f / s;
+        for (int i = 0; i < head_dim; i++) out[i] *= inv;
     }
-#endif
-    attend_f16_scalar(qr, head_dim, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -154,9 +154,10 @@ public final class TransformerModel: @unchecked Sendable {
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(hd).squareRoot()
-        let tiled = (0..<rows).map {
-            AttentionKernelChoice.isTiled(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
+        let kernels = (0..<rows).map {
+            AttentionKernelChoice.kernel(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
         }
+        let tiled = kernels.map { $0 == .tiled }
         // Per chunk: how many positions its tiled rows attend to, and where its gathered heads start.
         var tiledLength = [Int](repeating: 0, count: chunks.count)
         for row in 0..<rows where tiled[row] {
@@ -166,7 +167,7 @@ public final class TransformerModel: @unchecked Sendable {
         let gatherTasks = chunks.indices.filter { tiledLength[$0] > 0 }.flatMap { ci in
             (0..<c.kvHeadCount).map { (ci, $0) }
         }
-        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order, tiled, gathered, gatherTasks))
+        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order, kernels, gathered, gatherTasks))
         if !gatherTasks.isEmpty {
             pool.parallelRanges(gatherTasks.count) { begin, end in
                 let (chunks, _, _, _, _, _, gathered, gatherTasks) = shared.value
@@ -184,7 +185,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
         }
         pool.parallelRanges(rows * c.headCount) { begin, end in
-            let (chunks, rowChunk, rowPosition, ws, order, tiled, gathered, _) = shared.value
+            let (chunks, rowChunk, rowPosition, ws, order, kernels, gathered, _) = shared.value
             for task in begin..<end {
                 let row = order[task / c.headCount]
                 let head = task % c.headCount
@@ -192,17 +193,23 @@ public final class TransformerModel: @unchecked Sendable {
                 let length = rowPosition[row] + 1
                 let q = ws.q + row * c.qDim + head * hd
                 let out = ws.attn + row * c.qDim + head * hd
-                if tiled[row] {
-                    let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
-                    tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
-                    continue
-                }
                 let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
                 let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
+                let bs = Int32(cache.blockSize)
                 chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
-                    tk_attend_f16(
-                        q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, Int32(cache.blockSize),
-                        cache.blockElements, cache.kvDim, scale, out)
+                    switch kernels[row] {
+                    case .tiled:
+                        let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
+                        tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
+                    case .split(let cells, let parts):
+                        tk_attend_split(
+                            q, Int32(hd), Int32(length), Int32(cells), Int32(parts), kBase, vBase, t.baseAddress, bs,
+                            cache.blockElements, cache.kvDim, scale, out)
+                    case .oneChunk:
+                        tk_attend_f16(
+                            q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
+                            cache.kvDim, scale, out)
+                    }
                 }
             }
         }

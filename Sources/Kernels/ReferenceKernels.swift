@@ -114,6 +114,15 @@ public enum ReferenceKernels {
     /// (ggml's flash-attention step for an fp16 cache): the query rounded to fp16; an online softmax whose running
     /// sum is S = fma(S, ms, vs); the output accumulator kept in fp16, rescaled and rounded at every key.
     public static func attend(q: [Float], keys: [[UInt16]], values: [[UInt16]], scale: Float) -> [Float] {
+        let (_, sum, acc) = attendPartial(q: q, keys: keys[...], values: values[...], scale: scale)
+        let inverse: Float = sum == 0 ? 0 : 1 / sum
+        return acc.map { $0 * inverse }
+    }
+
+    /// The running maximum, sum and unnormalized accumulator of `attend` over some of the keys.
+    public static func attendPartial(
+        q: [Float], keys: ArraySlice<[UInt16]>, values: ArraySlice<[UInt16]>, scale: Float
+    ) -> (max: Float, sum: Float, acc: [Float]) {
         let q16 = q.map { HalfFloat.toFloat(HalfFloat.fromFloat($0)) }
         var acc = [UInt16](repeating: 0, count: q.count)
         var m = -Float.infinity
@@ -134,8 +143,35 @@ public enum ReferenceKernels {
             }
             sum = vs.addingProduct(sum, ms)
         }
-        let inverse: Float = sum == 0 ? 0 : 1 / sum
-        return acc.map { HalfFloat.toFloat($0) * inverse }
+        return (m, sum, acc.map(HalfFloat.toFloat))
+    }
+
+    /// `tk_attend_split`: the `cells` positions cut into `parts` chunks of ceil(cells / parts), each attended over
+    /// its keys (positions below `keys.count`) by `attendPartial`, merged in order (empty chunks skipped) as
+    /// a·expf(m_a − m) + b·expf(m_b − m) with the first product fused; finally times 1/S.
+    public static func attendSplit(
+        q: [Float], keys: [[UInt16]], values: [[UInt16]], cells: Int, parts: Int, scale: Float
+    ) -> [Float] {
+        let size = (cells + parts - 1) / parts
+        var m = -Float.infinity
+        var sum: Float = 0
+        var out = [Float](repeating: 0, count: q.count)
+        for p in 0..<parts {
+            let begin = p * size
+            let end = min(begin + size, cells, keys.count)
+            guard begin < end else { continue }
+            let part = attendPartial(q: q, keys: keys[begin..<end], values: values[begin..<end], scale: scale)
+            guard part.sum != 0 else { continue }
+            let newMax = max(m, part.max)
+            let scaleOld = expf(m - newMax)
+            let scaleNew = expf(part.max - newMax)
+            for i in 0..<out.count { out[i] = (part.acc[i] * scaleNew).addingProduct(out[i], scaleOld) }
+            sum = (part.sum * scaleNew).addingProduct(sum, scaleOld)
+            m = newMax
+        }
+        guard sum != 0 else { return out }
+        let inverse = 1 / sum
+        return out.map { $0 * inverse }
     }
 
     /// One query row's attention as `tk_attend_tiled` computes it (ggml's tiled flash attention): the query in fp32;

@@ -12,8 +12,9 @@ enum TestModel {
     static let shared: TransformerModel = try! TransformerModel(path: path, threads: 2)
 }
 
-/// Logits of the default model against llama.cpp's. The two engines round differently inside their kernels and this
-/// small model amplifies that, so agreement is measured, not bit-exact: see docs/benchmarks.md ("Numerics").
+/// Logits of the default model against llama.cpp's. Every kernel rounds as ggml's AVX-512 build does, so the logits
+/// are llama.cpp's bit for bit; the golden log-probabilities differ from ours only by llama-server's normalization
+/// (about 1e-4, the same for every token of a prompt). See docs/benchmarks.md ("Numerics").
 @Suite struct ForwardGoldenTests {
     @Test func firstPositionTop5AgreesWithLlamaCpp() throws {
         let model = TestModel.shared
@@ -37,23 +38,26 @@ enum TestModel {
         let mean = errors.reduce(0, +) / Double(errors.count)
         let within = errors.filter { $0 < 0.1 }.count
         print("top-5 logprobs: mean |error| \(mean), max \(errors.max()!), \(within) of \(errors.count) within 0.1")
-        #expect(mean < 0.1)
-        #expect(errors.max()! < 0.5)
+        #expect(errors.max()! < 1e-3)
     }
 }
 
 @Suite struct GreedyGoldenTests {
+    /// Greedy generations of all 32 golden tokens: every one equals llama.cpp's. (Were one to differ, llama.cpp's
+    /// token must have been within 0.1 logprob of ours there.)
     @Test func greedyOutputsMatchLlamaCpp() throws {
         let generator = Generator(model: TestModel.shared, tokenizer: TestTokenizer.shared)
-        var matching = 0
+        var matching16 = 0
+        var matchingAll = 0
         for g in Golden.shared.generations {
-            var params = SamplingParams.greedy(maxTokens: 16)
+            var params = SamplingParams.greedy(maxTokens: g.output_ids.count)
             params.logprobs = 5
             let result = try generator.generate(prompt: g.prompt_ids.map(Int32.init), params: params)
             let ours = result.tokenIds.map(Int.init)
-            let expected = Array(g.output_ids.prefix(16))
+            let expected = g.output_ids
+            if ours.prefix(16) == expected.prefix(16) { matching16 += 1 }
             if ours == expected {
-                matching += 1
+                matchingAll += 1
                 continue
             }
             // Where we differ, llama.cpp's choice must have been a near tie for us.
@@ -63,11 +67,12 @@ enum TestModel {
             print(
                 "\(g.name): differs at \(k): ours \(ours[k]) (\(at.logprob)), llama.cpp \(expected[k]) (\(String(describing: theirs?.logprob)))"
             )
-            // llama.cpp's token is one of our top 5 there, within 0.1 logprob of our choice.
             let gap = theirs.map { at.logprob - $0.logprob }
             #expect(gap != nil && gap! <= 0.1, "\(g.name) at \(k): gap \(String(describing: gap))")
         }
-        print("greedy: \(matching) of \(Golden.shared.generations.count) generations match llama.cpp for 16 tokens")
-        #expect(matching >= 10)
+        let total = Golden.shared.generations.count
+        print("greedy: \(matching16) of \(total) match llama.cpp for 16 tokens, \(matchingAll) for all 32")
+        #expect(matching16 == total)
+        #expect(matchingAll == total)
     }
 }

@@ -204,6 +204,39 @@ import Testing
         tk_set_simd_level(99)
     }
 
+    /// The split-KV kernel gives the Swift reference's bits at every SIMD level, whatever the chunks hold.
+    @Test func splitAttentionMatchesReference() {
+        var rng = Rng(state: 23)
+        let blockSize = 16
+        let blocks = 24
+        let table: [Int32] = (0..<Int32(blocks)).map { ($0 * 7) % Int32(blocks) }
+        for headDim in [64, 128, 40] {
+            let k = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+            let v = (0..<(blocks * blockSize * headDim)).map { _ in HalfFloat.fromFloat(rng.float(3)) }
+            func row(_ cache: [UInt16], _ t: Int) -> [UInt16] {
+                let start = (Int(table[t / blockSize]) * blockSize + t % blockSize) * headDim
+                return Array(cache[start..<start + headDim])
+            }
+            for (length, parts) in [(257, 2), (300, 3), (384, 4), (200, 2)] {
+                let q = (0..<headDim).map { _ in rng.float(2) }
+                let expected = ReferenceKernels.attendSplit(
+                    q: q, keys: (0..<length).map { row(k, $0) }, values: (0..<length).map { row(v, $0) },
+                    cells: 512, parts: parts, scale: 0.125)
+                for level in [0, 1, 2] {
+                    tk_set_simd_level(Int32(level))
+                    var out = [Float](repeating: 0, count: headDim)
+                    tk_attend_split(
+                        q, Int32(headDim), Int32(length), 512, Int32(parts), k, v, table, Int32(blockSize),
+                        blockSize * headDim, headDim, 0.125, &out)
+                    #expect(
+                        out.map(\.bitPattern) == expected.map(\.bitPattern),
+                        "head \(headDim), length \(length), parts \(parts), level \(level)")
+                }
+            }
+        }
+        tk_set_simd_level(99)
+    }
+
     /// Every attention path (scalar, AVX2, the fixed head sizes 64 and 128) gives the Swift reference's bits.
     @Test func attentionPathsMatchReference() {
         var rng = Rng(state: 11)

@@ -20,8 +20,8 @@ import Testing
         let blocks = pool.allocate(3)!
         let hashes = pool.blockHashes(of: tokens, promptLength: tokens.count, limit: 10)
         #expect(hashes.count == 2)
-        pool.register(block: blocks[0], hash: hashes[0], tokens: tokens[0..<4], tiledRows: 0)
-        pool.register(block: blocks[1], hash: hashes[1], tokens: tokens[4..<8], tiledRows: 0)
+        pool.register(block: blocks[0], hash: hashes[0], tokens: tokens[0..<4], kernels: 0)
+        pool.register(block: blocks[1], hash: hashes[1], tokens: tokens[4..<8], kernels: 0)
         // Same first 9 tokens: both full blocks are found.
         let hit = pool.takeCachedPrefix(of: Array(tokens.prefix(9)) + [99], promptLength: 10)
         #expect(hit.blocks == Array(blocks.prefix(2)))
@@ -47,10 +47,10 @@ import Testing
         let pool = KVBlockPool(blockCount: 3, blockSize: 2)
         let a = pool.allocate(1)!
         let b = pool.allocate(1)!
-        let ha = KVBlockPool.hash(parent: nil, tokens: [1, 2], tiledRows: 0)
-        let hb = KVBlockPool.hash(parent: nil, tokens: [3, 4], tiledRows: 0)
-        pool.register(block: a[0], hash: ha, tokens: [1, 2], tiledRows: 0)
-        pool.register(block: b[0], hash: hb, tokens: [3, 4], tiledRows: 0)
+        let ha = KVBlockPool.hash(parent: nil, tokens: [1, 2], kernels: 0)
+        let hb = KVBlockPool.hash(parent: nil, tokens: [3, 4], kernels: 0)
+        pool.register(block: a[0], hash: ha, tokens: [1, 2], kernels: 0)
+        pool.register(block: b[0], hash: hb, tokens: [3, 4], kernels: 0)
         pool.release(a)
         pool.release(b)
         // The never-used block goes first, then a (freed before b).
@@ -63,9 +63,9 @@ import Testing
     @Test func aCollidingHashNeverReturnsOtherTokens() {
         let pool = KVBlockPool(blockCount: 2, blockSize: 2)
         let a = pool.allocate(1)!
-        let h = KVBlockPool.hash(parent: nil, tokens: [1, 2], tiledRows: 0)
+        let h = KVBlockPool.hash(parent: nil, tokens: [1, 2], kernels: 0)
         // Register a block under the hash of [1, 2] but holding [7, 7], as a collision would.
-        pool.register(block: a[0], hash: h, tokens: [7, 7], tiledRows: 0)
+        pool.register(block: a[0], hash: h, tokens: [7, 7], kernels: 0)
         #expect(pool.takeCachedPrefix(of: [1, 2, 3], promptLength: 10).blocks.isEmpty)
     }
 
@@ -73,7 +73,7 @@ import Testing
         let pool = KVBlockPool(blockCount: 2, blockSize: 2, prefixCaching: false)
         let a = pool.allocate(1)!
         pool.register(
-            block: a[0], hash: KVBlockPool.hash(parent: nil, tokens: [1, 2], tiledRows: 0), tokens: [1, 2], tiledRows: 0
+            block: a[0], hash: KVBlockPool.hash(parent: nil, tokens: [1, 2], kernels: 0), tokens: [1, 2], kernels: 0
         )
         #expect(pool.takeCachedPrefix(of: [1, 2, 3], promptLength: 10).blocks.isEmpty)
         #expect(pool.cachedBlockCount == 0)
@@ -86,9 +86,9 @@ import Testing
         let long = (0..<100).map { Int32($0) }
         let blocks = pool.allocate(6)!
         for (j, h) in pool.blockHashes(of: long, promptLength: 100, limit: 6).enumerated() {
-            let tiled = pool.tiledRows(ofBlock: j, promptLength: 100)
-            #expect(tiled == 16)
-            pool.register(block: blocks[j], hash: h, tokens: long[j * 16..<(j + 1) * 16], tiledRows: tiled)
+            let kernels = pool.kernels(ofBlock: j, promptLength: 100)
+            #expect(kernels != 0 && kernels != pool.kernels(ofBlock: j, promptLength: 40))
+            pool.register(block: blocks[j], hash: h, tokens: long[j * 16..<(j + 1) * 16], kernels: kernels)
         }
         let short = Array(long.prefix(40))
         #expect(pool.takeCachedPrefix(of: short, promptLength: 40).blocks.isEmpty)

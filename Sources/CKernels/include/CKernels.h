@@ -74,6 +74,12 @@ extern "C" {
 void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
                    const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
                    float *out);
+/// Attention of one query row as llama.cpp's split-KV decode computes it (one query row over 512 or more KV cells):
+/// the `cells` cells cut into `parts` chunks (llama.cpp's thread count), each attended as tk_attend_f16 does over its
+/// positions below `length`, the partial results merged in order. Other arguments as tk_attend_f16.
+void tk_attend_split(const float *q, int head_dim, int length, int cells, int parts, const uint16_t *k_base,
+                     const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                     size_t slot_stride, float scale, float *out);
 /// Gathers one KV head's first `length` positions for tk_attend_tiled: keys in fp32 tiles of 64 positions, each tile
 /// stored dimension-major (kt[tile][i][t], zero past `length`: ceil(length/64) * 64 * head_dim floats), values in fp32
 /// rows (v[t][i]: length * head_dim floats). Addressing as in tk_attend_f16.

@@ -1,9 +1,9 @@
 /// Owns the KV cache's blocks: which are free, who holds each, and which full blocks can be reused by later
 /// requests with the same token prefix (automatic prefix caching).
 ///
-/// A full block is keyed by a hash chain over its tokens (the hash of the block before it, its own tokens, and how
-/// many of its rows the tiled attention kernel computed, which changes the KV's bits: `AttentionKernelChoice`), and
-/// the block remembers its tokens and that count so that a hash collision can never hand out the wrong KV. Blocks whose last holder
+/// A full block is keyed by a hash chain over its tokens (the hash of the block before it, its own tokens, and the
+/// attention kernels that computed its rows, which change the KV's bits: `AttentionKernelChoice`), and the block
+/// remembers its tokens and kernels so that a hash collision can never hand out the wrong KV. Blocks whose last holder
 /// let go stay cached, at the tail of a least-recently-freed queue, until a new allocation takes them from the head.
 /// Not thread-safe: one engine loop drives it.
 public final class KVBlockPool {
@@ -14,7 +14,7 @@ public final class KVBlockPool {
     private var refCount: [Int32]
     private var blockHash: [UInt64?]
     private var blockTokens: [[Int32]]
-    private var blockTiledRows: [Int]
+    private var blockKernels: [UInt64]
     private var cached: [UInt64: Int32] = [:]
     // The free queue: a doubly linked list over block ids (-1 ends it), oldest free at the head.
     private var prev: [Int32]
@@ -31,7 +31,7 @@ public final class KVBlockPool {
         refCount = [Int32](repeating: 0, count: blockCount)
         blockHash = [UInt64?](repeating: nil, count: blockCount)
         blockTokens = [[Int32]](repeating: [], count: blockCount)
-        blockTiledRows = [Int](repeating: 0, count: blockCount)
+        blockKernels = [UInt64](repeating: 0, count: blockCount)
         prev = [Int32](repeating: -1, count: blockCount)
         next = [Int32](repeating: -1, count: blockCount)
         freeCount = 0
@@ -47,9 +47,9 @@ public final class KVBlockPool {
     /// Number of full blocks currently reusable by prefix.
     public var cachedBlockCount: Int { cached.count }
 
-    /// The hash of a full block that follows a block with hash `parent` (nil for the first block), `tiledRows` of whose
-    /// rows were computed by the tiled attention kernel.
-    public static func hash(parent: UInt64?, tokens: ArraySlice<Int32>, tiledRows: Int) -> UInt64 {
+    /// The hash of a full block that follows a block with hash `parent` (nil for the first block), whose rows were
+    /// computed by the attention kernels digested in `kernels` (`AttentionKernelChoice.signature`).
+    public static func hash(parent: UInt64?, tokens: ArraySlice<Int32>, kernels: UInt64) -> UInt64 {
         // FNV-1a over the parent hash and the token ids, then a final avalanche.
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ v: UInt64) {
@@ -61,16 +61,16 @@ public final class KVBlockPool {
         }
         mix(parent ?? 0x9e37_79b9_7f4a_7c15)
         for t in tokens { mix(UInt64(UInt32(bitPattern: t))) }
-        if tiledRows > 0 { mix(0x7469_6c65_6400_0000 | UInt64(tiledRows)) }
+        if kernels != 0 { mix(kernels) }
         h ^= h >> 33
         h = h &* 0xff51_afd7_ed55_8ccd
         h ^= h >> 33
         return h
     }
 
-    /// How many rows of block `index` of a request whose prompt has `promptLength` tokens use the tiled kernel.
-    public func tiledRows(ofBlock index: Int, promptLength: Int) -> Int {
-        AttentionKernelChoice.tiledRows(start: index * blockSize, count: blockSize, promptLength: promptLength)
+    /// The attention kernels of block `index` of a request whose prompt has `promptLength` tokens.
+    public func kernels(ofBlock index: Int, promptLength: Int) -> UInt64 {
+        AttentionKernelChoice.signature(start: index * blockSize, count: blockSize, promptLength: promptLength)
     }
 
     /// Hashes of the full blocks of `tokens` (a request's tokens, the first `promptLength` its prompt), at most `limit`.
@@ -81,7 +81,7 @@ public final class KVBlockPool {
         while hashes.count < limit, (i + 1) * blockSize <= tokens.count {
             let h = Self.hash(
                 parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize],
-                tiledRows: tiledRows(ofBlock: i, promptLength: promptLength))
+                kernels: kernels(ofBlock: i, promptLength: promptLength))
             hashes.append(h)
             parent = h
             i += 1
@@ -99,7 +99,7 @@ public final class KVBlockPool {
         for (i, h) in blockHashes(of: tokens, promptLength: promptLength, limit: limit).enumerated() {
             guard let block = cached[h],
                 blockTokens[Int(block)].elementsEqual(tokens[i * blockSize..<(i + 1) * blockSize]),
-                blockTiledRows[Int(block)] == tiledRows(ofBlock: i, promptLength: promptLength)
+                blockKernels[Int(block)] == kernels(ofBlock: i, promptLength: promptLength)
             else { break }
             hold(block)
             taken.append(block)
@@ -130,12 +130,12 @@ public final class KVBlockPool {
 
     /// Records that `block` holds the full block of `tokens` whose chain hash is `hash`, so later requests can reuse
     /// it. A block whose content is already cached elsewhere stays private.
-    public func register(block: Int32, hash: UInt64, tokens: ArraySlice<Int32>, tiledRows: Int) {
+    public func register(block: Int32, hash: UInt64, tokens: ArraySlice<Int32>, kernels: UInt64) {
         guard prefixCachingEnabled, blockHash[Int(block)] == nil, cached[hash] == nil else { return }
         cached[hash] = block
         blockHash[Int(block)] = hash
         blockTokens[Int(block)] = Array(tokens)
-        blockTiledRows[Int(block)] = tiledRows
+        blockKernels[Int(block)] = kernels
     }
 
     /// Lets go of `blocks` (a request's table); the last ones go first so that a shared prefix stays cached longest.

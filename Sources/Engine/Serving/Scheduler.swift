@@ -148,9 +148,9 @@ final class Scheduler {
         while r.blockHashes.count < r.computed / bs {
             let j = r.blockHashes.count
             let tokens = r.allTokens[j * bs..<(j + 1) * bs]
-            let tiled = pool.tiledRows(ofBlock: j, promptLength: r.prompt.count)
-            let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens, tiledRows: tiled)
-            pool.register(block: r.blockTable[j], hash: h, tokens: tokens, tiledRows: tiled)
+            let kernels = pool.kernels(ofBlock: j, promptLength: r.prompt.count)
+            let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens, kernels: kernels)
+            pool.register(block: r.blockTable[j], hash: h, tokens: tokens, kernels: kernels)
             r.blockHashes.append(h)
         }
     }
