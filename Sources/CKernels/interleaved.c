@@ -18,6 +18,8 @@
 
 #include "internal.h"
 
+#include <stdlib.h>
+
 #include <math.h>
 #include <string.h>
 
@@ -230,29 +232,30 @@ static inline int32_t quad(const int8_t *p) {
         }                                                                                              \
     }
 
+// Q8_0 weights are signed, but vpdpbusd wants one unsigned operand. The kernel flips each weight byte's top bit,
+// which gives w + 128 in [0, 255], and starts each lane's integer sum at -128 times the sum of the four activation
+// bytes it meets (corr, from q8_corrections), so the sum is exactly Σ w·x as ggml's kernel computes it.
 #define TK_X16_Q8_0(NAME, NA)                                                                          \
-    TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, float *out, \
-                             size_t os, int valid) {                                                   \
+    TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, const int32_t *corr, \
+                             float *out, size_t os, int valid) {                                       \
         __m512 acc[NA][8];                                                                             \
         for (int a = 0; a < NA; a++)                                                                   \
             for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
-            for (int l = 0; l < 544; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);   \
+        const __m512i flip = _mm512_set1_epi8((char)0x80);                                             \
         for (int i = 0; i < nb; i++, g += 544) {                                                       \
+            for (int l = 0; l < 544; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);   \
             const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                 \
-            __m512i aw[8];                                                                             \
-            __mmask64 neg[8];                                                                          \
+            __m512i uw[8];                                                                             \
             for (int c = 0; c < 8; c++) {                                                              \
-                const __m512i w = _mm512_loadu_si512((const void *)(g + 32 + 64 * c));                 \
-                aw[c] = _mm512_abs_epi8(w);                                                            \
-                neg[c] = _mm512_movepi8_mask(w);                                                       \
+                uw[c] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(g + 32 + 64 * c)), flip);   \
             }                                                                                          \
             for (int a = 0; a < NA; a++) {                                                             \
                 const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const int32_t *ca = corr + (a * (size_t)nb + i) * 8;                                   \
                 const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                         \
                 for (int c = 0; c < 8; c++) {                                                          \
-                    const __m512i xb = _mm512_set1_epi32(quad(xa->qs + 4 * c));                        \
-                    const __m512i xs = _mm512_mask_sub_epi8(xb, neg[c], _mm512_setzero_si512(), xb);   \
-                    const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[c], xs);          \
+                    const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), uw[c],             \
+                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
                     acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
                 }                                                                                      \
             }                                                                                          \
@@ -277,6 +280,44 @@ TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
 
 typedef void (*interleaved_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
 
+#if TK_X86
+// For each activation row and block, -128 times the sum of each 4-byte chunk of its quantized values (TK_X16_Q8_0).
+static void q8_corrections(const tk_block_q8 *x, int n_act, int nb, int32_t *corr) {
+    for (int r = 0; r < n_act * nb; r++) {
+        for (int c = 0; c < 8; c++) {
+            const int8_t *q = x[r].qs + 4 * c;
+            corr[r * 8 + c] = -128 * (q[0] + q[1] + q[2] + q[3]);
+        }
+    }
+}
+
+// Q8_0 on AVX-512: every group against the activation rows, two at a time.
+static void matmul_q8_0_x16(const uint8_t *packed, size_t group_bytes, int nb, int group_begin, int group_end,
+                            int rows, const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+    int32_t local[8 * 8 * 48];
+    int32_t *corr = (size_t)n_act * nb * 8 <= sizeof(local) / sizeof(local[0])
+                        ? local
+                        : (int32_t *)malloc((size_t)n_act * nb * 8 * sizeof(int32_t));
+    if (!corr) return;
+    q8_corrections(x, n_act, nb, corr);
+    for (int g = group_begin; g < group_end; g++) {
+        const uint8_t *gp = packed + (size_t)g * group_bytes;
+        const int first = g * 16;
+        const int valid = rows - first < 16 ? rows - first : 16;
+        int b = 0;
+        for (; b + 2 <= n_act; b += 2) {
+            x16_q8_0_2(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
+                       out + (size_t)b * out_stride + first, out_stride, valid);
+        }
+        for (; b < n_act; b++) {
+            x16_q8_0_1(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
+                       out + (size_t)b * out_stride + first, out_stride, valid);
+        }
+    }
+    if (corr != local) free(corr);
+}
+#endif
+
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                  const tk_block_q8 *x, int n_act, float *out, int out_stride) {
     const int bb = block_bytes_of(type);
@@ -284,6 +325,13 @@ int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, 
     const int nb = n / 32;
     const size_t group_bytes = (size_t)bb * (size_t)nb;
     const int level = tk_simd_level();
+#if TK_X86
+    if (level == 2 && type == 8) {
+        matmul_q8_0_x16((const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
+                        out_stride);
+        return 0;
+    }
+#endif
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;
         const int first = g * 16;
@@ -294,8 +342,8 @@ int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, 
             // Two activation rows per pass: with eight partial sums each, more would not fit in the registers.
             interleaved_fn one, two;
             if (level == 2) {
-                one = type == 3 ? x16_q4_1_1 : x16_q8_0_1;
-                two = type == 3 ? x16_q4_1_2 : x16_q8_0_2;
+                one = x16_q4_1_1;
+                two = x16_q4_1_2;
             } else {
                 one = type == 3 ? x8_q4_1_avx2_1 : x8_q8_0_avx2_1;
                 two = type == 3 ? x8_q4_1_avx2_2 : x8_q8_0_avx2_2;
