@@ -71,6 +71,24 @@ typedef struct {
     size_t block_stride, slot_stride;
 } tk_kv_view;
 
+static inline size_t kv_offset(const tk_kv_view *kv, int t) {
+    return (size_t)kv->table[t / kv->block_size] * kv->block_stride + (size_t)(t % kv->block_size) * kv->slot_stride;
+}
+
+// One step of the online softmax for score s: a new maximum gives the factor ms = expf(m_old - s) for the accumulator
+// (and the value weight vs = 1); otherwise ms = 1 and vs = expf(s - m). Rescaling by ms = 1 changes nothing, so the
+// callers skip it.
+static inline void softmax_step(float s, float *m, float *ms, float *vs) {
+    *ms = 1.0f;
+    *vs = 1.0f;
+    if (s > *m) {
+        *ms = expf(*m - s);
+        *m = s;
+    } else {
+        *vs = expf(s - *m);
+    }
+}
+
 // The online softmax over positions [begin, end), with ggml's steps: the query already rounded to fp16; each score
 // scaled; a new maximum rescales the accumulator by expf(old - new), otherwise the value is weighted by expf(s - max);
 // the accumulator of V kept in fp16 (every update rounded to fp16); the sum updated as fma(S, ms, vs), as ggml's build
@@ -83,17 +101,11 @@ static void chunk_f16_scalar(const float *qr, int head_dim, int begin, int end, 
     float m = -INFINITY;
     float s_sum = 0.0f;
     for (int t = begin; t < end; t++) {
-        const size_t offset =
-            (size_t)kv->table[t / kv->block_size] * kv->block_stride + (size_t)(t % kv->block_size) * kv->slot_stride;
-        const float s = tk_dot_f16_f32(kv->k + offset, qr, head_dim) * scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > m) {
-            const float old = m;
-            m = s;
-            ms = expf(old - m);
+        const size_t offset = kv_offset(kv, t);
+        float ms, vs;
+        softmax_step(tk_dot_f16_f32(kv->k + offset, qr, head_dim) * scale, &m, &ms, &vs);
+        if (ms != 1.0f) {
             for (int i = 0; i < head_dim; i++) acc[i] = tk_float_to_half(tk_half_to_float(acc[i]) * ms);
-        } else {
-            vs = expf(s - m);
         }
         const uint16_t *v = kv->v + offset;
         for (int i = 0; i < head_dim; i++) {
@@ -114,21 +126,15 @@ TK_AVX2 static void chunk_f16_avx2(const float *qr, int head_dim, int begin, int
     float m = -INFINITY;
     float s_sum = 0.0f;
     for (int t = begin; t < end; t++) {
-        const size_t offset =
-            (size_t)kv->table[t / kv->block_size] * kv->block_stride + (size_t)(t % kv->block_size) * kv->slot_stride;
-        const float s = dot_f16_avx2(kv->k + offset, qr, head_dim) * scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > m) {
-            const float old = m;
-            m = s;
-            ms = expf(old - m);
+        const size_t offset = kv_offset(kv, t);
+        float ms, vs;
+        softmax_step(dot_f16_avx2(kv->k + offset, qr, head_dim) * scale, &m, &ms, &vs);
+        if (ms != 1.0f) {
             const __m256 vms = _mm256_set1_ps(ms);
             for (int i = 0; i < head_dim; i += 8) {
                 const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + i), vms);
                 _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)));
             }
-        } else {
-            vs = expf(s - m);
         }
         const uint16_t *v = kv->v + offset;
         const __m256 vvs = _mm256_set1_ps(vs);
@@ -170,19 +176,14 @@ TK_AVX2 static void chunk_f16_avx2(const float *qr, int head_dim, int begin, int
                     const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8 * j)));           \
                     d[j % 8] = _mm256_fmadd_ps(x, q[j], d[j % 8]);                                             \
                 }                                                                                              \
-                const float s = reduce_f16_steps(d) * scale;                                                   \
-                float ms = 1.0f, vs = 1.0f;                                                                    \
-                if (s > m) {                                                                                   \
-                    const float old = m;                                                                       \
-                    m = s;                                                                                     \
-                    ms = expf(old - m);                                                                        \
+                float ms, vs;                                                                                  \
+                softmax_step(reduce_f16_steps(d) * scale, &m, &ms, &vs);                                       \
+                if (ms != 1.0f) {                                                                              \
                     const __m256 vms = _mm256_set1_ps(ms);                                                     \
                     for (int j = 0; j < HD / 8; j++) {                                                         \
                         acc[j] = _mm256_cvtph_ps(                                                              \
                             _mm256_cvtps_ph(_mm256_mul_ps(acc[j], vms), _MM_FROUND_TO_NEAREST_INT));           \
                     }                                                                                          \
-                } else {                                                                                       \
-                    vs = expf(s - m);                                                                          \
                 }                                                                                              \
                 const __m256 vvs = _mm256_set1_ps(vs);                                                         \
                 for (int j = 0; j < HD / 8; j++) {                                                             \
