@@ -13,6 +13,7 @@ public final class InstanceMetrics: Sendable {
     private let prefixQueries: Counter
     private let prefixHits: Counter
     private let preemptions: Counter
+    private let loadedKVTokens: Counter
     private let success: [FinishReason: Counter]
     private let ttft: ValueHistogram
     private let interToken: ValueHistogram
@@ -40,6 +41,10 @@ public final class InstanceMetrics: Sendable {
         )
         preemptions = r.makeCounter(
             descriptor: Self.name("vllm:num_preemptions_total", "Requests preempted for lack of KV blocks."), labels: l)
+        loadedKVTokens = r.makeCounter(
+            descriptor: Self.name(
+                "tandem_kv_loaded_tokens_total", "Prompt tokens whose KV was loaded from a prefill instance."),
+            labels: l)
         var success: [FinishReason: Counter] = [:]
         for reason in [FinishReason.stop, .length, .abort] {
             success[reason] = r.makeCounter(
@@ -89,6 +94,8 @@ public final class InstanceMetrics: Sendable {
                 let queries = stats.prefixQueryTokens - (last == nil ? 0 : before.prefixQueryTokens)
                 let hits = stats.prefixHitTokens - (last == nil ? 0 : before.prefixHitTokens)
                 let preempted = stats.preemptions - (last == nil ? 0 : before.preemptions)
+                let loaded = stats.loadedKVTokens - (last == nil ? 0 : before.loadedKVTokens)
+                loadedKVTokens.increment(by: Double(max(0, loaded)))
                 prefixQueries.increment(by: Double(max(0, queries)))
                 prefixHits.increment(by: Double(max(0, hits)))
                 preemptions.increment(by: Double(max(0, preempted)))

@@ -45,6 +45,7 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
             let d = try await ServerProcess.instance(host: host, role: "kv_consumer", kvPort: dPort, sendType: sendType)
             defer { #expect(d.stop() == 0) }
             var checked = 0
+            var promptTokens = 0
             for (i, g) in golden.generations.enumerated() where i % 2 == 0 {
                 for sampling in ["\"temperature\":0", "\"temperature\":0.8,\"top_p\":0.9,\"seed\":\(i)"] {
                     let body =
@@ -65,11 +66,15 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
                         "\(sendType) \(g.name)")
                     #expect(got.json?.firstChoice?["text"] as? String == want["text"] as? String, "\(g.name)")
                     checked += 1
+                    promptTokens += g.prompt_ids.count
                 }
             }
             #expect(checked == 12)
             let metrics = try await d.get("/metrics").body
             #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 0, "\(sendType): every decode used the KV")
+            #expect(
+                metricValue(metrics, "tandem_kv_loaded_tokens_total") == Double(promptTokens - checked),
+                "\(sendType): D loaded every prompt token's KV but the last")
             #expect((metricValue(metrics, #"tandem_kv_transfer_bytes_total{direction="received"}"#) ?? 0) > 0)
             #expect(metricValue(metrics, "tandem_kv_buffer_bytes") == 0)
             let pm = try await p.get("/metrics").body

@@ -138,6 +138,33 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
         }
     }
 
+    /// KV that is already in the box when the engine first sees the request (it arrived before admission) is loaded,
+    /// not recomputed: only the last prompt token is computed.
+    @Test func kvDeliveredBeforeAdmissionIsLoaded() async throws {
+        let producer = SharedModel.engine()
+        let consumer = SharedModel.engine()
+        defer {
+            producer.shutdown()
+            consumer.shutdown()
+        }
+        let r = mixedRequests()[1]
+        let colocated = await collect(try consumer.submit(r))
+        var prefill = r
+        prefill.params.maxTokens = 1
+        prefill.exportKV = true
+        var exported: KVPayload?
+        for await out in try producer.submit(prefill).outputs where out.exportedKV != nil { exported = out.exportedKV }
+        var decode = r
+        decode.id = r.id + "-early"
+        let remote = RemoteKV()
+        remote.deliver(try #require(exported))
+        decode.remoteKV = remote
+        let loadedBefore = consumer.stats.loadedKVTokens
+        let result = await collect(try consumer.submit(decode))
+        #expect(result.ids == colocated.ids)
+        #expect(consumer.stats.loadedKVTokens - loadedBefore == r.promptTokens.count - 1)
+    }
+
     @Test func kvThatDoesNotFitIsRefused() throws {
         let engine = SharedModel.engine()
         defer { engine.shutdown() }

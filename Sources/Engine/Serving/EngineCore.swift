@@ -43,6 +43,8 @@ public struct EngineStats: Sendable, Equatable {
     public var prefixQueryTokens = 0
     public var prefixHitTokens = 0
     public var preemptions = 0
+    /// Prompt tokens whose KV was loaded from another instance instead of computed.
+    public var loadedKVTokens = 0
     public var steps = 0
 }
 
@@ -290,6 +292,7 @@ public final class EngineCore: @unchecked Sendable {
         s.prefixQueryTokens = scheduler.prefixQueryTokens
         s.prefixHitTokens = scheduler.prefixHitTokens
         s.preemptions = scheduler.preemptions
+        s.loadedKVTokens = scheduler.loadedKVTokens
         condition.lock()
         s.steps = published.steps + 1
         published = s

@@ -39,6 +39,8 @@ public final class RemoteKV: @unchecked Sendable {
         case pending
         case ready(KVPayload)
         case failed
+        /// The payload was taken and loaded; the box no longer holds it.
+        case used
     }
 
     private let lock = NSLock()
@@ -53,6 +55,15 @@ public final class RemoteKV: @unchecked Sendable {
     public func fail() { lock.withLock { if case .pending = value { value = .failed } } }
 
     var state: State { lock.withLock { value } }
+
+    /// The payload, once: the box then forgets it, so its memory goes with the load.
+    func take() -> KVPayload? {
+        lock.withLock {
+            guard case .ready(let payload) = value else { return nil }
+            value = .used
+            return payload
+        }
+    }
 }
 
 /// Counts reported when a request ends.

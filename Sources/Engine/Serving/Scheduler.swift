@@ -39,6 +39,8 @@ final class Scheduler {
     private(set) var prefixQueryTokens = 0
     private(set) var prefixHitTokens = 0
     private(set) var preemptions = 0
+    /// Prompt tokens whose KV was loaded from another instance instead of computed.
+    private(set) var loadedKVTokens = 0
 
     /// Writes a request's preloaded KV for positions 0..<count into the cache (set by the engine, which owns it).
     var loadKV: (EngineRequest, KVPayload, Int) -> Void = { _, _, _ in }
@@ -76,14 +78,18 @@ final class Scheduler {
         guard !preempted else { return plan }
         while let r = waiting.first, running.count + awaitingKV.count < config.maxNumSeqs, budget > 0 {
             var hit = 0
-            if r.blockTable.isEmpty, let remote = r.remoteKV, case .pending = remote.state {
-                // KV on its way: take blocks for the whole prompt now and wait for it outside the batch.
-                guard reserve(r, upTo: r.prompt.count) else { break }
-                if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
-                waiting.removeFirst()
-                r.status = .running
-                awaitingKV.append(r)
-                continue
+            if r.blockTable.isEmpty, let remote = r.remoteKV {
+                if case .pending = remote.state {
+                    // KV on its way: take blocks for the whole prompt now and wait for it outside the batch.
+                    guard reserve(r, upTo: r.prompt.count) else { break }
+                    if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
+                    waiting.removeFirst()
+                    r.status = .running
+                    awaitingKV.append(r)
+                    continue
+                }
+                // The KV arrived before the request was admitted: load it like preloaded KV.
+                if let payload = remote.take() { r.preloadedKV = payload }
             }
             if r.blockTable.isEmpty, let payload = r.preloadedKV {
                 // KV computed by a prefill instance: load all of it but the last prompt token, which is computed
@@ -93,6 +99,7 @@ final class Scheduler {
                 loadKV(r, payload, count)
                 r.preloadedKV = nil
                 r.loadedTokens = count
+                loadedKVTokens += count
                 r.computed = count
             } else if r.blockTable.isEmpty {
                 let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens, promptLength: r.prompt.count)
@@ -127,12 +134,14 @@ final class Scheduler {
         awaitingKV.removeAll { r in
             switch r.remoteKV?.state {
             case .pending?: return false
-            case .ready(let payload)?:
+            case .ready?:
+                let payload = r.remoteKV!.take()!
                 let count = min(payload.tokens.count, r.prompt.count - 1)
                 loadKV(r, payload, count)
                 r.loadedTokens = count
                 r.computed = count
-            case .failed?, nil:
+                loadedKVTokens += count
+            case .failed?, .used?, nil:
                 r.computed = 0
             }
             running.append(r)
