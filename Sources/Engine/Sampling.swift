@@ -133,42 +133,112 @@ public struct Sampler: Sendable {
         }
     }
 
+    /// Temperature sampling after top-k, min-p and top-p, without sorting the whole vocabulary: top-k selects its
+    /// tokens with a bounded heap, and top-p sorts only the tokens that can matter (falling back to a full sort when a
+    /// flat distribution needs more). The kept tokens are scanned in a fixed order (most likely first when sorted,
+    /// by id otherwise), so a seed always gives the same token.
     private mutating func sampleFromDistribution(_ logits: [Float]) -> Int32 {
         let t = params.temperature
-        // Candidates sorted by logit (ties by id), cut by top-k, then softmax, min-p and top-p.
-        var order = logits.indices.filter { logits[$0] > -.infinity }
-        if order.isEmpty { return Int32(Self.argmax(logits)) }
-        order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-        if params.topK > 0, order.count > params.topK { order.removeSubrange(params.topK...) }
-        let maxLogit = logits[order[0]] / t
-        var probs = order.map { Double(expf(logits[$0] / t - maxLogit)) }
-        var total = probs.reduce(0, +)
+        var candidates: [Int]
+        var sorted = false
+        if params.topK > 0, params.topK < logits.count {
+            candidates = Self.topIndices(logits, count: params.topK).filter { logits[$0] > -.infinity }
+            sorted = true
+        } else {
+            candidates = logits.indices.filter { logits[$0] > -.infinity }
+        }
+        if candidates.isEmpty { return Int32(Self.argmax(logits)) }
+        var best = logits[candidates[0]]
+        for i in candidates where logits[i] > best { best = logits[i] }
+        let maxLogit = best / t
+        var probs = candidates.map { Double(expf(logits[$0] / t - maxLogit)) }
         if params.minP > 0 {
-            let threshold = Double(params.minP) * probs[0]
-            let keep = probs.prefix { $0 >= threshold }.count
-            probs.removeSubrange(max(1, keep)...)
-            order.removeSubrange(max(1, keep)...)
-            total = probs.reduce(0, +)
+            // The most likely token has probability weight 1 here.
+            let threshold = Double(params.minP) * (probs.max() ?? 1)
+            let kept = probs.indices.filter { probs[$0] >= threshold }
+            candidates = kept.map { candidates[$0] }
+            probs = kept.map { probs[$0] }
         }
         if params.topP < 1 {
+            let total = probs.reduce(0, +)
+            let goal = Double(params.topP) * total
+            if !sorted {
+                // Only tokens within a factor 1e-6 of the most likely can be needed to reach top-p, unless the
+                // distribution is very flat: then sort them all.
+                let floor = (probs.max() ?? 1) * 1e-6
+                var order = probs.indices.filter { probs[$0] >= floor }
+                Self.sortByLogit(&order, candidates: candidates, logits: logits)
+                if order.reduce(0.0, { $0 + probs[$1] }) < goal {
+                    order = Array(probs.indices)
+                    Self.sortByLogit(&order, candidates: candidates, logits: logits)
+                }
+                candidates = order.map { candidates[$0] }
+                probs = order.map { probs[$0] }
+            }
             var cumulative = 0.0
             var keep = 0
             for p in probs {
-                cumulative += p / total
+                cumulative += p
                 keep += 1
-                if cumulative >= Double(params.topP) { break }
+                if cumulative >= goal { break }
             }
+            candidates.removeSubrange(keep...)
             probs.removeSubrange(keep...)
-            order.removeSubrange(keep...)
-            total = probs.reduce(0, +)
         }
+        let total = probs.reduce(0, +)
         let r = rng.uniform() * total
         var acc = 0.0
         for (k, p) in probs.enumerated() {
             acc += p
-            if r < acc { return Int32(order[k]) }
+            if r < acc { return Int32(candidates[k]) }
         }
-        return Int32(order[order.count - 1])
+        return Int32(candidates[candidates.count - 1])
+    }
+
+    /// Sorts positions into `candidates` by their token's logit, highest first, ties by token id.
+    private static func sortByLogit(_ order: inout [Int], candidates: [Int], logits: [Float]) {
+        order.sort {
+            let a = candidates[$0]
+            let b = candidates[$1]
+            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b)
+        }
+    }
+
+    /// The `count` highest logits' indices, highest first, ties by lower index: the first `count` of a full sort, found
+    /// with a bounded min-heap in one pass.
+    public static func topIndices(_ logits: [Float], count: Int) -> [Int] {
+        guard count > 0 else { return [] }
+        // "a ranks below b": a lower logit, or the same logit and a higher index.
+        func below(_ a: Int, _ b: Int) -> Bool { logits[a] < logits[b] || (logits[a] == logits[b] && a > b) }
+        var heap: [Int] = []
+        heap.reserveCapacity(count)
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1
+                let r = l + 1
+                var m = i
+                if l < heap.count, below(heap[l], heap[m]) { m = l }
+                if r < heap.count, below(heap[r], heap[m]) { m = r }
+                if m == i { return }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        for i in logits.indices {
+            if heap.count < count {
+                heap.append(i)
+                var c = heap.count - 1
+                while c > 0, below(heap[c], heap[(c - 1) / 2]) {
+                    heap.swapAt(c, (c - 1) / 2)
+                    c = (c - 1) / 2
+                }
+            } else if below(heap[0], i) {
+                heap[0] = i
+                siftDown(0)
+            }
+        }
+        return heap.sorted { below($1, $0) }
     }
 
     /// Index of the largest value (the lowest index among ties).
@@ -190,8 +260,7 @@ public struct Sampler: Sendable {
         let logSum = Float(log(sum)) + maxLogit
         var best: [(id: Int32, logprob: Float)] = []
         if top > 0 {
-            let indices = logits.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-            best = indices.prefix(top).map { (Int32($0), logits[$0] - logSum) }
+            best = topIndices(logits, count: top).map { (Int32($0), logits[$0] - logSum) }
         }
         return TokenLogprob(id: id, logprob: logits[Int(id)] - logSum, top: best)
     }

@@ -42,6 +42,52 @@ import Testing
         #expect(Set(run()).isSubset(of: [1, 5]))
     }
 
+    /// The heap selection gives exactly the first entries of a full sort (logit descending, ties by lower id).
+    @Test func topIndicesEqualAFullSortsPrefix() {
+        var rng = SeededGenerator(seed: 5)
+        // Few distinct values, so many ties.
+        let values = (0..<3000).map { _ in Float(rng.next() % 40) / 4 - 5 }
+        let full = values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
+        for count in [1, 5, 40, 500, 3000, 3100] {
+            #expect(Sampler.topIndices(values, count: count) == Array(full.prefix(count)), "count \(count)")
+        }
+    }
+
+    /// Sampled frequencies follow the softmax of logits / temperature, renormalized over what top-p keeps.
+    @Test func sampledFrequenciesFollowTheDistribution() {
+        var p = SamplingParams()
+        p.temperature = 0.7
+        p.seed = 42
+        let weights = logits.map { exp(Double($0 / 0.7)) }
+        let total = weights.reduce(0, +)
+        var s = Sampler(params: p, promptTokens: [])
+        var counts = [Int](repeating: 0, count: logits.count)
+        let draws = 20000
+        for i in 0..<draws { counts[Int(s.sample(logits: logits, generatedCount: i, endTokens: []).id)] += 1 }
+        for i in logits.indices {
+            #expect(abs(Double(counts[i]) / Double(draws) - weights[i] / total) < 0.015, "token \(i)")
+        }
+        // top-p 0.8: tokens 1, 5, 2 (most likely first) hold 0.41 + 0.36 + 0.20 of the mass, so 2 is the last kept.
+        p.topP = 0.8
+        var top = Sampler(params: p, promptTokens: [])
+        var kept = Set<Int32>()
+        for i in 0..<2000 { kept.insert(top.sample(logits: logits, generatedCount: i, endTokens: []).id) }
+        #expect(kept == [1, 5, 2])
+    }
+
+    /// A flat distribution needs more than the likely head for top-p: the full sort takes over, and ties go to the
+    /// lower ids.
+    @Test func topPOnAFlatDistributionKeepsTheLowestIds() {
+        var p = SamplingParams()
+        p.seed = 3
+        p.topP = 0.5
+        let flat = [Float](repeating: 1, count: 5000)
+        var s = Sampler(params: p, promptTokens: [])
+        let ids = (0..<500).map { s.sample(logits: flat, generatedCount: $0, endTokens: []).id }
+        #expect(ids.max()! < 2500)
+        #expect(ids.min()! < 100)
+    }
+
     @Test func penaltiesLowerRepeatedTokens() {
         var p = SamplingParams.greedy(maxTokens: 4)
         p.repetitionPenalty = 2
