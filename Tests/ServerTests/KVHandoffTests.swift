@@ -96,6 +96,19 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
         #expect(sink.ended == false)
     }
 
+    /// `r` run colocated on `consumer`, and its prompt's KV exported by a one-token prefill on `producer`.
+    static func colocatedAndExported(
+        _ r: GenerationRequest, producer: EngineCore, consumer: EngineCore
+    ) async throws -> (Collected, KVPayload) {
+        let colocated = await collect(try consumer.submit(r))
+        var prefill = r
+        prefill.params.maxTokens = 1
+        prefill.exportKV = true
+        var exported: KVPayload?
+        for await out in try producer.submit(prefill).outputs where out.exportedKV != nil { exported = out.exportedKV }
+        return (colocated, try #require(exported))
+    }
+
     /// A decode request submitted before its KV arrives holds blocks for its whole prompt while it waits, then gives
     /// the colocated output whether the KV is delivered (loaded) or fails (recomputed in the same blocks).
     @Test func aRequestWaitingForItsKVHoldsItsBlocksThenLoadsOrRecomputes() async throws {
@@ -106,13 +119,7 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             consumer.shutdown()
         }
         let r = mixedRequests()[1]
-        let colocated = await collect(try consumer.submit(r))
-        var prefill = r
-        prefill.params.maxTokens = 1
-        prefill.exportKV = true
-        var exported: KVPayload?
-        for await out in try producer.submit(prefill).outputs where out.exportedKV != nil { exported = out.exportedKV }
-        let kv = try #require(exported)
+        let (colocated, kv) = try await Self.colocatedAndExported(r, producer: producer, consumer: consumer)
         for deliver in [true, false] {
             var decode = r
             decode.id = r.id + (deliver ? "-loaded" : "-recomputed")
@@ -131,10 +138,13 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             #expect(held.waiting == 1 && held.running == 0)
             try await Task.sleep(for: .milliseconds(100))
             #expect(consumer.stats.usedBlocks == held.usedBlocks, "nothing computed while waiting")
+            let loadedBefore = consumer.stats.loadedKVTokens
             if deliver { remote.deliver(kv) } else { remote.fail() }
             let result = await collect(handle)
             #expect(result.ids == colocated.ids, "\(decode.id)")
             #expect(result.text == colocated.text, "\(decode.id)")
+            let loaded = consumer.stats.loadedKVTokens - loadedBefore
+            #expect(loaded == (deliver ? r.promptTokens.count - 1 : 0), "\(decode.id)")
         }
     }
 
@@ -148,16 +158,11 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             consumer.shutdown()
         }
         let r = mixedRequests()[1]
-        let colocated = await collect(try consumer.submit(r))
-        var prefill = r
-        prefill.params.maxTokens = 1
-        prefill.exportKV = true
-        var exported: KVPayload?
-        for await out in try producer.submit(prefill).outputs where out.exportedKV != nil { exported = out.exportedKV }
+        let (colocated, kv) = try await Self.colocatedAndExported(r, producer: producer, consumer: consumer)
         var decode = r
         decode.id = r.id + "-early"
         let remote = RemoteKV()
-        remote.deliver(try #require(exported))
+        remote.deliver(kv)
         decode.remoteKV = remote
         let loadedBefore = consumer.stats.loadedKVTokens
         let result = await collect(try consumer.submit(decode))
