@@ -267,6 +267,49 @@ static inline int32_t quad(const int8_t *p) {
         }                                                                                              \
     }
 
+// Three activation rows per pass: each chunk's weights are unpacked once for all three, and the minimums term is
+// summed in a second, short pass over the group's m values (the same FMA chain, block by block), which frees the
+// registers three rows' 24 partial sums need.
+TK_V512 static void x16_q4_1_3(const uint8_t *g0, int nb, const tk_block_q8 *x, size_t xstride, float *out,
+                               size_t os, int valid) {
+    __m512 acc[3][8];
+    for (int a = 0; a < 3; a++)
+        for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    const uint8_t *g = g0;
+    for (int i = 0; i < nb; i++, g += 320) {
+        for (int l = 0; l < 320; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        const tk_block_q8 *xa[3] = {x + i, x + xstride + i, x + 2 * xstride + i};
+        __m512 scale[3];
+        for (int a = 0; a < 3; a++) scale[a] = _mm512_mul_ps(dv, _mm512_set1_ps(xa[a]->d));
+        for (int c = 0; c < 4; c++) {
+            const __m512i b = _mm512_loadu_si512((const void *)(g + 64 + 64 * c));
+            const __m512i lo = _mm512_and_si512(b, mask);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);
+            for (int a = 0; a < 3; a++) {
+                const __m512i sl =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_set1_epi32(quad(xa[a]->qs + 4 * c)));
+                acc[a][c] = _mm512_fmadd_ps(scale[a], _mm512_cvtepi32_ps(sl), acc[a][c]);
+                const __m512i sh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi,
+                                                       _mm512_set1_epi32(quad(xa[a]->qs + 4 * (c + 4))));
+                acc[a][c + 4] = _mm512_fmadd_ps(scale[a], _mm512_cvtepi32_ps(sh), acc[a][c + 4]);
+            }
+        }
+    }
+    for (int a = 0; a < 3; a++) {
+        __m512 mins = _mm512_setzero_ps();
+        g = g0;
+        for (int i = 0; i < nb; i++, g += 320) {
+            const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+            mins = _mm512_fmadd_ps(mv, _mm512_set1_ps(x[a * xstride + i].s), mins);
+        }
+        float r[16];
+        _mm512_storeu_ps(r, _mm512_add_ps(TK_REDUCE16(acc[a]), mins));
+        for (int k = 0; k < valid; k++) out[a * os + k] = r[k];
+    }
+}
+
 TK_X16_Q4_1(x16_q4_1_1, 1)
 TK_X16_Q4_1(x16_q4_1_2, 2)
 TK_X16_Q8_0(x16_q8_0_1, 1)
@@ -347,6 +390,14 @@ int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, 
             } else {
                 one = type == 3 ? x8_q4_1_avx2_1 : x8_q8_0_avx2_1;
                 two = type == 3 ? x8_q4_1_avx2_2 : x8_q8_0_avx2_2;
+            }
+            if (level == 2 && n_act <= 16) {
+                // Decode batches: threes while they leave pairs behind (4 rows go as two pairs: a lone row is the
+                // slowest pass). Prefill's hundreds of rows measured faster in pairs.
+                for (; n_act - b >= 3 && n_act - b != 4; b += 3) {
+                    x16_q4_1_3(gp, nb, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + first, out_stride,
+                               valid);
+                }
             }
             for (; b + 2 <= n_act; b += 2) {
                 two(gp, nb, x + (size_t)b * nb, nb, out + (size_t)b * out_stride + first, out_stride, valid);
