@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 // ---------------------------------------------------------------------------------------------------------------------
 // q·k
@@ -243,28 +244,37 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
 // over its visible positions; the partial results are merged in chunk order (chunks with a zero sum skipped):
 // m = max, both sides scaled by expf(m_side - m), the accumulator and the sum as fma(a, scale_old, b * scale_new), as
 // ggml's build contracts a*scale_old + b*scale_new; finally times 1/S.
-void tk_attend_split(const float *q, int head_dim, int length, int cells, int parts, const uint16_t *k_base,
-                     const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
-                     size_t slot_stride, float scale, float *out) {
+void tk_attend_part(const float *q, int head_dim, int length, int cells, int parts, int part,
+                    const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
+                    size_t block_stride, size_t slot_stride, float scale, float *result) {
     if (head_dim > 512 || parts < 1) return;
-    float qr[512], part[512];
+    const int size = (cells + parts - 1) / parts;
+    const int begin = part * size;
+    int end = begin + size < cells ? begin + size : cells;
+    end = end < length ? end : length;
+    if (begin >= end) {
+        // No visible position: an empty partial, skipped by the merge.
+        result[0] = -INFINITY;
+        result[1] = 0.0f;
+        return;
+    }
+    float qr[512];
     round_query(q, qr, head_dim);
     const tk_kv_view kv = {k_base, v_base, table, block_size, block_stride, slot_stride};
-    const int size = (cells + parts - 1) / parts;
+    chunk_f16(qr, head_dim, begin, end, &kv, scale, &result[0], &result[1], result + 2);
+}
+
+void tk_merge_parts(const float *partials, int parts, int head_dim, float *out) {
     float m = -INFINITY, s = 0.0f;
     for (int i = 0; i < head_dim; i++) out[i] = 0.0f;
     for (int p = 0; p < parts; p++) {
-        const int begin = p * size;
-        int end = begin + size < cells ? begin + size : cells;
-        end = end < length ? end : length;
-        if (begin >= end) continue;
-        float pm, ps;
-        chunk_f16(qr, head_dim, begin, end, &kv, scale, &pm, &ps, part);
+        const float *part = partials + (size_t)p * (2 + head_dim);
+        const float pm = part[0], ps = part[1];
         if (ps == 0.0f) continue;
         const float m_new = fmaxf(m, pm);
         const float scale_old = expf(m - m_new);
         const float scale_new = expf(pm - m_new);
-        for (int i = 0; i < head_dim; i++) out[i] = fmaf(out[i], scale_old, part[i] * scale_new);
+        for (int i = 0; i < head_dim; i++) out[i] = fmaf(out[i], scale_old, part[2 + i] * scale_new);
         s = fmaf(s, scale_old, ps * scale_new);
         m = m_new;
     }
@@ -272,6 +282,23 @@ void tk_attend_split(const float *q, int head_dim, int length, int cells, int pa
         const float inv = 1.0f / s;
         for (int i = 0; i < head_dim; i++) out[i] *= inv;
     }
+}
+
+void tk_attend_split(const float *q, int head_dim, int length, int cells, int parts, const uint16_t *k_base,
+                     const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                     size_t slot_stride, float scale, float *out) {
+    if (head_dim > 512 || parts < 1 || parts > 64) return;
+    float partials[64 * (2 + 64)];
+    float *buffer = (size_t)parts * (2 + head_dim) <= sizeof(partials) / sizeof(partials[0])
+                        ? partials
+                        : (float *)malloc((size_t)parts * (2 + head_dim) * sizeof(float));
+    if (!buffer) return;
+    for (int p = 0; p < parts; p++) {
+        tk_attend_part(q, head_dim, length, cells, parts, p, k_base, v_base, table, block_size, block_stride,
+                       slot_stride, scale, buffer + (size_t)p * (2 + head_dim));
+    }
+    tk_merge_parts(buffer, parts, head_dim, out);
+    if (buffer != partials) free(buffer);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -184,32 +184,60 @@ public final class TransformerModel: @unchecked Sendable {
                 }
             }
         }
-        pool.parallelRanges(rows * c.headCount) { begin, end in
-            let (chunks, rowChunk, rowPosition, ws, order, kernels, gathered, _) = shared.value
-            for task in begin..<end {
-                let row = order[task / c.headCount]
-                let head = task % c.headCount
-                let kvHead = head / group
-                let length = rowPosition[row] + 1
-                let q = ws.q + row * c.qDim + head * hd
-                let out = ws.attn + row * c.qDim + head * hd
-                let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
-                let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
-                let bs = Int32(cache.blockSize)
-                chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
-                    switch kernels[row] {
-                    case .tiled:
-                        let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
-                        tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
-                    case .split(let cells, let parts):
-                        tk_attend_split(
-                            q, Int32(hd), Int32(length), Int32(cells), Int32(parts), kBase, vBase, t.baseAddress, bs,
-                            cache.blockElements, cache.kvDim, scale, out)
-                    case .oneChunk:
-                        tk_attend_f16(
-                            q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
-                            cache.kvDim, scale, out)
+        // Work items: one per (row, head), and for split rows one per (row, head, chunk of cells), so a long-context
+        // decode spreads over the threads as llama.cpp's does; the chunks' results are merged below, in order.
+        var tasks: [(row: Int, head: Int, part: Int)] = []
+        var partialBase = [Int](repeating: -1, count: rows)
+        var partialCount = 0
+        for row in order {
+            if case .split(_, let parts) = kernels[row] {
+                partialBase[row] = partialCount
+                partialCount += c.headCount * parts
+                for head in 0..<c.headCount { for part in 0..<parts { tasks.append((row, head, part)) } }
+            } else {
+                for head in 0..<c.headCount { tasks.append((row, head, -1)) }
+            }
+        }
+        let stride = 2 + hd
+        var partials = [Float](repeating: 0, count: partialCount * stride)
+        partials.withUnsafeMutableBufferPointer { partialBuffer in
+            let work = UncheckedSendable((tasks, partialBase, partialBuffer.baseAddress))
+            pool.parallelRanges(tasks.count) { begin, end in
+                let (chunks, rowChunk, rowPosition, ws, _, kernels, gathered, _) = shared.value
+                let (tasks, partialBase, partials) = work.value
+                for task in tasks[begin..<end] {
+                    let (row, head) = (task.row, task.head)
+                    let kvHead = head / group
+                    let length = rowPosition[row] + 1
+                    let q = ws.q + row * c.qDim + head * hd
+                    let out = ws.attn + row * c.qDim + head * hd
+                    let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
+                    let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
+                    let bs = Int32(cache.blockSize)
+                    chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
+                        switch kernels[row] {
+                        case .tiled:
+                            let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
+                            tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
+                        case .split(let cells, let parts):
+                            let result = partials! + (partialBase[row] + head * parts + task.part) * stride
+                            tk_attend_part(
+                                q, Int32(hd), Int32(length), Int32(cells), Int32(parts), Int32(task.part), kBase,
+                                vBase, t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
+                        case .oneChunk:
+                            tk_attend_f16(
+                                q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
+                                cache.kvDim, scale, out)
+                        }
                     }
+                }
+            }
+            for row in 0..<rows {
+                guard case .split(_, let parts) = kernels[row] else { continue }
+                for head in 0..<c.headCount {
+                    tk_merge_parts(
+                        partialBuffer.baseAddress! + (partialBase[row] + head * parts) * stride, Int32(parts),
+                        Int32(hd), ws.attn + row * c.qDim + head * hd)
                 }
             }
         }

@@ -80,6 +80,13 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
 void tk_attend_split(const float *q, int head_dim, int length, int cells, int parts, const uint16_t *k_base,
                      const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
                      size_t slot_stride, float scale, float *out);
+/// One chunk of tk_attend_split: chunk `part` of the `parts`, computed into result = [running max, sum, head_dim
+/// unnormalized outputs] (an empty chunk gives max -inf and sum 0). Chunks can run on different threads.
+void tk_attend_part(const float *q, int head_dim, int length, int cells, int parts, int part,
+                    const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
+                    size_t block_stride, size_t slot_stride, float scale, float *result);
+/// Merges `parts` results of tk_attend_part (each 2 + head_dim floats, in chunk order) as tk_attend_split does.
+void tk_merge_parts(const float *partials, int parts, int head_dim, float *out);
 /// Gathers one KV head's first `length` positions for tk_attend_tiled: keys in fp32 tiles of 64 positions, each tile
 /// stored dimension-major (kt[tile][i][t], zero past `length`: ceil(length/64) * 64 * head_dim floats), values in fp32
 /// rows (v[t][i]: length * head_dim floats). Addressing as in tk_attend_f16.
