@@ -84,9 +84,12 @@ public final class TransformerModel: @unchecked Sendable {
                 r += 1
             }
         }
-        // Attention: a row's cost grows with its position, so rows are handed out first, last, second, second to
-        // last, ...: each thread's contiguous range of (row, head) tasks then gets about the same work.
-        let attentionOrder = (0..<rowCount).map { $0 % 2 == 0 ? $0 / 2 : rowCount - 1 - $0 / 2 }
+        let plan = AttentionPlan(
+            chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition, headCount: c.headCount,
+            kvHeadCount: c.kvHeadCount)
+        let gathered = tiles.prepare(lengths: plan.tiledLength, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        var partials = [Float](
+            repeating: 0, count: plan.partialCount * AttentionPlan.partialStride(headDim: c.headDim))
         let rope = RotaryEmbedding(config: c, factors: weights.ropeFrequencyFactors, positions: rowPosition)
         for (layerIndex, layer) in weights.layers.enumerated() {
             Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
@@ -104,10 +107,11 @@ public final class TransformerModel: @unchecked Sendable {
                     k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
             }
             afterLayer?(layerIndex)
-            attention(
-                layer: layerIndex, rows: rowCount, order: attentionOrder, chunks: chunks, rowChunk: rowChunk,
-                rowPosition: rowPosition,
-                cache: cache, ws: ws)
+            partials.withUnsafeMutableBufferPointer { p in
+                attention(
+                    layer: layerIndex, plan: plan, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,
+                    cache: cache, ws: ws, gathered: gathered, partials: p.baseAddress)
+            }
             layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
             Ops.rmsNorm(ws.x, layer.ffnNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
@@ -143,146 +147,71 @@ public final class TransformerModel: @unchecked Sendable {
         return results
     }
 
-    /// Causal attention of every row over its sequence's cached keys and values, parallel over (row, head). Rows
-    /// that llama.cpp would compute with its tiled kernel (`AttentionKernelChoice`) read their sequence's keys and
-    /// values gathered once per layer into fp32 tiles; the others read the fp16 cache directly.
+    /// Causal attention of every row over its sequence's cached keys and values, laid out by `plan`. Rows of the tiled
+    /// kernel read their sequence's keys and values gathered for this layer into fp32 tiles; split rows' chunks run as
+    /// separate tasks and are merged in order afterwards; the others read the fp16 cache directly.
     private func attention(
-        layer: Int, rows: Int, order: [Int], chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
-        cache: PagedKVCache, ws: Workspace.Buffers
+        layer: Int, plan: AttentionPlan, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
+        cache: PagedKVCache, ws: Workspace.Buffers, gathered: TiledKVBuffer.Layout,
+        partials: UnsafeMutablePointer<Float>?
     ) {
         let c = config
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(hd).squareRoot()
-        let kernels = (0..<rows).map {
-            AttentionKernelChoice.kernel(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
-        }
-        let tiled = kernels.map { $0 == .tiled }
-        // Per chunk: how many positions its tiled rows attend to, and where its gathered heads start.
-        var tiledLength = [Int](repeating: 0, count: chunks.count)
-        for row in 0..<rows where tiled[row] {
-            tiledLength[rowChunk[row]] = max(tiledLength[rowChunk[row]], rowPosition[row] + 1)
-        }
-        let gathered = tiles.prepare(lengths: tiledLength, kvHeads: c.kvHeadCount, headDim: hd)
-        let gatherTasks = chunks.indices.filter { tiledLength[$0] > 0 }.flatMap { ci in
-            (0..<c.kvHeadCount).map { (ci, $0) }
-        }
-        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, order, kernels, gathered, gatherTasks))
-        if !gatherTasks.isEmpty {
-            pool.parallelRanges(gatherTasks.count) { begin, end in
-                let (chunks, _, _, _, _, _, gathered, gatherTasks) = shared.value
-                for task in begin..<end {
-                    let (ci, kvHead) = gatherTasks[task]
+        let stride = AttentionPlan.partialStride(headDim: hd)
+        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, plan, gathered, partials))
+        if !plan.gatherTasks.isEmpty {
+            pool.parallelRanges(plan.gatherTasks.count) { begin, end in
+                let (chunks, _, _, _, plan, gathered, _) = shared.value
+                for (ci, kvHead) in plan.gatherTasks[begin..<end] {
                     let (kt, v) = gathered.head(chunk: ci, kvHead: kvHead)
                     chunks[ci].blockTable.withUnsafeBufferPointer { t in
                         tk_tile_kv(
                             cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd,
                             cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd, t.baseAddress,
-                            Int32(cache.blockSize), cache.blockElements, cache.kvDim, Int32(tiledLength[ci]),
+                            Int32(cache.blockSize), cache.blockElements, cache.kvDim, Int32(plan.tiledLength[ci]),
                             Int32(hd), kt, v)
                     }
                 }
             }
         }
-        // Work items: one per (row, head), and for split rows one per (row, head, chunk of cells), so a long-context
-        // decode spreads over the threads as llama.cpp's does; the chunks' results are merged below, in order.
-        var tasks: [(row: Int, head: Int, part: Int)] = []
-        var partialBase = [Int](repeating: -1, count: rows)
-        var partialCount = 0
-        for row in order {
-            if case .split(_, let parts) = kernels[row] {
-                partialBase[row] = partialCount
-                partialCount += c.headCount * parts
-                for head in 0..<c.headCount { for part in 0..<parts { tasks.append((row, head, part)) } }
-            } else {
-                for head in 0..<c.headCount { tasks.append((row, head, -1)) }
-            }
-        }
-        let stride = 2 + hd
-        var partials = [Float](repeating: 0, count: partialCount * stride)
-        partials.withUnsafeMutableBufferPointer { partialBuffer in
-            let work = UncheckedSendable((tasks, partialBase, partialBuffer.baseAddress))
-            pool.parallelRanges(tasks.count) { begin, end in
-                let (chunks, rowChunk, rowPosition, ws, _, kernels, gathered, _) = shared.value
-                let (tasks, partialBase, partials) = work.value
-                for task in tasks[begin..<end] {
-                    let (row, head) = (task.row, task.head)
-                    let kvHead = head / group
-                    let length = rowPosition[row] + 1
-                    let q = ws.q + row * c.qDim + head * hd
-                    let out = ws.attn + row * c.qDim + head * hd
-                    let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
-                    let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
-                    let bs = Int32(cache.blockSize)
-                    chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
-                        switch kernels[row] {
-                        case .tiled:
-                            let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
-                            tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
-                        case .split(let cells, let parts):
-                            let result = partials! + (partialBase[row] + head * parts + task.part) * stride
-                            tk_attend_part(
-                                q, Int32(hd), Int32(length), Int32(cells), Int32(parts), Int32(task.part), kBase,
-                                vBase, t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
-                        case .oneChunk:
-                            tk_attend_f16(
-                                q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
-                                cache.kvDim, scale, out)
-                        }
+        pool.parallelRanges(plan.tasks.count) { begin, end in
+            let (chunks, rowChunk, rowPosition, ws, plan, gathered, partials) = shared.value
+            for task in plan.tasks[begin..<end] {
+                let (row, head) = (task.row, task.head)
+                let kvHead = head / group
+                let length = rowPosition[row] + 1
+                let q = ws.q + row * c.qDim + head * hd
+                let out = ws.attn + row * c.qDim + head * hd
+                let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
+                let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
+                let bs = Int32(cache.blockSize)
+                chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
+                    switch plan.kernels[row] {
+                    case .tiled:
+                        let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
+                        tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
+                    case .split(let cells, let parts):
+                        let result = partials! + (plan.partialBase[row] + head * parts + task.part) * stride
+                        tk_attend_part(
+                            q, Int32(hd), Int32(length), Int32(cells), Int32(parts), Int32(task.part), kBase, vBase,
+                            t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
+                    case .oneChunk:
+                        tk_attend_f16(
+                            q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
+                            cache.kvDim, scale, out)
                     }
                 }
             }
-            for row in 0..<rows {
-                guard case .split(_, let parts) = kernels[row] else { continue }
-                for head in 0..<c.headCount {
-                    tk_merge_parts(
-                        partialBuffer.baseAddress! + (partialBase[row] + head * parts) * stride, Int32(parts),
-                        Int32(hd), ws.attn + row * c.qDim + head * hd)
-                }
+        }
+        for row in plan.splitRows {
+            guard case .split(_, let parts) = plan.kernels[row] else { continue }
+            for head in 0..<c.headCount {
+                tk_merge_parts(
+                    partials! + (plan.partialBase[row] + head * parts) * stride, Int32(parts), Int32(hd),
+                    ws.attn + row * c.qDim + head * hd)
             }
         }
-    }
-}
-
-/// Scratch memory for the keys and values that tiled-kernel rows read: per chunk and KV head, the keys as fp32 tiles
-/// of 64 positions (dimension-major) and the values as fp32 rows (`tk_tile_kv`). Grown on demand and reused.
-struct TiledKVBuffer {
-    /// Where each (chunk, KV head) lives in the buffer.
-    struct Layout: @unchecked Sendable {
-        let base: UnsafeMutablePointer<Float>?
-        let offsets: [[(kt: Int, v: Int)]]
-
-        func head(chunk: Int, kvHead: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
-            let o = offsets[chunk][kvHead]
-            return (base! + o.kt, base! + o.v)
-        }
-    }
-
-    private var storage: UnsafeMutablePointer<Float>?
-    private var capacity = 0
-
-    mutating func prepare(lengths: [Int], kvHeads: Int, headDim: Int) -> Layout {
-        var offsets: [[(kt: Int, v: Int)]] = []
-        var total = 0
-        for length in lengths {
-            var heads: [(kt: Int, v: Int)] = []
-            let tileFloats = (length + 63) / 64 * 64 * headDim
-            for _ in 0..<kvHeads {
-                heads.append((total, total + tileFloats))
-                total += tileFloats + length * headDim
-            }
-            offsets.append(heads)
-        }
-        if total > capacity {
-            storage?.deallocate()
-            capacity = total
-            storage = UnsafeMutablePointer<Float>.allocate(capacity: total)
-        }
-        return Layout(base: storage, offsets: offsets)
-    }
-
-    mutating func release() {
-        storage?.deallocate()
-        storage = nil
     }
 }
