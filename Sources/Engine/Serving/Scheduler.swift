@@ -94,13 +94,9 @@ final class Scheduler {
             if r.blockTable.isEmpty, let payload = r.preloadedKV {
                 // KV computed by a prefill instance: load all of it but the last prompt token, which is computed
                 // here to give the logits of the first output token.
-                let count = min(payload.tokens.count, r.prompt.count - 1)
-                guard reserve(r, upTo: count) else { break }
-                loadKV(r, payload, count)
+                guard reserve(r, upTo: loadableCount(r, payload)) else { break }
+                load(r, payload)
                 r.preloadedKV = nil
-                r.loadedTokens = count
-                loadedKVTokens += count
-                r.computed = count
             } else if r.blockTable.isEmpty {
                 let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens, promptLength: r.prompt.count)
                 r.blockTable = blocks
@@ -132,21 +128,30 @@ final class Scheduler {
     /// prompt is recomputed in the same blocks) from waiting for KV into the running batch.
     private func resolveArrivedKV() {
         awaitingKV.removeAll { r in
-            switch r.remoteKV?.state {
-            case .pending?: return false
-            case .ready?:
-                let payload = r.remoteKV!.take()!
-                let count = min(payload.tokens.count, r.prompt.count - 1)
-                loadKV(r, payload, count)
-                r.loadedTokens = count
-                r.computed = count
-                loadedKVTokens += count
-            case .failed?, .used?, nil:
+            if case .pending? = r.remoteKV?.state { return false }
+            if let payload = r.remoteKV?.take() {
+                load(r, payload)
+            } else {
                 r.computed = 0
             }
             running.append(r)
             return true
         }
+    }
+
+    /// How much of `payload` is loaded: all of it but the last prompt token, which is computed to give the logits of
+    /// the first output token.
+    private func loadableCount(_ r: EngineRequest, _ payload: KVPayload) -> Int {
+        min(payload.tokens.count, r.prompt.count - 1)
+    }
+
+    /// Loads that much of `payload` into the request's reserved blocks and counts it as computed.
+    private func load(_ r: EngineRequest, _ payload: KVPayload) {
+        let count = loadableCount(r, payload)
+        loadKV(r, payload, count)
+        r.loadedTokens = count
+        r.computed = count
+        loadedKVTokens += count
     }
 
     /// Marks a step's chunks as computed and offers their newly full blocks to the prefix cache.
