@@ -48,7 +48,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "GGUF", "Discovery", "KVTransfer",
+                "Engine", "GGUF", "Discovery", "KVTransfer", "Kernels",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -81,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "tandem",
             dependencies: [
-                "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery", "Proxy", "Bench",
+                "Engine", "ModelStore", "GGUF", "Server", "KVTransfer", "Discovery", "Proxy", "Bench", "Kernels",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -111,6 +111,16 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             resources: [.copy("Fixtures")]
+        ),
+        // Tests across hosts made of network namespaces (scripts/hosts.sh); they need root, as CI has.
+        .testTarget(
+            name: "HostsTests",
+            dependencies: [
+                "Discovery",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

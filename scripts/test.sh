@@ -24,4 +24,12 @@ echo "== model" >&2
 .build/release/tandem model fetch
 
 echo "== tests" >&2
-swift test -c release --skip-build "$@"
+if [ $# -gt 0 ]; then
+  exec swift test -c release --skip-build "$@"
+fi
+swift test -c release --skip-build --skip HostsTests
+# Across hosts (network namespaces, root): on their own, so that no other test competes for the two cores while
+# they measure. Each test removes its hosts; a run killed midway leaves them to the next `hosts.sh up`.
+echo "== tests across hosts" >&2
+trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
+swift test -c release --skip-build --filter HostsTests

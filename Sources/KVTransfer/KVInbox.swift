@@ -179,6 +179,9 @@ public final class KVInbox: @unchecked Sendable {
             return
         }
         waiters[id] = nil
+        // The request gives up on this KV (it recomputes): room still reserved for it goes back now, and what
+        // arrives later is dropped.
+        if case .arriving = entries[id]?.entry { remove(id) }
         lock.unlock()
         w.resume(.timedOut)
     }

@@ -49,15 +49,28 @@ public final class KVNode: Sendable {
                 try channel.pipeline.syncOperations.addHandler(KVPeerHandler(node: state))
             }
         }
+        // A peer that vanishes without closing (a link down, a host frozen) is found dead on both sides: bytes
+        // left unacknowledged for the transfer deadline, or an idle connection whose keep-alive probes go
+        // unanswered, close the connection; its transfers then fail, the decode recomputes, buffers are freed.
+        let deadTimeout = Int(max(1, min(600, transferTimeout)) * 1000)
+        let tcp = SocketOptionLevel(IPPROTO_TCP)
         listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
+            .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)
+            .childChannelOption(ChannelOptions.socket(tcp, TCP_USER_TIMEOUT), value: deadTimeout)
             .childChannelInitializer(setUp)
             .bind(host: bind.host, port: bind.port).get()
         pool = KVConnectionPool { peer in
             ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.milliseconds(Int64(connectTimeout * 1000)))
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+                .channelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
+                .channelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)
+                .channelOption(ChannelOptions.socket(tcp, TCP_USER_TIMEOUT), value: deadTimeout)
                 .channelInitializer(setUp)
                 .connect(host: peer.host, port: peer.port)
         }

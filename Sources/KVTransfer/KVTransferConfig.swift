@@ -9,7 +9,7 @@ import Foundation
 /// `nccl_num_channels` (accepted and ignored). Tandem's own extra keys: `kv_transfer_timeout_s` (how long a consumer
 /// waits for KV, default 10), `kv_unclaimed_ttl_s` (how long received KV waits for its request, default 60),
 /// `kv_load_failure_policy` (`recompute`, the default, or `fail`), `kv_host` (the address
-/// advertised to the proxy and peers; else `TANDEM_HOST_IP`, else the machine's primary address).
+/// advertised to the proxy and peers; the first of `AdvertisedAddress`'s rules).
 public struct KVTransferConfig: Sendable, Equatable {
     public enum Role: String, Sendable { case producer = "kv_producer", consumer = "kv_consumer", both = "kv_both" }
     public enum SendType: String, Sendable { case put = "PUT", putAsync = "PUT_ASYNC", get = "GET" }
@@ -129,37 +129,4 @@ extension KVTransferConfig {
         advertisedHost = try string("kv_host", in: extra)
         ignoredKeys = extra.keys.filter { $0 == "nccl_num_channels" }.sorted()
     }
-}
-
-/// The address an instance advertises: `kv_host`, else `TANDEM_HOST_IP`, else the first non-loopback IPv4 address,
-/// else 127.0.0.1.
-public func advertisedHost(configured: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
-    -> String
-{
-    if let configured, !configured.isEmpty { return configured }
-    if let env = environment["TANDEM_HOST_IP"], !env.isEmpty { return env }
-    return primaryIPv4Address() ?? "127.0.0.1"
-}
-
-/// The first non-loopback IPv4 address of an interface that is up.
-public func primaryIPv4Address() -> String? {
-    var list: UnsafeMutablePointer<ifaddrs>?
-    guard getifaddrs(&list) == 0, let first = list else { return nil }
-    defer { freeifaddrs(list) }
-    var cursor: UnsafeMutablePointer<ifaddrs>? = first
-    while let entry = cursor {
-        defer { cursor = entry.pointee.ifa_next }
-        let flags = Int32(entry.pointee.ifa_flags)
-        guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == UInt16(AF_INET),
-            flags & Int32(IFF_UP) != 0, flags & Int32(IFF_LOOPBACK) == 0
-        else { continue }
-        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        if getnameinfo(
-            address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST)
-            == 0
-        {
-            return String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
-    }
-    return nil
 }

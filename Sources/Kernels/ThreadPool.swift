@@ -1,6 +1,21 @@
 import Foundation
 import Synchronization
 
+/// The CPUs this process may run on: its affinity mask (as `taskset`, cgroups' cpusets and containers set it),
+/// not every core of the machine; the default thread count everywhere.
+public func availableCPUCount() -> Int {
+    // Linux lists the mask in /proc/self/status as hex words: "Cpus_allowed:\tff,ffffffff".
+    if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
+    {
+        let count = line.dropFirst("Cpus_allowed:".count).reduce(0) { sum, c in
+            sum + (c.hexDigitValue.map { $0.nonzeroBitCount } ?? 0)
+        }
+        if count > 0 { return min(count, ProcessInfo.processInfo.activeProcessorCount) }
+    }
+    return ProcessInfo.processInfo.activeProcessorCount
+}
+
 /// Splits data-parallel loops over a fixed set of persistent worker threads (the caller's thread included).
 ///
 /// A forward pass runs a few hundred short parallel loops; waking threads through the OS for each costs more than

@@ -24,6 +24,8 @@ public struct ProxyOptions: Sendable {
     public var decodeTimeout = 1800.0
     /// Longest silence from an instance while it answers.
     public var readTimeout = 120.0
+    /// Seconds requests in flight may still run after SIGTERM before they are cut.
+    public var shutdownGrace = 1.0
 
     public init() {}
 }
@@ -100,10 +102,14 @@ public enum ProxyServer {
                 )
             },
             logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [DiscoveryService(listener: listener), app], gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: [DiscoveryService(listener: listener), app], gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        // On SIGTERM the proxy stops taking requests and gives those in flight `shutdownGrace` seconds; then it
+        // cuts them (their clients see the stream end), so that it exits and frees its ports promptly.
+        groupConfiguration.maximumGracefulShutdownDuration = .milliseconds(Int64(options.shutdownGrace * 1000))
+        groupConfiguration.maximumCancellationDuration = .milliseconds(500)
+        let group = ServiceGroup(configuration: groupConfiguration)
         do {
             try await group.run()
         } catch {

@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import Hummingbird
 import KVTransfer
+import Kernels
 import Logging
 import ServiceLifecycle
 
@@ -14,7 +15,7 @@ public struct InstanceOptions: Sendable {
     public var host = "0.0.0.0"
     public var port = 8081
     public var apiKey: String?
-    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    public var threads = availableCPUCount()
     public var maxNumSeqs = 16
     public var maxModelLength: Int?
     /// KV-cache size in bytes, or in blocks (blocks win); 1 GiB when neither is given.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Engine
 import Foundation
+import Kernels
 import ModelStore
 
 /// `tandem generate`: one prompt through the engine, streamed to the terminal or printed as JSON.
@@ -24,7 +25,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Random seed for sampling.") var seed: UInt64?
     @Option(help: "Stop when this text appears (repeatable).") var stop: [String] = []
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past end-of-generation tokens.") var ignoreEOS = false
-    @Option(help: "CPU threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "CPU threads.") var threads = availableCPUCount()
     @Flag(help: "Print one JSON object with ids, text and finish reason instead of streaming.") var json = false
 
     func validate() throws {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Discovery
 import Foundation
 import Logging
 import Proxy
@@ -9,7 +10,7 @@ struct ProxyCommand: AsyncParsableCommand {
         commandName: "proxy",
         abstract: "Run the front door: service discovery (30002) and request routing over HTTP (10002).")
 
-    @Option(help: "HTTP address (:: listens on IPv6 and IPv4).") var host = "::"
+    @Option(help: "HTTP address (:: or 0.0.0.0 listens on every address, IPv6 and IPv4).") var host = "::"
     @Option(help: "HTTP port.") var port = 10002
     @Option(name: .customLong("discovery-host"), help: "Address of the ZMQ ROUTER that receives instance pings.")
     var discoveryHost = "::"
@@ -26,6 +27,10 @@ struct ProxyCommand: AsyncParsableCommand {
     var decodeTimeout = 1800.0
     @Option(name: .customLong("read-timeout"), help: "Seconds of silence from an answering instance.")
     var readTimeout = 120.0
+    @Option(
+        name: .customLong("shutdown-grace"),
+        help: "Seconds requests in flight may still run after SIGTERM before they are cut.")
+    var shutdownGrace = 1.0
 
     static func seconds(_ text: String) -> Double? {
         let t = text.hasSuffix("s") ? String(text.dropLast()) : text
@@ -43,7 +48,7 @@ struct ProxyCommand: AsyncParsableCommand {
         guard Self.seconds(instanceTTL) != nil else { throw ValidationError("--instance-ttl must be like 5s or 2.5") }
         for (name, v) in [
             ("connect-timeout", connectTimeout), ("prefill-timeout", prefillTimeout),
-            ("decode-timeout", decodeTimeout), ("read-timeout", readTimeout),
+            ("decode-timeout", decodeTimeout), ("read-timeout", readTimeout), ("shutdown-grace", shutdownGrace),
         ] where !(v > 0) {
             throw ValidationError("--\(name) must be positive")
         }
@@ -52,9 +57,9 @@ struct ProxyCommand: AsyncParsableCommand {
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var options = ProxyOptions()
-        options.host = host
+        options.host = ListenAddress.bindHost(for: host)
         options.port = port
-        options.discoveryHost = discoveryHost
+        options.discoveryHost = ListenAddress.bindHost(for: discoveryHost)
         options.discoveryPort = discoveryPort
         options.policy = RoutingPolicy(rawValue: policy)!
         options.apiKey = apiKey
@@ -63,6 +68,7 @@ struct ProxyCommand: AsyncParsableCommand {
         options.prefillTimeout = prefillTimeout
         options.decodeTimeout = decodeTimeout
         options.readTimeout = readTimeout
+        options.shutdownGrace = shutdownGrace
         try await ProxyServer.run(options, logger: Logger(label: "tandem.proxy"))
     }
 }

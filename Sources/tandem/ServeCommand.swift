@@ -2,6 +2,7 @@ import ArgumentParser
 import Discovery
 import Foundation
 import KVTransfer
+import Kernels
 import Logging
 import ModelStore
 import Server
@@ -14,7 +15,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Argument(help: "A GGUF file, or `default` for SmolLM2-135M-Instruct Q4_1 (downloaded on first use).")
     var model: String = "default"
-    @Option(help: "Address to listen on (0.0.0.0 for all IPv4, :: for all IPv6 and IPv4).") var host = "0.0.0.0"
+    @Option(help: "Address to listen on (0.0.0.0 or :: for every address, IPv6 and IPv4; or one address).")
+    var host = "0.0.0.0"
     @Option(help: "HTTP port (0 picks a free one; the log says which).") var port = 8081
     @Option(
         name: .customLong("served-model-name"),
@@ -37,7 +39,7 @@ struct ServeCommand: AsyncParsableCommand {
     var maxNumBatchedTokens = 256
     @Flag(inversion: .prefixedEnableDisable, help: "Reuse the KV cache of shared prompt prefixes.")
     var prefixCaching = true
-    @Option(help: "CPU threads for the model.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "CPU threads for the model.") var threads = availableCPUCount()
     @Option(
         name: .customLong("kv-transfer-config"),
         help: "vLLM's KV-transfer JSON (kv_role, kv_port, kv_connector_extra_config with proxy_ip/proxy_port, ...).")
@@ -83,7 +85,7 @@ struct ServeCommand: AsyncParsableCommand {
         let path = try ModelStore().resolve(model)
         var options = InstanceOptions(
             modelPath: path, servedModelNames: servedModelName.isEmpty ? [model] : servedModelName)
-        options.host = host
+        options.host = ListenAddress.bindHost(for: host)
         options.port = port
         options.apiKey = apiKey
         options.threads = threads
@@ -96,7 +98,9 @@ struct ServeCommand: AsyncParsableCommand {
         options.prefixCaching = prefixCaching
         if let kvTransferConfig {
             let kv = try KVTransferConfig(json: kvTransferConfig)
-            let address = advertisedHost(configured: kv.advertisedHost)
+            let advertised = AdvertisedAddress.choose(kvHost: kv.advertisedHost, bindHost: host, proxy: kv.proxy)
+            logger.info("Advertising \(advertised)")
+            let address = advertised.host
             let http = HostPort(host: address, port: kv.httpPort ?? port)  // For the log; 0 means "as bound".
             let zmq = HostPort(host: address, port: kv.kvPort)
             let ignored = kv.ignoredKeys.isEmpty ? "" : ", ignored: \(kv.ignoredKeys.joined(separator: ", "))"

@@ -2,6 +2,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import Discovery
 import Foundation
+import Kernels
 import ModelStore
 import NIOFoundationCompat
 
@@ -19,14 +20,18 @@ struct UpCommand: AsyncParsableCommand {
     @Option(help: "Number of prefill instances.") var prefill = 1
     @Option(help: "Number of decode instances.") var decode = 1
     @Option(name: .customLong("send-type"), help: "KV send type: PUT, PUT_ASYNC or GET.") var sendType = "PUT_ASYNC"
-    @Option(help: "Address the processes use to reach each other (127.0.0.1, or ::1 for IPv6).")
-    var host = "127.0.0.1"
+    @Option(
+        help: """
+            Address every process listens on: :: (the default) or 0.0.0.0 for every address, IPv6 and IPv4 alike; \
+            or one address, which the processes then also use to reach each other.
+            """)
+    var host = "::"
     @Option(name: .customLong("proxy-port"), help: "The proxy's HTTP port.") var proxyPort = 10002
     @Option(name: .customLong("discovery-port"), help: "The proxy's discovery port.") var discoveryPort = 30002
     @Option(name: .customLong("first-port"), help: "The first instance's HTTP port; its KV port is the next one.")
     var firstPort = 8081
     @Option(name: .customLong("log-dir"), help: "Folder for the processes' logs.") var logDir = "tandem-logs"
-    @Option(help: "CPU threads per instance.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "CPU threads per instance.") var threads = availableCPUCount()
     @Option(name: .customLong("startup-timeout"), help: "Seconds to wait for every process to be ready.")
     var startupTimeout = 120.0
 
@@ -42,8 +47,9 @@ struct UpCommand: AsyncParsableCommand {
         let path = try ModelStore().resolve(model)
         try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
         let supervisor = ProcessSupervisor(executable: Bundle.main.executablePath ?? CommandLine.arguments[0])
-        let loopback = HostPort(host: host, port: 0)
-        let bindHost = loopback.isIPv6 ? "::" : "0.0.0.0"
+        let bindHost = ListenAddress.bindHost(for: host)
+        // Where the processes reach each other: the loopback of the family they listen on, or the one address given.
+        let reach = ListenAddress.isWildcard(host) ? (bindHost == "::" ? "::1" : "127.0.0.1") : bindHost
 
         var taken: Set<Int> = [proxyPort, discoveryPort]
         var nextPort = firstPort
@@ -75,8 +81,8 @@ struct UpCommand: AsyncParsableCommand {
                 let (http, kv) = freePair()
                 let config = """
                     {"kv_connector":"P2pNcclConnector","kv_role":"\(role == "prefill" ? "kv_producer" : "kv_consumer")",\
-                    "kv_buffer_size":"1e9","kv_port":"\(kv)","kv_connector_extra_config":{"proxy_ip":"\(host)",\
-                    "proxy_port":"\(discoveryPort)","http_port":"\(http)","send_type":"\(sendType)","kv_host":"\(host)"}}
+                    "kv_buffer_size":"1e9","kv_port":"\(kv)","kv_connector_extra_config":{"proxy_ip":"\(reach)",\
+                    "proxy_port":"\(discoveryPort)","http_port":"\(http)","send_type":"\(sendType)"}}
                     """
                 let name = "\(role)\(counts[role]!)"
                 try supervisor.start(
@@ -85,15 +91,18 @@ struct UpCommand: AsyncParsableCommand {
                         "serve", path, "--host", bindHost, "--port", "\(http)", "--served-model-name", model,
                         "--threads", "\(threads)", "--kv-transfer-config", config,
                     ], log: "\(logDir)/\(name).log")
-                say("started \(name): http://\(HostPort(host: host, port: http)), KV port \(kv)")
+                say("started \(name): http://\(HostPort(host: reach, port: http)), KV port \(kv)")
             }
-            let proxyURL = "http://\(HostPort(host: host, port: proxyPort))"
+            let proxyURL = "http://\(HostPort(host: reach, port: proxyPort))"
+            // A dual-stack proxy answers on both loopbacks.
+            let alsoURL = bindHost == "::" ? "   (also http://\(HostPort(host: "127.0.0.1", port: proxyPort)))" : ""
             try await waitUntilRegistered(proxyURL, supervisor: supervisor)
             say(
                 """
 
                 Tandem is up: \(prefill) prefill and \(decode) decode instance(s) behind the proxy.
-                  proxy:   \(proxyURL)   (health: \(proxyURL)/health, metrics: \(proxyURL)/metrics)
+                  proxy:   \(proxyURL)\(alsoURL)
+                  health:  \(proxyURL)/health   metrics: \(proxyURL)/metrics
                   logs:    \(logDir)/
                 Try:
                   curl -s \(proxyURL)/v1/completions -H 'Content-Type: application/json' \\

@@ -318,11 +318,13 @@ func startUp(_ arguments: [String]) async throws -> (Process, LogBuffer) {
         #"{"model":"default","prompt":"Once upon a time in a magical forest, there lived a wise old dragon who","max_tokens":20}"#,
     ]
 
-    @Test(arguments: ["127.0.0.1", "::1"])
+    /// `::` stands for `tandem up` without `--host`: it listens dual-stack and answers on both loopbacks. A
+    /// specific `--host` is the address every instance advertises.
+    @Test(arguments: ["127.0.0.1", "::1", "::"])
     func runbookRequestsThroughUpMatchAColocatedInstance(host: String) async throws {
         // vLLM's default temperature is 1 (sampled); compare greedily so the two runs are comparable.
         let bodies = Self.runbookRequests.map { $0.replacingOccurrences(of: "}", with: ",\"temperature\":0}") }
-        let colocated = try await ServerProcess(host: host)
+        let colocated = try await ServerProcess(host: host == "::" ? "::1" : host)
         var expected: [String] = []
         for b in bodies {
             expected.append(try await colocated.post("/v1/completions", b).json?.firstChoice?["text"] as? String ?? "?")
@@ -331,14 +333,18 @@ func startUp(_ arguments: [String]) async throws -> (Process, LogBuffer) {
 
         let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-\(UUID().uuidString)")
         let proxyPort = freePort()
-        let (up, log) = try await startUp([
-            "--host", host, "--proxy-port", "\(proxyPort)", "--discovery-port", "\(freePort())",
-            "--first-port", "\(freePort())", "--log-dir", logs.path,
-        ])
+        let (up, log) = try await startUp(
+            (host == "::" ? [] : ["--host", host]) + [
+                "--proxy-port", "\(proxyPort)", "--discovery-port", "\(freePort())", "--first-port",
+                "\(freePort())", "--log-dir", logs.path,
+            ])
         defer { if up.isRunning { up.terminate() } }
-        let base = host.contains(":") ? "http://[\(host)]:\(proxyPort)" : "http://\(host):\(proxyPort)"
-        for (b, want) in zip(bodies, expected) {
-            var request = HTTPClientRequest(url: base + "/v1/completions")
+        let bases =
+            host == "::"
+            ? ["http://[::1]:\(proxyPort)", "http://127.0.0.1:\(proxyPort)"]
+            : [host.contains(":") ? "http://[\(host)]:\(proxyPort)" : "http://\(host):\(proxyPort)"]
+        for (i, (b, want)) in zip(bodies, expected).enumerated() {
+            var request = HTTPClientRequest(url: bases[i % bases.count] + "/v1/completions")
             request.method = .POST
             request.body = .bytes(ByteBuffer(string: b))
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
@@ -354,6 +360,9 @@ func startUp(_ arguments: [String]) async throws -> (Process, LogBuffer) {
         let proxyLog = try String(contentsOf: logs.appendingPathComponent("proxy.log"), encoding: .utf8)
         #expect(proxyLog.contains("handle_request count: 4, [HTTP:"), "\(proxyLog)")
         #expect(proxyLog.contains("👉"))
+        let advertised = host == "::" ? "[::1]" : HostPort(host: host, port: 0).description.dropLast(2)
+        #expect(proxyLog.contains("Add prefill [HTTP:\(advertised):"), "\(proxyLog)")
+        #expect(proxyLog.contains("Add decode [HTTP:\(advertised):"), "\(proxyLog)")
         try? FileManager.default.removeItem(at: logs)
     }
 

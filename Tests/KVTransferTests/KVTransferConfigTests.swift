@@ -60,10 +60,4 @@ import Testing
             }
         }
     }
-
-    @Test func advertisedHostPrefersConfigThenEnvironment() {
-        #expect(advertisedHost(configured: "10.0.0.5", environment: ["TANDEM_HOST_IP": "10.0.0.6"]) == "10.0.0.5")
-        #expect(advertisedHost(configured: nil, environment: ["TANDEM_HOST_IP": "10.0.0.6"]) == "10.0.0.6")
-        #expect(!advertisedHost(configured: nil, environment: [:]).isEmpty)
-    }
 }
