@@ -76,69 +76,11 @@ extension BenchResult {
         return o
     }
 
-    /// An SVG with the TTFT and ITL distributions (CDFs) and output throughput over time.
+    /// An SVG with the TTFT and ITL distributions (CDFs) and output throughput over time, of this run alone.
     public func svg(title: String) -> String {
-        let w = 960.0
-        let h = 360.0
-        var parts: [String] = [
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">",
-            "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
-            "<text x=\"10\" y=\"18\" font-size=\"14\">\(Self.escape(title))</text>",
-        ]
-        func panel(_ index: Int, _ name: String, _ xLabel: String, _ points: [(Double, Double)], yLabel: String) {
-            let x0 = 20 + Double(index) * 315 + 40
-            let y0 = 40.0
-            let pw = 250.0
-            let ph = 260.0
-            parts.append(
-                "<rect x=\"\(x0)\" y=\"\(y0)\" width=\"\(pw)\" height=\"\(ph)\" fill=\"none\" stroke=\"#888\"/>")
-            parts.append("<text x=\"\(x0)\" y=\"\(y0 - 6)\">\(name)</text>")
-            parts.append("<text x=\"\(x0 + pw / 2 - 30)\" y=\"\(y0 + ph + 30)\">\(xLabel)</text>")
-            parts.append(
-                "<text x=\"\(x0 - 30)\" y=\"\(y0 + ph / 2)\" transform=\"rotate(-90 \(x0 - 30) \(y0 + ph / 2))\">\(yLabel)</text>"
-            )
-            guard let maxX = points.map(\.0).max(), let maxY = points.map(\.1).max(), maxX > 0, maxY > 0 else {
-                parts.append("<text x=\"\(x0 + 80)\" y=\"\(y0 + ph / 2)\">no data</text>")
-                return
-            }
-            parts.append("<text x=\"\(x0 + pw - 40)\" y=\"\(y0 + ph + 14)\">\(Self.short(maxX))</text>")
-            parts.append("<text x=\"\(x0 - 36)\" y=\"\(y0 + 10)\">\(Self.short(maxY))</text>")
-            let path = points.map { p in
-                "\(String(format: "%.1f", x0 + p.0 / maxX * pw)),\(String(format: "%.1f", y0 + ph - p.1 / maxY * ph))"
-            }.joined(separator: " ")
-            parts.append("<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"\(path)\"/>")
-        }
-        func cdf(_ values: [Double]) -> [(Double, Double)] {
-            let v = values.sorted()
-            return v.enumerated().map { ($1, Double($0 + 1) / Double(v.count)) }
-        }
-        panel(
-            0, "TTFT distribution (CDF)", "TTFT (ms)", cdf(succeeded.compactMap(\.ttft).map { $0 * 1000 }),
-            yLabel: "fraction")
-        panel(
-            1, "Inter-token latency (CDF)", "ITL (ms)", cdf(succeeded.flatMap(\.itl).map { $0 * 1000 }),
-            yLabel: "fraction")
-        // Output tokens per second in one-second bins, from each request's tokens spread over its life.
-        let bins = max(1, Int(duration.rounded(.up)))
-        var perSecond = [Double](repeating: 0, count: bins)
-        for r in succeeded where r.outputTokens > 0 {
-            let first = r.start + (r.ttft ?? 0)
-            let end = r.start + r.e2e
-            for k in 0..<r.outputTokens {
-                let t = r.outputTokens == 1 ? end : first + (end - first) * Double(k) / Double(r.outputTokens - 1)
-                perSecond[min(bins - 1, max(0, Int(t)))] += 1
-            }
-        }
-        panel(
-            2, "Output throughput over time", "time (s)", perSecond.enumerated().map { (Double($0 + 1), $1) },
-            yLabel: "tokens/s")
-        parts.append("</svg>")
-        return parts.joined(separator: "\n")
+        BenchPlot.svg(title: title, series: [BenchPlot.Series(name: "this run", result: self)])
     }
 
     static func short(_ v: Double) -> String { v >= 100 ? String(Int(v.rounded())) : String(format: "%.2g", v) }
 
-    static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-    }
 }

@@ -168,6 +168,9 @@ public enum BenchRunner {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(10), read: .seconds(300))
         configuration.connectionPool.retryConnectionEstablishment = false
+        // One connection per request in flight, as `vllm bench serve` opens them: the pool's default of 8 per host
+        // would queue requests on the client, and fail those queued past the connect timeout, at saturation.
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 4096
         let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         let result = await run(w, client: client, progress: progress)
         try? await client.shutdown()

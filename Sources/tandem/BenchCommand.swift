@@ -30,6 +30,10 @@ struct BenchCommand: AsyncParsableCommand {
     var resultJSON: String?
     @Option(help: "Write an SVG with latency distributions and throughput over time here.") var plot: String?
     @Option(help: "Run the same workload against this second server and compare.") var compare: String?
+    @Option(help: "The first deployment's name in the plot's legend (default: --base-url).") var label: String?
+    @Option(
+        name: .customLong("compare-label"), help: "The second deployment's name in the legend (default: --compare).")
+    var compareLabel: String?
     @Option(name: .customLong("api-key"), help: "Sent as `Authorization: Bearer KEY`.") var apiKey: String?
     @Option(
         help:
@@ -117,8 +121,13 @@ struct BenchCommand: AsyncParsableCommand {
             try data.write(to: URL(fileURLWithPath: resultJSON))
         }
         if let plot {
-            try first.svg(title: "tandem bench: \(baseURL)\(endpoint), \(prompts.count) requests, rate \(requestRate)")
-                .write(toFile: plot, atomically: true, encoding: .utf8)
+            var series = [BenchPlot.Series(name: label ?? baseURL, result: first)]
+            if let comparison, let compare {
+                series.append(BenchPlot.Series(name: compareLabel ?? compare, result: comparison))
+            }
+            try BenchPlot.svg(
+                title: "tandem bench: \(endpoint), \(prompts.count) requests, rate \(requestRate) req/s", series: series
+            ).write(toFile: plot, atomically: true, encoding: .utf8)
         }
         if first.succeeded.isEmpty { throw ExitCode.failure }
     }

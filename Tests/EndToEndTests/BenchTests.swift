@@ -23,7 +23,7 @@ import Testing
         let (status, output, data) = try await Self.runBench([
             "bench", "--base-url", server.baseURL, "--num-prompts", "12", "--input-len", "32", "--output-len", "8",
             "--request-rate", "20", "--seed", "3", "--percentiles", "50,90,99", "--goodput", "ttft:60000",
-            "--plot", svg.path,
+            "--plot", svg.path, "--compare", server.baseURL, "--label", "first-run", "--compare-label", "second-run",
         ])
         let r = Self.object(data)
         #expect(status == 0, "\(output)")
@@ -51,7 +51,13 @@ import Testing
         #expect(ttft["mean_ms"]! <= e2e["mean_ms"]!)
         #expect(r["request_goodput"] as? Double == r["request_throughput"] as? Double, "a 60 s TTFT SLO is met by all")
         let picture = try String(contentsOf: svg, encoding: .utf8)
-        #expect(picture.hasPrefix("<svg") && picture.contains("polyline") && picture.contains("TTFT"))
+        #expect(picture.hasPrefix("<svg") && picture.contains("TTFT"))
+        // Both deployments on each of the three panels, a legend entry each, P50 and P99 marked on the two CDFs.
+        #expect(picture.components(separatedBy: "<polyline").count - 1 == 6, "\(picture)")
+        #expect(picture.contains(">first-run<") && picture.contains(">second-run<"))
+        #expect(picture.components(separatedBy: ">P50 ").count - 1 == 4)
+        #expect(picture.components(separatedBy: ">P99 ").count - 1 == 4)
+        #expect((r["compare"] as? [String: Any])?["completed"] as? Int == 12)
     }
 
     @Test func failuresAreCountedWhenTheServerStopsMidway() async throws {

@@ -57,7 +57,7 @@ final class TestHosts: @unchecked Sendable {
     func localGet(_ host: Int, port: Int, path: String) async throws -> String {
         let http = try await Self.script([
             "exec", "\(host)", "timeout", "5", "bash", "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET \(path) HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
+            "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET \(path) HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; exec cat <&3",
         ])
         guard let split = http.range(of: "\r\n\r\n") else { throw HostsFailure("no HTTP answer: \(http)") }
         return String(http[split.upperBound...])
