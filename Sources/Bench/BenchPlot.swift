@@ -87,9 +87,9 @@ public enum BenchPlot {
             )
             guard marks else { continue }
             // P50 and P99: a dot on the curve and the value, stacked per series so that labels do not collide.
-            for (k, q) in [0.5, 0.99].enumerated() {
+            for q in [0.5, 0.99] {
                 let v = quantile(points, q)
-                let yText = py(q) + (k == 0 ? 14 : 14) + Double(i) * 12
+                let yText = py(q) + 14 + Double(i) * 12
                 out.append(
                     "<circle cx=\"\(f(px(v)))\" cy=\"\(f(py(q)))\" r=\"3.5\" fill=\"\(colours[i % colours.count])\"/>")
                 out.append(

@@ -81,6 +81,4 @@ extension BenchResult {
         BenchPlot.svg(title: title, series: [BenchPlot.Series(name: "this run", result: self)])
     }
 
-    static func short(_ v: Double) -> String { v >= 100 ? String(Int(v.rounded())) : String(format: "%.2g", v) }
-
 }

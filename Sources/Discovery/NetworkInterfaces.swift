@@ -38,8 +38,7 @@ public struct InterfaceAddress: Sendable, Equatable {
             let family = Int32(address.pointee.sa_family)
             guard family == AF_INET || family == AF_INET6 else { continue }
             let length = family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
-            guard var host = numericHost(address, length: length) else { continue }
-            if let percent = host.firstIndex(of: "%") { host = String(host[..<percent]) }  // fe80::1%eth0
+            guard let host = numericHost(address, length: length) else { continue }
             found.append(
                 InterfaceAddress(
                     interface: String(cString: entry.pointee.ifa_name), host: host, isIPv6: family == AF_INET6,
@@ -49,13 +48,14 @@ public struct InterfaceAddress: Sendable, Equatable {
     }
 }
 
-/// The numeric text of a socket address (`getnameinfo` with `NI_NUMERICHOST`).
+/// The numeric text of a socket address (`getnameinfo` with `NI_NUMERICHOST`), without a zone (`fe80::1%eth0`).
 func numericHost(_ address: UnsafePointer<sockaddr>, length: Int) -> String? {
     var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
     guard
         getnameinfo(address, socklen_t(length), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0
     else { return nil }
-    return String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let text = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return text.firstIndex(of: "%").map { String(text[..<$0]) } ?? text
 }
 
 /// The local address the kernel would send from to reach `peer`: a UDP socket `connect`ed (nothing is sent) and
@@ -83,9 +83,7 @@ public func localAddress(routingTo peer: HostPort) -> String? {
         let host = withUnsafePointer(to: &local) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { numericHost($0, length: Int(length)) }
         }
-        if let host, host != "0.0.0.0", host != "::" {
-            return host.firstIndex(of: "%").map { String(host[..<$0]) } ?? host
-        }
+        if let host, host != "0.0.0.0", host != "::" { return host }
     }
     return nil
 }

@@ -107,6 +107,8 @@ final class HostProcess: @unchecked Sendable {
     let host: Int
     let process = Process()
     private let log = LogBuffer()
+    /// Signalled by the process's termination handler.
+    private let exit = NSCondition()
 
     init(name: String, host: Int, arguments: [String]) throws {
         self.name = name
@@ -118,6 +120,8 @@ final class HostProcess: @unchecked Sendable {
         process.standardOutput = err
         let log = log
         err.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
+        let exit = exit
+        process.terminationHandler = { _ in exit.withLock { exit.broadcast() } }
         try process.run()
     }
 
@@ -140,10 +144,13 @@ final class HostProcess: @unchecked Sendable {
     func terminate(timeout: Double = 10) async -> Double? {
         let start = Date()
         kill(SIGTERM)
+        let deadline = start.addingTimeInterval(timeout)
         let exited =
             (try? await offThePool { () -> Bool in
-                while self.process.isRunning && Date().timeIntervalSince(start) < timeout { usleep(10_000) }
-                return !self.process.isRunning
+                self.exit.withLock {
+                    while self.process.isRunning { if !self.exit.wait(until: deadline) { break } }
+                    return !self.process.isRunning
+                }
             }) ?? false
         if !exited { kill(SIGKILL) }
         return exited ? Date().timeIntervalSince(start) : nil
