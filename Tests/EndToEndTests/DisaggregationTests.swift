@@ -147,16 +147,16 @@ func writeRaw(_ bytes: ByteBuffer, toPort port: Int) async throws -> any Channel
             var bytes = ByteBuffer()
             for f in frames { f.write(into: &bytes) }
             let channel = try await writeRaw(bytes, toPort: kvPort)
-            let start = Date()
             let reply = try await d.post("/v1/completions", body, headers: [("X-Request-Id", id)])
             #expect(reply.status == .ok, "\(name)")
             #expect(reply.json?.firstChoice?["text"] as? String == want, "\(name)")
-            #expect(Date().timeIntervalSince(start) < 10, "\(name): refused at once, not at the 30 s deadline")
             try? await channel.close()
         }
         let metrics = try await d.get("/metrics").body
         #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 2)
         #expect(metricValue(metrics, #"tandem_kv_transfer_failures_total{reason="rejected"}"#) == 2)
+        // Refused when they came, not given up at the 30 s deadline.
+        #expect(metricValue(metrics, #"tandem_kv_transfer_failures_total{reason="timeout"}"#) == 0)
         #expect(d.logText.contains("fingerprint mismatch") && d.logText.contains("failed its checksum"))
     }
 
