@@ -69,8 +69,9 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
     }
 
     /// The prefill is over: `complete` when every layer of every prompt position was pushed, false when it was
-    /// aborted (the transfer is then cancelled).
-    public func end(complete: Bool) {
+    /// aborted (the transfer is then cancelled). The prefill answers at once, without waiting for the ack.
+    public func end(complete: Bool, answer: @escaping @Sendable () -> Void) {
+        answer()
         if !complete { fail("the prefill was aborted", reason: nil) }
         lock.lock()
         ended = complete

@@ -9,8 +9,6 @@ struct GenerationRun: Sendable {
     let handle: GenerationHandle
     let formatter: ResponseFormatter
     let metrics: InstanceMetrics
-    /// Called with the prompt's KV before the answer goes out (a prefill instance sending to its decode instance).
-    var export: (@Sendable (KVPayload) async -> Void)?
 
     /// Latency bookkeeping for one request.
     private struct Timing {
@@ -47,18 +45,33 @@ struct GenerationRun: Sendable {
             logprobs += out.logprobs
             if let finish = out.finishReason, let usage = out.usage {
                 record(timing, finish, usage)
-                if let kv = out.exportedKV, let export { await export(kv) }
+                if let failure = out.failure { throw Self.kvFailure(failure) }
                 if finish == .abort {
                     throw APIError(.serviceUnavailable, "the request was aborted: the server is shutting down")
                 }
                 return InstanceAPI.json(
-                    formatter.response(text: text, tokenIds: ids, logprobs: logprobs, finish: finish, usage: usage))
+                    formatter.response(
+                        text: text, tokenIds: ids, logprobs: logprobs, finish: finish, usage: usage,
+                        kvTransferParams: out.kvTransferParams))
             }
         }
         throw APIError(.internalServerError, "the engine ended the request without a result")
     }
 
-    func streamingResponse(includeUsage: Bool) -> Response {
+    static func kvFailure(_ why: String) -> APIError {
+        APIError(.serviceUnavailable, why, code: "kv_transfer_failed")
+    }
+
+    /// The stream of server-sent events. It commits to a 200 only once the engine's first output is in, so that a
+    /// request that fails before its first token (its KV did not come, with the `fail` policy) is answered 503.
+    func streamingResponse(includeUsage: Bool) async throws -> Response {
+        let start = Timing()
+        let outputs = OutputIterator(handle.outputs)
+        let head = await outputs.next()
+        if let failure = head?.failure {
+            handle.abort()
+            throw Self.kvFailure(failure)
+        }
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
@@ -66,7 +79,7 @@ struct GenerationRun: Sendable {
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                var timing = Timing()
+                var timing = start
                 var generated = 0
                 var ended = false
                 defer {
@@ -80,7 +93,8 @@ struct GenerationRun: Sendable {
                 }
                 var first = true
                 var textOffset = 0
-                for await out in run.handle.outputs {
+                var next = head
+                while let out = next {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }
                     generated += out.tokenIds.count
                     let worthSending =
@@ -94,7 +108,6 @@ struct GenerationRun: Sendable {
                         first = false
                         textOffset += out.text.count
                     }
-                    if let kv = out.exportedKV, let export = run.export { await export(kv) }
                     if let finish = out.finishReason, let usage = out.usage {
                         ended = true
                         run.record(timing, finish, usage)
@@ -103,9 +116,20 @@ struct GenerationRun: Sendable {
                             try await writer.write(ByteBuffer(string: "data: \(chunk.serialized)\n\n"))
                         }
                     }
+                    next = await outputs.next()
                 }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 try await writer.finish(nil)
             })
     }
+}
+
+/// The engine's output stream read one element at a time, so that the first can be awaited before the response
+/// body takes over the rest. Read by one task at a time.
+private final class OutputIterator: @unchecked Sendable {
+    private var iterator: AsyncStream<GenerationOutput>.Iterator
+
+    init(_ stream: AsyncStream<GenerationOutput>) { iterator = stream.makeAsyncIterator() }
+
+    func next() async -> GenerationOutput? { await iterator.next() }
 }

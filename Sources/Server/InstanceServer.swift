@@ -27,7 +27,7 @@ public struct InstanceOptions: Sendable {
     /// Registration with the proxy once the model is loaded (disaggregated instances).
     public var registration: RegistrationPlan?
     /// KV transfer (disaggregated instances).
-    public var disaggregation: DisaggregationRuntime?
+    public var kvConnector: TandemKVConnector?
 
     public init(modelPath: String, servedModelNames: [String]) {
         self.modelPath = modelPath
@@ -72,12 +72,10 @@ struct EngineService: Service {
         logger.info(
             "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
-        var kvNode: KVNode?
-        if let d = options.disaggregation {
-            kvNode = try await d.start(host: options.host, model: engine.model.config, fingerprint: engine.fingerprint)
-            logger.info(
-                "KV node listening on \(HostPort(host: options.host, port: d.config.kvPort)) (send_type \(d.config.sendType.rawValue), buffer \(d.config.bufferBytes) bytes, model fingerprint \(String(engine.fingerprint, radix: 16)))"
-            )
+        if let c = options.kvConnector {
+            let mc = engine.model.config
+            let line = try await c.start(fingerprint: engine.fingerprint, layerCount: mc.layerCount, kvDim: mc.kvDim)
+            logger.info("\(line)")
         }
         host.setReady(LoadedModel(engine: engine))
         var registration: InstanceRegistration?
@@ -100,7 +98,7 @@ struct EngineService: Service {
         try? await gracefulShutdown()
         logger.info("Shutting down: aborting in-flight requests")
         registration?.stop()
-        await kvNode?.close()
+        await options.kvConnector?.close()
         host.setStopped()
         await onThread { engine.shutdown() }
     }
@@ -134,7 +132,7 @@ struct EngineService: Service {
         config.maxNumSeqs = o.maxNumSeqs
         config.maxBatchedTokens = o.maxBatchedTokens
         config.prefixCaching = o.prefixCaching
-        return EngineCore(model: model, tokenizer: tokenizer, config: config)
+        return EngineCore(model: model, tokenizer: tokenizer, config: config, connector: o.kvConnector)
     }
 }
 
@@ -163,7 +161,7 @@ public enum InstanceServer {
         let boundPort = LockedValue<Int?>(nil)
         let api = InstanceAPI(
             host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics,
-            disaggregation: options.disaggregation)
+            kvConnector: options.kvConnector)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),

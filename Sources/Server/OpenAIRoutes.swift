@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import HTTPTypes
 import Hummingbird
+import KVTransfer
 
 /// The instance's HTTP API: OpenAI's completions and chat completions, with vLLM's extras.
 public final class InstanceAPI: Sendable {
@@ -10,18 +11,19 @@ public final class InstanceAPI: Sendable {
     public let servedModelNames: [String]
     public let modelPath: String
     public let metrics: InstanceMetrics
-    public let disaggregation: DisaggregationRuntime?
+    /// Moves KV to and from other instances (disaggregated serving).
+    public let kvConnector: TandemKVConnector?
     let created = Int(Date().timeIntervalSince1970)
 
     public init(
         host: EngineHost, servedModelNames: [String], modelPath: String, metrics: InstanceMetrics,
-        disaggregation: DisaggregationRuntime? = nil
+        kvConnector: TandemKVConnector? = nil
     ) {
         self.host = host
         self.servedModelNames = servedModelNames
         self.modelPath = modelPath
         self.metrics = metrics
-        self.disaggregation = disaggregation
+        self.kvConnector = kvConnector
     }
 
     /// A router with every endpoint, the error middleware, and the API key check when `apiKey` is set.
@@ -43,10 +45,7 @@ public final class InstanceAPI: Sendable {
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             var text = self.metrics.render(stats: self.host.engine?.stats)
-            if let d = self.disaggregation {
-                d.metrics.bufferBytes(d.node?.bufferedBytes ?? 0)
-                text += d.metrics.registry.emitToString()
-            }
+            if let c = self.kvConnector { text += c.renderMetrics() }
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
         return router
@@ -167,26 +166,20 @@ public final class InstanceAPI: Sendable {
         let returnTokenIds = try fields.bool("return_token_ids") ?? false
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
         var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
-        var export: (@Sendable (KVPayload) async -> Void)?
-        var consume: DisaggregatedRequestID?
-        switch disaggregation?.part(for: request.headers[.xRequestID]) ?? .none {
-        case .produce(let id):
-            export = disaggregation!.produce(&generation, id: id)
-        case .consume(let id):
-            // Submitted at once: the engine reserves the prompt's blocks while the KV is on its way.
-            generation.remoteKV = RemoteKV()
-            consume = id
-        case .none: break
+        if let kvConnector {
+            do {
+                generation.kvTransfer = try kvConnector.parse(
+                    requestId: requestId, params: try fields.kvTransferParams())
+            } catch let error as KVTransferParamsError {
+                throw APIError.badRequest(error.description, param: "kv_transfer_params")
+            }
         }
         let handle: GenerationHandle
         do {
             handle = try loaded.engine.submit(generation)
-            if let id = consume, let remote = generation.remoteKV {
-                try await receiveKV(id, into: remote, prompt: prompt, engine: loaded.engine, handle: handle)
-            }
         } catch let error as EngineError {
             switch error {
-            case .stopped, .kvMismatch: throw APIError(.serviceUnavailable, error.description)
+            case .stopped: throw APIError(.serviceUnavailable, error.description)
             case .promptTooLong: throw APIError.badRequest(error.description, param: "prompt")
             default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
             }
@@ -195,40 +188,9 @@ public final class InstanceAPI: Sendable {
             kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + requestId, created: created,
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
-        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics, export: export)
-        if stream { return run.streamingResponse(includeUsage: includeUsage) }
+        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
+        if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
         return try await run.collectedResponse()
-    }
-}
-
-extension InstanceAPI {
-    /// Waits for a decode request's KV (received or pulled, within the deadline) and hands it to the engine, which
-    /// holds the request's blocks meanwhile. KV that does not come or does not fit is recomputed, or, with the `fail`
-    /// policy, the request is aborted and answered 503.
-    fileprivate func receiveKV(
-        _ id: DisaggregatedRequestID, into remote: RemoteKV, prompt: [Int32], engine: EngineCore,
-        handle: GenerationHandle
-    ) async throws {
-        let d = disaggregation!
-        do {
-            guard let kv = try await d.receive(id: id) else { return remote.fail() }
-            do {
-                try engine.check(kv, prompt: prompt)
-                remote.deliver(kv)
-            } catch EngineError.kvMismatch(let why) {
-                d.metrics.failed("rejected")
-                guard d.config.failurePolicy != .fail else {
-                    throw APIError(.serviceUnavailable, "the received KV does not fit this request: \(why)")
-                }
-                d.logger.warning("received KV refused (\(why)); recomputing the prompt")
-                d.metrics.recomputed()
-                remote.fail()
-            }
-        } catch {
-            remote.fail()
-            handle.abort()
-            throw error
-        }
     }
 }
 

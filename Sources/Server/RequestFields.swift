@@ -146,4 +146,39 @@ struct RequestFields {
         }
         return (stream, includeUsage)
     }
+
+    /// vLLM's `kv_transfer_params`: nil when absent or null; its scalar members (and integer lists) otherwise.
+    func kvTransferParams() throws -> [String: KVParamValue]? {
+        guard let v = value("kv_transfer_params"), v != .null else { return nil }
+        guard case .object(let pairs) = v else { throw typeError("kv_transfer_params", "an object", v) }
+        var out: [String: KVParamValue] = [:]
+        for (key, member) in pairs {
+            switch member {
+            case .null: out[key] = .null
+            case .bool(let b): out[key] = .bool(b)
+            case .int(let i): out[key] = .int(i)
+            case .string(let s): out[key] = .string(s)
+            case .array(let items):
+                let ints = items.compactMap { item -> Int? in
+                    if case .int(let i) = item { return i } else { return nil }
+                }
+                if ints.count == items.count { out[key] = .ints(ints) }
+            default: break
+            }
+        }
+        return out
+    }
+}
+
+extension KVParamValue {
+    /// The JSON form, for a response's `kv_transfer_params`.
+    var json: JSONValue {
+        switch self {
+        case .null: return .null
+        case .bool(let b): return .bool(b)
+        case .int(let i): return .int(i)
+        case .string(let s): return .string(s)
+        case .ints(let list): return .array(list.map { .int($0) })
+        }
+    }
 }

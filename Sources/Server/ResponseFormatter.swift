@@ -18,8 +18,10 @@ struct ResponseFormatter: Sendable {
     var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
 
     /// The whole, non-streamed response.
+    /// The whole response; a producer's carries `kv_transfer_params` at the top level, as vLLM's does.
     func response(
-        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason, usage: GenerationUsage
+        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason, usage: GenerationUsage,
+        kvTransferParams: [(String, KVParamValue)]? = nil
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", 0)]
         switch kind {
@@ -34,10 +36,12 @@ struct ResponseFormatter: Sendable {
             choice.append(("prompt_token_ids", ids(promptTokens)))
             choice.append(("token_ids", ids(tokenIds)))
         }
-        return .object([
+        var body: [(String, JSONValue)] = [
             ("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
             ("choices", .array([.object(choice)])), ("usage", usageJSON(usage)),
-        ])
+        ]
+        if let kvTransferParams { body.append(("kv_transfer_params", .object(kvTransferParams.map { ($0, $1.json) }))) }
+        return .object(body)
     }
 
     /// A stream chunk with a text delta; `first` adds the chat role and, when asked, the prompt's token ids.

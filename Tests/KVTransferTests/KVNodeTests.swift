@@ -98,7 +98,7 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         for range in [0..<3, 3..<7] {
             for layer in 0..<3 { stream.push(slice(of: payload, layer: layer, range: range)) }
         }
-        stream.end(complete: true)
+        stream.end(complete: true) {}
         expectPayload(await consumer.inbox.wait(for: "s", timeout: 2), payload)
         for _ in 0..<50 where log.sent == 0 { try await Task.sleep(for: .milliseconds(20)) }
         #expect(log.sent == 1)
@@ -115,15 +115,16 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         let peer = HostPort(host: "127.0.0.1", port: consumer.port)
         let overrun = small.stream(requestId: "o", tokens: payload.tokens, layerCount: 3, kvDim: 8, to: peer)
         overrun.push(slice(of: payload, layer: 0, range: 0..<7))
-        overrun.end(complete: true)
+        overrun.end(complete: true) {}
         // "abandoned" comes only from the producer's cancel frame; the consumer's own deadline would say timed out.
         expectRejected(await consumer.inbox.wait(for: "o", timeout: 60), containing: "abandoned")
         #expect(log.failures == ["backpressure"])
         let producer = try await makeNode()
         let aborted = producer.stream(requestId: "a", tokens: payload.tokens, layerCount: 3, kvDim: 8, to: peer)
         aborted.push(slice(of: payload, layer: 0, range: 0..<7))
-        try await Task.sleep(for: .milliseconds(100))
-        aborted.end(complete: false)
+        // Abort once the stream's connection is open, so the cancel goes out on it.
+        for _ in 0..<1000 where producer.connectionCount == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        aborted.end(complete: false) {}
         expectRejected(await consumer.inbox.wait(for: "a", timeout: 60), containing: "abandoned")
         #expect(small.bufferedBytes == 0 && producer.bufferedBytes == 0 && consumer.bufferedBytes == 0)
         for n in [small, producer, consumer] { await n.close() }

@@ -9,11 +9,13 @@ enum SharedModel {
     static let model: TransformerModel = try! TransformerModel(path: path, threads: 2)
     static let tokenizer: Tokenizer = try! Tokenizer(file: model.file)
 
-    static func engine(blocks: Int = 256, maxBatchedTokens: Int = 256, maxNumSeqs: Int = 16) -> EngineCore {
+    static func engine(
+        blocks: Int = 256, maxBatchedTokens: Int = 256, maxNumSeqs: Int = 16, connector: (any KVConnector)? = nil
+    ) -> EngineCore {
         var config = EngineConfig(maxModelLength: 2048, blockCount: blocks)
         config.maxBatchedTokens = maxBatchedTokens
         config.maxNumSeqs = maxNumSeqs
-        return EngineCore(model: model, tokenizer: tokenizer, config: config)
+        return EngineCore(model: model, tokenizer: tokenizer, config: config, connector: connector)
     }
 }
 
@@ -65,8 +67,16 @@ func mixedRequests() -> [GenerationRequest] {
     }
 }
 
-func waitUntil(_ condition: () -> Bool) async {
-    for _ in 0..<500 where !condition() { try? await Task.sleep(for: .milliseconds(10)) }
+/// Polls `condition` every 5 ms until it holds; records a failure after `timeout` seconds.
+func waitUntil(timeout: Double = 30, _ condition: () -> Bool) async {
+    let deadline = ContinuousClock.now + .seconds(timeout)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("the condition did not hold within \(timeout) s")
+            return
+        }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
 }
 
 @Suite(.serialized) struct EngineCoreTests {

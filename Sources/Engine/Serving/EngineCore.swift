@@ -5,7 +5,6 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case emptyPrompt
     case promptTooLong(prompt: Int, limit: Int)
     case tokenOutOfRange(id: Int32, vocabularySize: Int)
-    case kvMismatch(String)
     case stopped
 
     public var description: String {
@@ -17,7 +16,6 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
                 + "prompt, which leaves no room for output. Please reduce the length of the prompt."
         case .tokenOutOfRange(let id, let n):
             return "token id \(id) is out of vocabulary (valid ids are 0..<\(n))"
-        case .kvMismatch(let why): return "the preloaded KV does not fit this request: \(why)"
         case .stopped: return "the engine is shutting down"
         }
     }
@@ -58,14 +56,18 @@ public final class EngineCore: @unchecked Sendable {
     public let model: TransformerModel
     public let tokenizer: Tokenizer
     public let config: EngineConfig
-    /// This model's fingerprint, checked against preloaded KV.
+    /// This model's fingerprint, checked against loaded KV.
     public let fingerprint: UInt64
+    /// Moves KV to and from other instances; nil for an instance that serves alone.
+    public let connector: (any KVConnector)?
     let cache: PagedKVCache
     private let scheduler: Scheduler
     private let condition = NSCondition()
     // Guarded by `condition`:
     private var inbox: [EngineRequest] = []
     private var aborts: [UInt64] = []
+    /// Consumers' loads that ended, signalled by the connector from any thread.
+    private var finishedLoads: [(serial: UInt64, outcome: KVLoadOutcome)] = []
     private var stopping = false
     private var loopExited = false
     private var nextSerial: UInt64 = 0
@@ -74,8 +76,11 @@ public final class EngineCore: @unchecked Sendable {
     // Engine thread only:
     private var live: [UInt64: EngineRequest] = [:]
 
-    public init(model: TransformerModel, tokenizer: Tokenizer, config: EngineConfig) {
+    public init(
+        model: TransformerModel, tokenizer: Tokenizer, config: EngineConfig, connector: (any KVConnector)? = nil
+    ) {
         self.model = model
+        self.connector = connector
         self.tokenizer = tokenizer
         var config = config
         config.maxModelLength = min(config.maxModelLength, config.blockCount * config.blockSize)
@@ -87,6 +92,7 @@ public final class EngineCore: @unchecked Sendable {
         fingerprint = model.fingerprint
         let cache = cache
         scheduler.loadKV = { r, payload, count in cache.load(payload, count: count, table: r.blockTable) }
+        scheduler.startLoad = { [unowned self] r in self.startLoad(r) }
         // The thread keeps the engine alive until `shutdown()`.
         let thread = Thread { self.loop() }
         thread.name = "tandem-engine"
@@ -106,7 +112,6 @@ public final class EngineCore: @unchecked Sendable {
         if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= vocab }) {
             throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
         }
-        if let kv = request.preloadedKV { try check(kv, prompt: request.promptTokens) }
         let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
         condition.lock()
         defer { condition.unlock() }
@@ -121,17 +126,6 @@ public final class EngineCore: @unchecked Sendable {
         }
         condition.signal()
         return GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
-    }
-
-    /// Throws `kvMismatch` unless `kv` can be loaded for `prompt`: this model's fingerprint and shape, and tokens
-    /// that are a prefix of the prompt.
-    public func check(_ kv: KVPayload, prompt: [Int32]) throws {
-        guard kv.fingerprint == fingerprint else { throw EngineError.kvMismatch("it comes from another model") }
-        guard kv.layerCount == model.config.layerCount, kv.kvDim == model.config.kvDim,
-            kv.values.count == kv.layerCount * 2 * kv.tokens.count * kv.kvDim
-        else { throw EngineError.kvMismatch("its shape differs from this model's") }
-        guard kv.tokens.count <= prompt.count, kv.tokens.elementsEqual(prompt.prefix(kv.tokens.count))
-        else { throw EngineError.kvMismatch("its tokens are not a prefix of the prompt") }
     }
 
     private func abort(serial: UInt64) {
@@ -163,19 +157,29 @@ public final class EngineCore: @unchecked Sendable {
     private func loop() {
         while true {
             condition.lock()
-            while inbox.isEmpty && aborts.isEmpty && scheduler.isIdle && !stopping { condition.wait() }
+            while inbox.isEmpty && aborts.isEmpty && finishedLoads.isEmpty && scheduler.isIdle && !stopping {
+                condition.wait()
+            }
             let arrived = inbox
             let aborted = aborts
+            let loads = finishedLoads
             let stop = stopping
             inbox = []
             aborts = []
+            finishedLoads = []
             condition.unlock()
             for r in arrived {
                 live[r.arrival] = r
+                if r.kvTransfer?.role == .produce, let view = r.connectorView {
+                    r.kvLayerSink = connector?.saver(for: view)
+                }
                 scheduler.add(r)
             }
             for serial in aborted {
                 if let r = live[serial] { finish(r, reason: .abort) }
+            }
+            for (serial, outcome) in loads {
+                if let r = live[serial] { resolveLoad(r, outcome) }
             }
             if stop {
                 for r in live.values.sorted(by: { $0.arrival < $1.arrival }) { finish(r, reason: .abort) }
@@ -188,12 +192,49 @@ public final class EngineCore: @unchecked Sendable {
             }
             let plan = scheduler.schedule()
             if plan.isEmpty {
+                // Nothing can run until something arrives, is aborted, or a load ends: wait to be signalled.
                 publish()
-                if !scheduler.isIdle { Thread.sleep(forTimeInterval: 0.005) }
+                condition.lock()
+                while inbox.isEmpty && aborts.isEmpty && finishedLoads.isEmpty && !stopping { condition.wait() }
+                condition.unlock()
                 continue
             }
             step(plan)
             publish()
+        }
+    }
+
+    /// Asks the connector for a parked consumer's KV; the outcome comes back through `finishedLoads`.
+    private func startLoad(_ r: EngineRequest) {
+        guard let connector, let view = r.connectorView else {
+            _ = scheduler.resolveLoad(r, payload: nil)
+            return
+        }
+        let serial = r.arrival
+        connector.startLoad(view) { [weak self] outcome in
+            guard let self else { return }
+            self.condition.lock()
+            self.finishedLoads.append((serial, outcome))
+            self.condition.signal()
+            self.condition.unlock()
+        }
+    }
+
+    /// Loads (or recomputes, or fails) a parked consumer whose load ended. KV whose shape or tokens do not fit is
+    /// never written into the cache.
+    private func resolveLoad(_ r: EngineRequest, _ outcome: KVLoadOutcome) {
+        switch outcome {
+        case .loaded(let payload):
+            let unfit = payload.mismatch(
+                prompt: r.prompt, fingerprint: fingerprint, layerCount: model.config.layerCount,
+                kvDim: model.config.kvDim)
+            _ = scheduler.resolveLoad(r, payload: unfit == nil ? payload : nil)
+        case .recompute:
+            _ = scheduler.resolveLoad(r, payload: nil)
+        case .failed(let why):
+            var out = GenerationOutput()
+            out.failure = why
+            finish(r, reason: .abort, last: out)
         }
     }
 
@@ -271,16 +312,22 @@ public final class EngineCore: @unchecked Sendable {
         out.finishReason = reason
         out.usage = GenerationUsage(
             promptTokens: r.prompt.count, completionTokens: r.output.count, cachedTokens: max(0, r.cachedPromptTokens))
-        if r.exportKV && reason != .abort {
-            let count = min(r.computed, r.prompt.count)
-            out.exportedKV = cache.export(
-                tokens: Array(r.prompt.prefix(count)), table: r.blockTable, fingerprint: fingerprint)
+        if let view = r.connectorView {
+            out.kvTransferParams = connector?.requestFinished(view, aborted: reason == .abort)
         }
-        r.kvLayerSink?.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count)
         scheduler.remove(r)
         live[r.arrival] = nil
-        r.continuation.yield(out)
-        r.continuation.finish()
+        let continuation = r.continuation
+        let final = out
+        let answer: @Sendable () -> Void = {
+            continuation.yield(final)
+            continuation.finish()
+        }
+        if let sink = r.kvLayerSink {
+            sink.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count, answer: answer)
+        } else {
+            answer()
+        }
     }
 
     private func publish() {

@@ -5,64 +5,13 @@ public struct GenerationRequest: Sendable {
     public var id: String
     public var promptTokens: [Int32]
     public var params: SamplingParams
-    /// Return the prompt's KV with the final output (a prefill instance's request).
-    public var exportKV = false
-    /// KV computed elsewhere for a prefix of the prompt (a decode instance's request); its tokens must equal the
-    /// prompt's first tokens, and its fingerprint this model's.
-    public var preloadedKV: KVPayload?
-    /// KV still on its way from a prefill instance (a decode instance's request): the engine admits the request,
-    /// reserves blocks for its whole prompt, and holds them until the box is filled (the KV is loaded) or fails (the
-    /// prompt is recomputed in those blocks).
-    public var remoteKV: RemoteKV?
-    /// Receives the prompt's KV layer by layer as it is computed (a prefill instance streaming with PUT_ASYNC).
-    public var kvLayerSink: (any KVLayerSink)?
+    /// Whether and how the prompt's KV moves to or from another instance (disaggregated prefill/decode).
+    public var kvTransfer: KVTransferParams?
 
     public init(id: String, promptTokens: [Int32], params: SamplingParams) {
         self.id = id
         self.promptTokens = promptTokens
         self.params = params
-    }
-}
-
-/// Receives a prompt's KV layer by layer as soon as each layer of each prompt chunk is in the cache. Every (layer,
-/// position) of the prompt is pushed exactly once, in position order within a layer; then `end` is called once.
-/// Both are called on the engine thread and must return at once.
-public protocol KVLayerSink: Sendable {
-    func push(_ slice: KVLayerSlice)
-    /// The request ended: `complete` when every prompt position was pushed, false when it was aborted first.
-    func end(complete: Bool)
-}
-
-/// Where a decode request's KV will come from; filled or failed once by the server, read by the scheduler.
-public final class RemoteKV: @unchecked Sendable {
-    enum State {
-        case pending
-        case ready(KVPayload)
-        case failed
-        /// The payload was taken and loaded; the box no longer holds it.
-        case used
-    }
-
-    private let lock = NSLock()
-    private var value = State.pending
-
-    public init() {}
-
-    /// The KV arrived (already checked against the request with `EngineCore.check`).
-    public func deliver(_ payload: KVPayload) { lock.withLock { if case .pending = value { value = .ready(payload) } } }
-
-    /// No usable KV: the engine recomputes the prompt.
-    public func fail() { lock.withLock { if case .pending = value { value = .failed } } }
-
-    var state: State { lock.withLock { value } }
-
-    /// The payload, once: the box then forgets it, so its memory goes with the load.
-    func take() -> KVPayload? {
-        lock.withLock {
-            guard case .ready(let payload) = value else { return nil }
-            value = .used
-            return payload
-        }
     }
 }
 
@@ -87,8 +36,11 @@ public struct GenerationOutput: Sendable {
     public var logprobs: [TokenLogprob] = []
     public var finishReason: FinishReason?
     public var usage: GenerationUsage?
-    /// The prompt's KV, on the final output of a request submitted with `exportKV`.
-    public var exportedKV: KVPayload?
+    /// On a producer's final output: the `kv_transfer_params` its response carries.
+    public var kvTransferParams: [(String, KVParamValue)]?
+    /// Why the request failed (its KV did not come and the failure policy says fail); set with finish reason
+    /// `abort`.
+    public var failure: String?
 }
 
 /// The engine's state for one request while it waits, runs, or is preempted.
@@ -112,13 +64,13 @@ final class EngineRequest {
     var blockHashes: [UInt64] = []
     var cachedPromptTokens = -1
     var preemptions = 0
-    let exportKV: Bool
-    /// KV to load when the request is first admitted; dropped once loaded.
-    var preloadedKV: KVPayload?
-    let remoteKV: RemoteKV?
+    let kvTransfer: KVTransferParams?
+    /// A consumer's load was started (once: a request preempted later recomputes).
+    var loadStarted = false
     /// Prompt tokens whose KV was loaded from elsewhere.
     var loadedTokens = 0
-    let kvLayerSink: (any KVLayerSink)?
+    /// A producer's saver, from the connector when the request is first seen.
+    var kvLayerSink: (any KVLayerSink)?
     /// Prompt positions already handed to `kvLayerSink` (for every layer).
     var streamedTokens = 0
     var sampler: Sampler
@@ -136,14 +88,16 @@ final class EngineRequest {
         maxTotalTokens = min(maxModelLength, prompt.count + max(0, request.params.maxTokens))
         self.continuation = continuation
         allTokens = prompt
-        exportKV = request.exportKV
-        preloadedKV = request.preloadedKV
-        remoteKV = request.remoteKV
-        kvLayerSink = request.kvLayerSink
+        kvTransfer = request.kvTransfer
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)
     }
 
     /// Tokens still to run through the model before the next token can be sampled.
     var pendingTokens: Int { allTokens.count - computed }
+
+    /// The request as the connector sees it; nil for one that moves no KV.
+    var connectorView: KVConnectorRequest? {
+        kvTransfer.map { KVConnectorRequest(id: id, promptTokens: prompt, transfer: $0) }
+    }
 }

@@ -68,25 +68,6 @@ extension PagedKVCache {
         return KVLayerSlice(layer: layer, tokenStart: range.lowerBound, tokenCount: n, kvDim: kvDim, values: values)
     }
 
-    /// Copies the KV of positions 0..<tokens.count of a sequence with block table `table` out of the cache.
-    func export(tokens: [Int32], table: [Int32], fingerprint: UInt64) -> KVPayload {
-        let perPart = tokens.count * kvDim
-        var values = [UInt16](repeating: 0, count: layerCount * 2 * perPart)
-        values.withUnsafeMutableBufferPointer { out in
-            for layer in 0..<layerCount {
-                for part in [false, true] {
-                    let base = out.baseAddress! + (layer * 2 + (part ? 1 : 0)) * perPart
-                    for t in 0..<tokens.count {
-                        let src = row(
-                            layer: layer, value: part, block: Int(table[t / blockSize]), slot: t % blockSize)
-                        (base + t * kvDim).update(from: src, count: kvDim)
-                    }
-                }
-            }
-        }
-        return KVPayload(tokens: tokens, layerCount: layerCount, kvDim: kvDim, fingerprint: fingerprint, values: values)
-    }
-
     /// Writes positions 0..<count of `payload` into a sequence with block table `table`.
     func load(_ payload: KVPayload, count: Int, table: [Int32]) {
         payload.values.withUnsafeBufferPointer { input in

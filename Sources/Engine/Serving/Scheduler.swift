@@ -42,8 +42,10 @@ final class Scheduler {
     /// Prompt tokens whose KV was loaded from another instance instead of computed.
     private(set) var loadedKVTokens = 0
 
-    /// Writes a request's preloaded KV for positions 0..<count into the cache (set by the engine, which owns it).
+    /// Writes a request's loaded KV for positions 0..<count into the cache (set by the engine, which owns it).
     var loadKV: (EngineRequest, KVPayload, Int) -> Void = { _, _, _ in }
+    /// Asks the connector for a parked request's KV (set by the engine).
+    var startLoad: (EngineRequest) -> Void = { _ in }
 
     init(config: EngineConfig) {
         self.config = config
@@ -51,7 +53,8 @@ final class Scheduler {
             blockCount: config.blockCount, blockSize: config.blockSize, prefixCaching: config.prefixCaching)
     }
 
-    var isIdle: Bool { waiting.isEmpty && running.isEmpty && awaitingKV.isEmpty }
+    /// Nothing to compute: no request runs or waits for admission (requests parked for their KV need no step).
+    var isIdle: Bool { waiting.isEmpty && running.isEmpty }
 
     func add(_ request: EngineRequest) { waiting.append(request) }
 
@@ -60,7 +63,6 @@ final class Scheduler {
         var budget = config.maxBatchedTokens
         var plan: [ScheduledChunk] = []
         var preempted = false
-        resolveArrivedKV()
         var i = 0
         runningLoop: while i < running.count, budget > 0 {
             let r = running[i]
@@ -78,26 +80,19 @@ final class Scheduler {
         guard !preempted else { return plan }
         while let r = waiting.first, running.count + awaitingKV.count < config.maxNumSeqs, budget > 0 {
             var hit = 0
-            if r.blockTable.isEmpty, let remote = r.remoteKV {
-                if case .pending = remote.state {
-                    // KV on its way: take blocks for the whole prompt now and wait for it outside the batch.
-                    guard reserve(r, upTo: r.prompt.count) else { break }
-                    if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
-                    waiting.removeFirst()
-                    r.status = .running
-                    awaitingKV.append(r)
-                    continue
-                }
-                // The KV arrived before the request was admitted: load it like preloaded KV.
-                if let payload = remote.take() { r.preloadedKV = payload }
+            if r.blockTable.isEmpty, r.kvTransfer?.role == .consume, !r.loadStarted {
+                // KV on its way: take blocks for the whole prompt now and wait for it outside the batch, until the
+                // connector signals that the load finished or failed.
+                guard reserve(r, upTo: r.prompt.count) else { break }
+                if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
+                waiting.removeFirst()
+                r.status = .running
+                r.loadStarted = true
+                awaitingKV.append(r)
+                startLoad(r)
+                continue
             }
-            if r.blockTable.isEmpty, let payload = r.preloadedKV {
-                // KV computed by a prefill instance: load all of it but the last prompt token, which is computed
-                // here to give the logits of the first output token.
-                guard reserve(r, upTo: loadableCount(r, payload)) else { break }
-                load(r, payload)
-                r.preloadedKV = nil
-            } else if r.blockTable.isEmpty {
+            if r.blockTable.isEmpty {
                 let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens, promptLength: r.prompt.count)
                 r.blockTable = blocks
                 r.blockHashes = hashes
@@ -124,34 +119,23 @@ final class Scheduler {
         return plan
     }
 
-    /// Moves requests whose KV arrived (loaded into their blocks, all but the last prompt token) or failed (their
-    /// prompt is recomputed in the same blocks) from waiting for KV into the running batch.
-    private func resolveArrivedKV() {
-        awaitingKV.removeAll { r in
-            if case .pending? = r.remoteKV?.state { return false }
-            if let payload = r.remoteKV?.take() {
-                load(r, payload)
-            } else {
-                r.computed = 0
-            }
-            running.append(r)
-            return true
+    /// Moves a request whose load ended from waiting for KV into the running batch: loaded into its blocks (all but
+    /// the last prompt token, which is computed to give the first output token's logits), or recomputed in them.
+    /// False when the request is not waiting for KV (it was aborted meanwhile).
+    func resolveLoad(_ r: EngineRequest, payload: KVPayload?) -> Bool {
+        guard let i = awaitingKV.firstIndex(where: { $0 === r }) else { return false }
+        awaitingKV.remove(at: i)
+        if let payload {
+            let count = min(payload.tokens.count, r.prompt.count - 1)
+            loadKV(r, payload, count)
+            r.loadedTokens = count
+            r.computed = count
+            loadedKVTokens += count
+        } else {
+            r.computed = 0
         }
-    }
-
-    /// How much of `payload` is loaded: all of it but the last prompt token, which is computed to give the logits of
-    /// the first output token.
-    private func loadableCount(_ r: EngineRequest, _ payload: KVPayload) -> Int {
-        min(payload.tokens.count, r.prompt.count - 1)
-    }
-
-    /// Loads that much of `payload` into the request's reserved blocks and counts it as computed.
-    private func load(_ r: EngineRequest, _ payload: KVPayload) {
-        let count = loadableCount(r, payload)
-        loadKV(r, payload, count)
-        r.loadedTokens = count
-        r.computed = count
-        loadedKVTokens += count
+        running.append(r)
+        return true
     }
 
     /// Marks a step's chunks as computed and offers their newly full blocks to the prefix cache.
