@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tandem needs on a Debian/Ubuntu machine, skipping what is already there (safe to run again):
-# libzmq (discovery), pkg-config, Python's pip (model download), iproute2 (the test hosts of scripts/hosts.sh).
+# libzmq (discovery), pkg-config, Python's pip (model download) and venv (test peers), iproute2 (the test hosts of scripts/hosts.sh).
 # Swift 6 must already be on PATH.
 set -euo pipefail
 
@@ -9,6 +9,8 @@ for pkg in libzmq3-dev pkg-config iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The peers' venv (scripts/peers.sh): Debian splits ensurepip out of python3.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

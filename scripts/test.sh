@@ -23,6 +23,9 @@ fi
 echo "== model" >&2
 .build/release/tandem model fetch
 
+echo "== peers" >&2
+scripts/peers.sh
+
 echo "== tests" >&2
 if [ $# -gt 0 ]; then
   exec swift test -c release --skip-build "$@"

@@ -108,7 +108,7 @@ struct ServeCommand: AsyncParsableCommand {
                 "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
             )
             options.kvConnector = TandemKVConnector(
-                config: kv, kvAddress: zmq, bindHost: host, logger: Logger(label: "tandem.kv"))
+                config: kv, kvAddress: zmq, bindHost: options.host, logger: Logger(label: "tandem.kv"))
             if let proxy = kv.proxy {
                 options.registration = RegistrationPlan(
                     role: kv.registrationRole, host: address, httpPort: kv.httpPort ?? (port == 0 ? nil : port),

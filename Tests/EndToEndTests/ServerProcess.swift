@@ -16,14 +16,20 @@ final class ServerProcess: @unchecked Sendable {
         try await self.init(arguments: ["serve", "default", "--host", host, "--port", "0"] + extra, host: host)
     }
 
-    /// Starts `tandem ARGUMENTS` (a server that logs "listening on http://…:PORT") and waits until `/health` is 200.
-    init(arguments: [String], host: String) async throws {
+    /// Starts `tandem ARGUMENTS` (a server that logs "listening on http://…:PORT"), or another server
+    /// `executable` that listens on `knownPort`, and waits until `/health` is 200 (or, with `readyLine`, until its log
+    /// has that line: a router with no instances yet is not healthy).
+    init(
+        arguments: [String], host: String, executable: URL = TandemBinary.url, knownPort: Int? = nil,
+        readyLine: String? = nil
+    ) async throws {
         self.host = host
-        process.executableURL = TandemBinary.url
+        port = knownPort ?? 0
+        process.executableURL = executable
         process.arguments = arguments
         let err = Pipe()
         process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = knownPort == nil ? FileHandle.nullDevice : err
         let log = log
         err.fileHandleForReading.readabilityHandler = { handle in log.append(handle.availableData) }
         try process.run()
@@ -38,7 +44,16 @@ final class ServerProcess: @unchecked Sendable {
                 try await Task.sleep(for: .milliseconds(20))
             }
         }
-        while try await get("/health").status != .ok {
+        if let readyLine {
+            while !log.text.contains(readyLine) {
+                guard process.isRunning else { throw TestFailure("the server exited:\n\(log.text)") }
+                guard Date() < deadline else { throw TestFailure("the server never logged \(readyLine):\n\(log.text)") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return
+        }
+        while (try? await get("/health").status) != .ok {
+            guard process.isRunning else { throw TestFailure("the server exited:\n\(log.text)") }
             guard Date() < deadline else { throw TestFailure("the server never became healthy:\n\(log.text)") }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -48,8 +63,12 @@ final class ServerProcess: @unchecked Sendable {
     var logText: String { log.text }
 
     /// Sends SIGTERM and waits for the exit status.
-    @discardableResult func stop() -> Int32 {
+    /// SIGTERM, then SIGKILL if the process is still running after `grace` seconds; returns its exit status.
+    @discardableResult func stop(grace: Double = 15) -> Int32 {
         if process.isRunning { process.terminate() }
+        let deadline = Date().addingTimeInterval(grace)
+        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         return process.terminationStatus
     }
