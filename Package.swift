@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "KVTransfer",
             dependencies: [
-                "Discovery", "Engine",
+                "CKernels", "Discovery", "Engine",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -99,7 +99,10 @@ let package = Package(
         .testTarget(name: "DiscoveryTests", dependencies: ["Discovery"]),
         .testTarget(
             name: "KVTransferTests",
-            dependencies: ["KVTransfer", "Discovery", "Engine", .product(name: "NIOCore", package: "swift-nio")]),
+            dependencies: [
+                "KVTransfer", "Discovery", "Engine", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(name: "ProxyUnitTests", dependencies: ["Proxy", "Discovery"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "ModelStore"]),
         .testTarget(

@@ -20,7 +20,13 @@ struct KVConnection: Sendable {
     let node: KVNodeState
 
     private func encode(_ frame: KVFrame) -> ByteBuffer {
-        var buffer = channel.allocator.buffer(capacity: 64)
+        var capacity = 64
+        if case .layer(let id, _, _, _, _, _, let values) = frame {
+            capacity = KVFrame.layerFrameBytes(requestId: id, valueBytes: values.count * 2)
+        } else if case .begin(let id, _, _, _, let tokens) = frame {
+            capacity = 64 + id.utf8.count + 4 * tokens.count
+        }
+        var buffer = channel.allocator.buffer(capacity: capacity)
         frame.write(into: &buffer)
         return buffer
     }
@@ -32,7 +38,11 @@ struct KVConnection: Sendable {
 
     /// Queues a data frame once its bytes fit in the budget, waiting up to `timeout` seconds.
     func write(_ frame: KVFrame, timeout: Double) async throws {
-        let buffer = encode(frame)
+        try await write(encode(frame), timeout: timeout)
+    }
+
+    /// Queues an encoded data frame once its bytes fit in the budget, waiting up to `timeout` seconds.
+    func write(_ buffer: ByteBuffer, timeout: Double) async throws {
         let n = buffer.readableBytes
         guard await node.budget.acquire(n, timeout: timeout) else {
             throw KVSendError("the send buffer (kv_buffer_size \(node.budget.capacity) bytes) stayed full")
@@ -76,8 +86,24 @@ struct KVConnection: Sendable {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         try expectAck(requestId)
         do {
-            for frame in KVFrame.frames(for: payload, requestId: requestId) {
-                try await write(frame, timeout: remaining(deadline))
+            try await write(
+                .begin(
+                    requestId: requestId, layerCount: payload.layerCount, kvDim: payload.kvDim,
+                    fingerprint: payload.fingerprint, tokens: payload.tokens), timeout: remaining(deadline))
+            // Each layer's frame is written straight from the payload into a buffer of its exact size, on the
+            // connection's event loop just before it goes to the socket (so that one thread copies and sends).
+            let frameBytes = KVFrame.layerFrameBytes(requestId: requestId, valueBytes: 2 * payload.valuesPerPart * 2)
+            let budget = node.budget
+            for layer in 0..<payload.layerCount {
+                guard await budget.acquire(frameBytes, timeout: remaining(deadline)) else {
+                    throw KVSendError("the send buffer (kv_buffer_size \(budget.capacity) bytes) stayed full")
+                }
+                let channel = channel
+                channel.eventLoop.execute {
+                    var buffer = channel.allocator.buffer(capacity: frameBytes)
+                    KVFrame.writeLayer(of: payload, layer: layer, requestId: requestId, into: &buffer)
+                    channel.writeAndFlush(buffer).whenComplete { _ in budget.release(frameBytes) }
+                }
             }
         } catch {
             node.acks.forget(requestId)

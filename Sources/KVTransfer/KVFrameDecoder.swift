@@ -6,16 +6,63 @@ public struct KVWireError: Error, CustomStringConvertible, Equatable {
     init(_ d: String) { description = d }
 }
 
-/// Splits a byte stream into `KVFrame`s, refusing frames longer than `maxFrameBytes`.
+/// Splits a byte stream into `KVInbound` messages, refusing frames longer than `maxFrameBytes`. A layer frame's
+/// values are passed on as they arrive, in slices of the read buffers, so that they are never gathered (copied) into
+/// one buffer here; every other frame is passed on whole.
 public struct KVFrameDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = KVFrame
+    public typealias InboundOut = KVInbound
     let maxFrameBytes: Int
+    /// Value bytes of the current layer frame still to come.
+    private var valuesLeft = 0
 
     public init(maxFrameBytes: Int) { self.maxFrameBytes = maxFrameBytes }
 
+    /// Bytes of a layer frame before its values, past the 13-byte frame header, for an id of `idBytes` bytes.
+    private static func layerFieldBytes(idBytes: Int) -> Int { 2 + idBytes + 4 * 4 + 1 + 8 + 8 }
+
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try Self.parse(&buffer, maxFrameBytes: maxFrameBytes) else { return .needMoreData }
-        context.fireChannelRead(Self.wrapInboundOut(frame))
+        if valuesLeft > 0 {
+            let n = min(valuesLeft, buffer.readableBytes)
+            guard n > 0, let piece = buffer.readSlice(length: n) else { return .needMoreData }
+            valuesLeft -= n
+            context.fireChannelRead(Self.wrapInboundOut(.values(piece)))
+            return .continue
+        }
+        let at = buffer.readerIndex
+        guard buffer.readableBytes >= KVFrame.headerBytes + 2,
+            buffer.getInteger(at: at + 4, as: UInt8.self) == 2,
+            buffer.getInteger(at: at, as: UInt32.self) == KVFrame.magic,
+            let length = buffer.getInteger(at: at + 5, as: UInt64.self),
+            let idBytes = buffer.getInteger(at: at + KVFrame.headerBytes, as: UInt16.self)
+        else {
+            guard let frame = try Self.parse(&buffer, maxFrameBytes: maxFrameBytes) else { return .needMoreData }
+            context.fireChannelRead(Self.wrapInboundOut(.frame(frame)))
+            return .continue
+        }
+        guard length <= UInt64(maxFrameBytes) else {
+            throw KVWireError("a frame of \(length) bytes exceeds the limit of \(maxFrameBytes)")
+        }
+        let fields = Self.layerFieldBytes(idBytes: Int(idBytes))
+        guard Int(length) >= fields else { throw KVWireError("truncated frame") }
+        guard buffer.readableBytes >= KVFrame.headerBytes + fields else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: KVFrame.headerBytes + 2)
+        guard let requestId = buffer.readString(length: Int(idBytes)),
+            let layer = buffer.readInteger(as: UInt32.self), let start = buffer.readInteger(as: UInt32.self),
+            let count = buffer.readInteger(as: UInt32.self), let kvDim = buffer.readInteger(as: UInt32.self),
+            let dtype = buffer.readInteger(as: UInt8.self), let checksum = buffer.readInteger(as: UInt64.self),
+            let bytes = buffer.readInteger(as: UInt64.self)
+        else { throw KVWireError("truncated frame") }
+        guard dtype == KVFrame.fp16 else { throw KVWireError("unsupported dtype") }
+        guard bytes == UInt64(2 * 2 * Int(count) * Int(kvDim)), Int(bytes) == Int(length) - fields else {
+            throw KVWireError("layer payload length does not match its shape")
+        }
+        valuesLeft = Int(bytes)
+        context.fireChannelRead(
+            Self.wrapInboundOut(
+                .layer(
+                    KVLayerHeader(
+                        requestId: requestId, layer: Int(layer), tokenStart: Int(start), tokenCount: Int(count),
+                        kvDim: Int(kvDim), checksum: checksum, valueBytes: Int(bytes)))))
         return .continue
     }
 

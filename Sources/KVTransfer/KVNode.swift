@@ -54,9 +54,12 @@ public final class KVNode: Sendable {
         // unanswered, close the connection; its transfers then fail, the decode recomputes, buffers are freed.
         let deadTimeout = Int(max(1, min(600, transferTimeout)) * 1000)
         let tcp = SocketOptionLevel(IPPROTO_TCP)
+        // Reads of up to 1 MiB: a layer frame (hundreds of KB) arrives in a few reads, not dozens.
+        let reads = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65_536, maximum: 1 << 20)
         listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.recvAllocator, value: reads)
             .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
             .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)
@@ -67,6 +70,7 @@ public final class KVNode: Sendable {
             ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.milliseconds(Int64(connectTimeout * 1000)))
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(ChannelOptions.recvAllocator, value: reads)
                 .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
                 .channelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
                 .channelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)

@@ -1,3 +1,4 @@
+import CKernels
 import Discovery
 import Engine
 import Logging
@@ -44,10 +45,11 @@ public enum KVTransferEvent: Sendable {
 /// then layer slices in position order per layer) into the inbox and acks them, routes acks to the senders waiting
 /// for them, and serves pulls from the outbox.
 final class KVPeerHandler: ChannelInboundHandler {
-    typealias InboundIn = KVFrame
+    typealias InboundIn = KVInbound
     typealias OutboundOut = ByteBuffer
 
-    private struct Assembly {
+    /// A transfer being received: its values are written in place, layer frame by layer frame.
+    private final class Assembly {
         let layers: Int
         let kvDim: Int
         let tokens: [Int32]
@@ -55,22 +57,67 @@ final class KVPeerHandler: ChannelInboundHandler {
         /// Per layer, how many positions have arrived.
         var filled: [Int]
         var completeLayers = 0
+
+        init(layers: Int, kvDim: Int, tokens: [Int32]) {
+            self.layers = layers
+            self.kvDim = kvDim
+            self.tokens = tokens
+            // Not zeroed: a payload is delivered only once every position of every layer has been written.
+            values = [UInt16](unsafeUninitializedCapacity: layers * 2 * tokens.count * kvDim) { _, n in
+                n = layers * 2 * tokens.count * kvDim
+            }
+            filled = [Int](repeating: 0, count: layers)
+        }
+
+        /// Byte offset in `values` of the K rows of `layer` from position `start`; the V rows follow one part later.
+        func kOffset(layer: Int, start: Int) -> Int { (layer * 2 * tokens.count + start) * kvDim * 2 }
+        var partBytes: Int { tokens.count * kvDim * 2 }
+    }
+
+    /// The layer frame whose values are arriving now; `assembly` nil when they are to be dropped.
+    private struct CurrentLayer {
+        let header: KVLayerHeader
+        let assembly: Assembly?
+        var received = 0
+        /// The checksum so far: of the K rows, then (seeded with theirs) of the V rows.
+        var hash: tk_hash_state
+
+        init(header: KVLayerHeader, assembly: Assembly?) {
+            self.header = header
+            self.assembly = assembly
+            hash = tk_hash_state()
+            tk_hash_init(&hash, 0)
+        }
     }
 
     let node: KVNodeState
     private var arriving: [String: Assembly] = [:]
+    private var current: CurrentLayer?
     /// Transfers refused recently: their remaining frames are dropped quietly.
     private var refused: [String] = []
 
     init(node: KVNodeState) { self.node = node }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
+        switch unwrapInboundIn(data) {
+        case .layer(let header): startLayer(context, header)
+        case .values(let piece): receive(context, piece)
+        case .frame(let frame): receive(context, frame)
+        }
+    }
+
+    private func receive(_ context: ChannelHandlerContext, _ frame: KVFrame) {
         switch frame {
         case .begin(let id, let layers, let kvDim, let fp, let tokens):
             begin(context, id, layers: layers, kvDim: kvDim, fingerprint: fp, tokens: tokens)
         case .layer(let id, let layer, let start, let count, let kvDim, let checksum, let values):
-            receiveLayer(context, id, layer, start, count, kvDim, checksum, values)
+            // The decoder streams layer frames; a whole one is taken the same way.
+            startLayer(
+                context,
+                KVLayerHeader(
+                    requestId: id, layer: layer, tokenStart: start, tokenCount: count, kvDim: kvDim,
+                    checksum: checksum, valueBytes: values.count * 2))
+            values.withUnsafeBytes { receive(context, ByteBuffer(bytes: $0)) }
         case .cancel(let id, let reason):
             // A cancel always comes before the transfer completes, whether or not its begin frame was sent.
             arriving[id] = nil
@@ -99,10 +146,7 @@ final class KVPeerHandler: ChannelInboundHandler {
         guard node.inbox.reserve(id, bytes: bytes) else {
             return refuse(context, id, "the transfer (\(bytes) bytes) does not fit in the free kv_buffer_size")
         }
-        arriving[id] = Assembly(
-            layers: layers, kvDim: kvDim, tokens: tokens,
-            values: [UInt16](repeating: 0, count: layers * 2 * tokens.count * kvDim),
-            filled: [Int](repeating: 0, count: layers))
+        arriving[id] = Assembly(layers: layers, kvDim: kvDim, tokens: tokens)
         // A transfer that stalls gives its room back after the lease.
         let ttl = node.inbox.ttl
         context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ttl * 1000))) {
@@ -112,11 +156,11 @@ final class KVPeerHandler: ChannelInboundHandler {
         }
     }
 
-    private func receiveLayer(
-        _ context: ChannelHandlerContext, _ id: String, _ layer: Int, _ start: Int, _ count: Int, _ kvDim: Int,
-        _ checksum: UInt64, _ values: [UInt16]
-    ) {
-        guard var a = arriving[id] else {
+    /// A layer frame's header: checks that it fits its transfer; its values follow.
+    private func startLayer(_ context: ChannelHandlerContext, _ h: KVLayerHeader) {
+        let id = h.requestId
+        current = CurrentLayer(header: h, assembly: nil)
+        guard let a = arriving[id] else {
             if !refused.contains(id) { refuse(context, id, "a layer arrived without its begin frame") }
             return
         }
@@ -124,32 +168,63 @@ final class KVPeerHandler: ChannelInboundHandler {
             arriving[id] = nil  // expired or taken over
             return
         }
-        guard layer < a.layers, kvDim == a.kvDim, count > 0, start == a.filled[layer],
-            start + count <= a.tokens.count, values.count == 2 * count * kvDim
+        guard h.layer < a.layers, h.kvDim == a.kvDim, h.tokenCount > 0, h.tokenStart == a.filled[h.layer],
+            h.tokenStart + h.tokenCount <= a.tokens.count, h.valueBytes == 2 * 2 * h.tokenCount * h.kvDim
         else {
-            return refuse(context, id, "layer \(layer) positions \(start)..<\(start + count) do not fit the transfer")
+            return refuse(
+                context, id,
+                "layer \(h.layer) positions \(h.tokenStart)..<\(h.tokenStart + h.tokenCount) do not fit the transfer")
         }
-        guard KVFrame.checksum(values[...]) == checksum else {
-            return refuse(context, id, "layer \(layer) failed its checksum")
-        }
-        arriving[id] = nil  // edit without copying
-        let perPart = a.tokens.count * kvDim
-        let n = count * kvDim
-        a.values.withUnsafeMutableBufferPointer { out in
-            values.withUnsafeBufferPointer { v in
-                let k = out.baseAddress! + layer * 2 * perPart + start * kvDim
-                k.update(from: v.baseAddress!, count: n)
-                (k + perPart).update(from: v.baseAddress! + n, count: n)
+        current = CurrentLayer(header: h, assembly: a)
+    }
+
+    /// The next piece of the current layer frame's values, copied once, straight into the K or V rows it belongs to.
+    private func receive(_ context: ChannelHandlerContext, _ piece: ByteBuffer) {
+        guard var c = current else { return }
+        let h = c.header
+        if let a = c.assembly {
+            let kBytes = h.valueBytes / 2
+            let k = a.kOffset(layer: h.layer, start: h.tokenStart)
+            let from = c.received
+            a.values.withUnsafeMutableBytes { out in
+                piece.withUnsafeReadableBytes { src in
+                    // The part of the piece in the K rows, then the part in the V rows, checksummed as copied.
+                    let inK = max(0, min(src.count, kBytes - from))
+                    if inK > 0 {
+                        tk_hash_copy_update(&c.hash, out.baseAddress! + k + from, src.baseAddress!, inK)
+                        if from + inK == kBytes { tk_hash_init(&c.hash, tk_hash_final(&c.hash)) }
+                    }
+                    if inK < src.count {
+                        tk_hash_copy_update(
+                            &c.hash, out.baseAddress! + k + a.partBytes + from + inK - kBytes, src.baseAddress! + inK,
+                            src.count - inK)
+                    }
+                }
             }
         }
-        a.filled[layer] += count
-        if a.filled[layer] == a.tokens.count { a.completeLayers += 1 }
-        guard a.completeLayers == a.layers else {
-            arriving[id] = a
+        c.received += piece.readableBytes
+        guard c.received >= h.valueBytes else {
+            current = c
             return
         }
+        current = nil
+        if let a = c.assembly { finishLayer(context, h, a, checksum: tk_hash_final(&c.hash)) }
+    }
+
+    /// Every value of a layer frame is in place: checks the checksum taken as they were copied, and delivers the
+    /// transfer once complete.
+    private func finishLayer(_ context: ChannelHandlerContext, _ h: KVLayerHeader, _ a: Assembly, checksum sum: UInt64)
+    {
+        let id = h.requestId
+        guard arriving[id] === a else { return }  // refused, cancelled or expired meanwhile
+        guard sum == h.checksum else { return refuse(context, id, "layer \(h.layer) failed its checksum") }
+        a.filled[h.layer] += h.tokenCount
+        if a.filled[h.layer] == a.tokens.count { a.completeLayers += 1 }
+        guard a.completeLayers == a.layers else { return }
+        arriving[id] = nil
         let payload = KVPayload(
             tokens: a.tokens, layerCount: a.layers, kvDim: a.kvDim, fingerprint: node.fingerprint, values: a.values)
+        a.values = []
         if node.inbox.deliver(payload, for: id) {
             acknowledge(context, id, accepted: true, message: "ok")
         } else {

@@ -36,15 +36,23 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
         Task { await self.drive() }
     }
 
-    private static func encode(_ frame: KVFrame) -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: 64)
-        frame.write(into: &buffer)
+    /// A slice's frame, written from the slice's values into a buffer of its exact size.
+    private func encode(_ slice: KVLayerSlice) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(
+            capacity: KVFrame.layerFrameBytes(requestId: requestId, valueBytes: slice.byteCount))
+        slice.values.withUnsafeBytes { raw in
+            let half = raw.count / 2
+            KVFrame.writeLayer(
+                requestId: requestId, layer: slice.layer, tokenStart: slice.tokenStart, tokenCount: slice.tokenCount,
+                kvDim: slice.kvDim, k: UnsafeRawBufferPointer(rebasing: raw[..<half]),
+                v: UnsafeRawBufferPointer(rebasing: raw[half...]), into: &buffer)
+        }
         return buffer
     }
 
     /// Hands one layer slice over for sending (called on the engine thread).
     public func push(_ slice: KVLayerSlice) {
-        let buffer = Self.encode(KVFrame.frame(for: slice, requestId: requestId))
+        let buffer = encode(slice)
         let n = buffer.readableBytes
         let budget = node.budget
         lock.lock()

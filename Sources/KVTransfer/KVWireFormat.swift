@@ -1,3 +1,4 @@
+import CKernels
 import Engine
 import NIOCore
 
@@ -21,25 +22,19 @@ public enum KVFrame: Sendable, Equatable {
     static let headerBytes = 13
     static let fp16: UInt8 = 1
 
-    /// FNV-1a-style 64-bit hash over the values taken four at a time as little-endian 64-bit words (a trailing
-    /// partial word is zero-padded).
+    /// The checksum of a layer frame's values: `tk_hash64` of the V rows' bytes, seeded with that of the K rows'
+    /// bytes (so a receiver can check K and V where they landed, apart).
+    public static func checksum(k: UnsafeRawBufferPointer, v: UnsafeRawBufferPointer) -> UInt64 {
+        tk_hash64(v.baseAddress, v.count, tk_hash64(k.baseAddress, k.count, 0))
+    }
+
+    /// The checksum of a layer frame's values, K rows then V rows (two equal halves).
     public static func checksum(_ values: ArraySlice<UInt16>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        values.withUnsafeBufferPointer { v in
-            var i = 0
-            while i + 4 <= v.count {
-                let word =
-                    UInt64(v[i]) | UInt64(v[i + 1]) << 16 | UInt64(v[i + 2]) << 32 | UInt64(v[i + 3]) << 48
-                h = (h ^ word) &* 0x0000_0100_0000_01b3
-                i += 4
-            }
-            if i < v.count {
-                var word: UInt64 = 0
-                for k in i..<v.count { word |= UInt64(v[k]) << (16 * UInt64(k - i)) }
-                h = (h ^ word) &* 0x0000_0100_0000_01b3
-            }
+        values.withUnsafeBytes { raw in
+            let half = raw.count / 2
+            return checksum(
+                k: UnsafeRawBufferPointer(rebasing: raw[..<half]), v: UnsafeRawBufferPointer(rebasing: raw[half...]))
         }
-        return h
     }
 
     /// The frame that carries one streamed layer slice.
@@ -77,17 +72,100 @@ public enum KVFrame: Sendable, Equatable {
         return frames
     }
 
-    public func write(into buffer: inout ByteBuffer) {
-        var body = ByteBuffer()
-        let type: UInt8
-        func id(_ s: String) {
-            let bytes = Array(s.utf8.prefix(Int(UInt16.max)))
-            body.writeInteger(UInt16(bytes.count))
-            body.writeBytes(bytes)
+    /// Bytes a layer frame of `valueBytes` takes on the wire, header included.
+    static func layerFrameBytes(requestId: String, valueBytes: Int) -> Int {
+        headerBytes + 2 + min(requestId.utf8.count, Int(UInt16.max)) + 4 * 4 + 1 + 8 + 8 + valueBytes
+    }
+
+    /// Writes the layer frame of positions `tokenStart..<tokenStart+tokenCount` of one layer straight from where its
+    /// K rows and V rows are (the checksum is taken on the way), with no intermediate copy.
+    static func writeLayer(
+        requestId: String, layer: Int, tokenStart: Int, tokenCount: Int, kvDim: Int, k: UnsafeRawBufferPointer,
+        v: UnsafeRawBufferPointer, checksum given: UInt64? = nil, into buffer: inout ByteBuffer
+    ) {
+        let lengthAt = writeHeader(type: 2, into: &buffer)
+        writeId(requestId, into: &buffer)
+        buffer.writeInteger(UInt32(layer))
+        buffer.writeInteger(UInt32(tokenStart))
+        buffer.writeInteger(UInt32(tokenCount))
+        buffer.writeInteger(UInt32(kvDim))
+        buffer.writeInteger(Self.fp16)
+        let sumAt = buffer.writerIndex
+        buffer.writeInteger(UInt64(0))
+        buffer.writeInteger(UInt64(k.count + v.count))
+        // Little-endian fp16, as the cache holds them, copied and checksummed in one pass.
+        var hash = tk_hash_state()
+        tk_hash_init(&hash, 0)
+        for (i, part) in [k, v].enumerated() {
+            if i == 1 { tk_hash_init(&hash, tk_hash_final(&hash)) }
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: part.count) { dst in
+                tk_hash_copy_update(&hash, dst.baseAddress, part.baseAddress, part.count)
+                return part.count
+            }
         }
+        buffer.setInteger(given ?? tk_hash_final(&hash), at: sumAt)
+        finishHeader(lengthAt: lengthAt, in: &buffer)
+    }
+
+    /// One layer's frame of a whole payload, written straight from the payload's values.
+    static func writeLayer(of payload: KVPayload, layer: Int, requestId: String, into buffer: inout ByteBuffer) {
+        let part = payload.valuesPerPart * 2
+        payload.values.withUnsafeBytes { raw in
+            let k = payload.offset(layer: layer, value: false) * 2
+            writeLayer(
+                requestId: requestId, layer: layer, tokenStart: 0, tokenCount: payload.tokens.count,
+                kvDim: payload.kvDim, k: UnsafeRawBufferPointer(rebasing: raw[k..<k + part]),
+                v: UnsafeRawBufferPointer(rebasing: raw[k + part..<k + 2 * part]), into: &buffer)
+        }
+    }
+
+    /// Writes magic and type and room for the body length; returns where the length goes.
+    private static func writeHeader(type: UInt8, into buffer: inout ByteBuffer) -> Int {
+        buffer.writeInteger(magic)
+        buffer.writeInteger(type)
+        let at = buffer.writerIndex
+        buffer.writeInteger(UInt64(0))
+        return at
+    }
+
+    private static func finishHeader(lengthAt: Int, in buffer: inout ByteBuffer) {
+        buffer.setInteger(UInt64(buffer.writerIndex - lengthAt - 8), at: lengthAt)
+    }
+
+    private static func writeId(_ s: String, into buffer: inout ByteBuffer) {
+        let bytes = Array(s.utf8.prefix(Int(UInt16.max)))
+        buffer.writeInteger(UInt16(bytes.count))
+        buffer.writeBytes(bytes)
+    }
+
+    public func write(into buffer: inout ByteBuffer) {
+        if case .layer(let requestId, let layer, let tokenStart, let tokenCount, let kvDim, let sum, let values) = self
+        {
+            return values.withUnsafeBytes { raw in
+                let half = raw.count / 2
+                Self.writeLayer(
+                    requestId: requestId, layer: layer, tokenStart: tokenStart, tokenCount: tokenCount, kvDim: kvDim,
+                    k: UnsafeRawBufferPointer(rebasing: raw[..<half]),
+                    v: UnsafeRawBufferPointer(rebasing: raw[half...]), checksum: sum, into: &buffer)
+            }
+        }
+        let type: UInt8
+        switch self {
+        case .begin: type = 1
+        case .layer: type = 2
+        case .ack: type = 3
+        case .cancel: type = 4
+        case .pull: type = 5
+        }
+        let lengthAt = Self.writeHeader(type: type, into: &buffer)
+        writeBody(into: &buffer)
+        Self.finishHeader(lengthAt: lengthAt, in: &buffer)
+    }
+
+    private func writeBody(into body: inout ByteBuffer) {
+        func id(_ s: String) { Self.writeId(s, into: &body) }
         switch self {
         case .begin(let requestId, let layerCount, let kvDim, let fingerprint, let tokens):
-            type = 1
             id(requestId)
             body.writeInteger(UInt32(layerCount))
             body.writeInteger(UInt32(tokens.count))
@@ -95,38 +173,21 @@ public enum KVFrame: Sendable, Equatable {
             body.writeInteger(Self.fp16)
             body.writeInteger(fingerprint)
             for t in tokens { body.writeInteger(UInt32(bitPattern: t)) }
-        case .layer(let requestId, let layer, let tokenStart, let tokenCount, let kvDim, let checksum, let values):
-            type = 2
-            id(requestId)
-            body.writeInteger(UInt32(layer))
-            body.writeInteger(UInt32(tokenStart))
-            body.writeInteger(UInt32(tokenCount))
-            body.writeInteger(UInt32(kvDim))
-            body.writeInteger(Self.fp16)
-            body.writeInteger(checksum)
-            body.writeInteger(UInt64(values.count * 2))
-            // Little-endian fp16, as the cache holds them.
-            _ = values.withUnsafeBytes { body.writeBytes($0) }
+        case .layer:
+            break  // written by `writeLayer`
         case .ack(let requestId, let accepted, let message):
-            type = 3
             id(requestId)
             body.writeInteger(UInt8(accepted ? 0 : 1))
             let m = Array(message.utf8.prefix(Int(UInt16.max)))
             body.writeInteger(UInt16(m.count))
             body.writeBytes(m)
         case .cancel(let requestId, let reason):
-            type = 4
             id(requestId)
             let m = Array(reason.utf8.prefix(Int(UInt16.max)))
             body.writeInteger(UInt16(m.count))
             body.writeBytes(m)
         case .pull(let requestId):
-            type = 5
             id(requestId)
         }
-        buffer.writeInteger(Self.magic)
-        buffer.writeInteger(type)
-        buffer.writeInteger(UInt64(body.readableBytes))
-        buffer.writeBuffer(&body)
     }
 }

@@ -12,7 +12,7 @@ struct Tandem: AsyncParsableCommand {
             """,
         subcommands: [
             ServeCommand.self, ProxyCommand.self, UpCommand.self, GenerateCommand.self, BenchCommand.self,
-            BenchEngineCommand.self, ModelCommand.self,
+            BenchEngineCommand.self, BenchKVCommand.self, ModelCommand.self,
         ]
     )
 }

@@ -41,6 +41,33 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
 
 /// Two KV nodes on loopback: a producer and a consumer, as two instances run them.
 @Suite struct KVNodeTests {
+    /// A 512-token prompt's KV of the default model's shape (11.8 MB, layer frames far larger than one read)
+    /// arrives bit for bit, by PUT and by PUT_ASYNC slices that straddle reads.
+    @Test func aLargeTransferArrivesExactly() async throws {
+        let producer = try await makeNode()
+        let consumer = try await makeNode()
+        let peer = HostPort(host: "127.0.0.1", port: consumer.port)
+        let big = samplePayload(tokens: 512, layers: 30, kvDim: 192)
+        try await producer.send(big, requestId: "big", to: peer)
+        expectPayload(await consumer.inbox.wait(for: "big", timeout: 5), big)
+        let stream = producer.stream(requestId: "sliced", tokens: big.tokens, layerCount: 30, kvDim: 192, to: peer)
+        for start in stride(from: 0, to: 512, by: 100) {
+            let n = min(100, 512 - start)
+            for layer in 0..<30 {
+                let k = big.offset(layer: layer, value: false) + start * 192
+                let v = big.offset(layer: layer, value: true) + start * 192
+                stream.push(
+                    KVLayerSlice(
+                        layer: layer, tokenStart: start, tokenCount: n, kvDim: 192,
+                        values: Array(big.values[k..<k + n * 192] + big.values[v..<v + n * 192])))
+            }
+        }
+        stream.end(complete: true) {}
+        expectPayload(await consumer.inbox.wait(for: "sliced", timeout: 5), big)
+        await producer.close()
+        await consumer.close()
+    }
+
     @Test(arguments: ["127.0.0.1", "::1"])
     func putSharesOneConnectionAndRefusesAnotherModel(host: String) async throws {
         let producer = try await makeNode(host: host)

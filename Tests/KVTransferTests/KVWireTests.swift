@@ -4,6 +4,7 @@ import Foundation
 import KVTransfer
 import Logging
 import NIOCore
+import NIOEmbedded
 import Testing
 
 func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint: UInt64 = 42) -> KVPayload {
@@ -31,6 +32,46 @@ func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint
             while let f = try KVFrameDecoder.parse(&pending, maxFrameBytes: 1 << 20) { parsed.append(f) }
         }
         #expect(parsed == frames)
+    }
+
+    /// On a connection, layer frames come up as a header and their values in the pieces they arrived in (no
+    /// gathering copy); joined, the pieces are the frame's values, and control frames come whole between them.
+    @Test func decoderStreamsLayerValuesInPieces() throws {
+        let payload = samplePayload(tokens: 40, layers: 2, kvDim: 16)
+        let frames =
+            KVFrame.frames(for: payload, requestId: "r1") + [.ack(requestId: "r1", accepted: true, message: "")]
+        var bytes = ByteBuffer()
+        for f in frames { f.write(into: &bytes) }
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(KVFrameDecoder(maxFrameBytes: 1 << 20)))
+        while bytes.readableBytes > 0 {
+            try channel.writeInbound(bytes.readSlice(length: min(101, bytes.readableBytes))!)
+        }
+        var rebuilt: [KVFrame] = []
+        var header: KVLayerHeader?
+        var values = ByteBuffer()
+        var pieces = 0
+        while let m = try channel.readInbound(as: KVInbound.self) {
+            switch m {
+            case .frame(let f): rebuilt.append(f)
+            case .layer(let h): header = h
+            case .values(var piece):
+                pieces += 1
+                values.writeBuffer(&piece)
+                if let h = header, values.readableBytes == h.valueBytes {
+                    let v = values.readBytes(length: h.valueBytes)!.withUnsafeBytes {
+                        Array($0.bindMemory(to: UInt16.self))
+                    }
+                    rebuilt.append(
+                        .layer(
+                            requestId: h.requestId, layer: h.layer, tokenStart: h.tokenStart, tokenCount: h.tokenCount,
+                            kvDim: h.kvDim, checksum: h.checksum, values: v))
+                    header = nil
+                }
+            }
+        }
+        #expect(rebuilt == frames)
+        #expect(pieces > 2 * payload.layerCount, "values came in the pieces they arrived in")
+        _ = try channel.finish()
     }
 
     @Test func badBytesAreRefused() {

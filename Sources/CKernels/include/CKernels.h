@@ -25,6 +25,25 @@ int tk_simd_level(void);
 /// Pins the calling thread to a SIMD level no higher than the CPU supports (for tests); returns the level in use.
 int tk_set_simd_level(int level);
 
+/// A 64-bit checksum of `n` bytes (XXH3-style: 32-byte stripes into four accumulators, AVX2 where it runs), chained
+/// by `seed`; for KV transfer frames. Detects corruption, not tampering.
+uint64_t tk_hash64(const void *data, size_t n, uint64_t seed);
+
+/// The same checksum taken piece by piece: init, any number of updates, final gives `tk_hash64` of the pieces
+/// joined. `tk_hash_copy_update` also copies the piece to `dst` in the same pass (the data is read once).
+typedef struct {
+    uint64_t v[4];
+    uint64_t seed;
+    uint64_t total;
+    uint8_t stripe[32];
+    uint32_t pending;
+    uint32_t block_stripe;
+} tk_hash_state;
+void tk_hash_init(tk_hash_state *s, uint64_t seed);
+void tk_hash_update(tk_hash_state *s, const void *data, size_t n);
+void tk_hash_copy_update(tk_hash_state *s, void *dst, const void *src, size_t n);
+uint64_t tk_hash_final(const tk_hash_state *s);
+
 /// Quantizes `n` floats (a multiple of 32) into n/32 blocks.
 void tk_quantize_q8(const float *x, tk_block_q8 *y, int n);
 

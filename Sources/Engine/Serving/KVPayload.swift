@@ -68,16 +68,20 @@ extension PagedKVCache {
         return KVLayerSlice(layer: layer, tokenStart: range.lowerBound, tokenCount: n, kvDim: kvDim, values: values)
     }
 
-    /// Writes positions 0..<count of `payload` into a sequence with block table `table`.
-    func load(_ payload: KVPayload, count: Int, table: [Int32]) {
+    /// Writes positions 0..<count of `payload` into a sequence with block table `table`: one copy per run of
+    /// positions that share a block (their rows are contiguous there).
+    public func load(_ payload: KVPayload, count: Int, table: [Int32]) {
         payload.values.withUnsafeBufferPointer { input in
             for layer in 0..<layerCount {
                 for part in [false, true] {
                     let base = input.baseAddress! + payload.offset(layer: layer, value: part)
-                    for t in 0..<count {
-                        let dst = row(
-                            layer: layer, value: part, block: Int(table[t / blockSize]), slot: t % blockSize)
-                        dst.update(from: base + t * kvDim, count: kvDim)
+                    var t = 0
+                    while t < count {
+                        let slot = t % blockSize
+                        let run = min(blockSize - slot, count - t)
+                        let dst = row(layer: layer, value: part, block: Int(table[t / blockSize]), slot: slot)
+                        dst.update(from: base + t * kvDim, count: run * kvDim)
+                        t += run
                     }
                 }
             }
