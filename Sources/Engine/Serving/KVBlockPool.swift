@@ -51,17 +51,11 @@ public final class KVBlockPool {
     /// computed by the attention kernels digested in `kernels` (`AttentionKernelChoice.signature`).
     public static func hash(parent: UInt64?, tokens: ArraySlice<Int32>, kernels: UInt64) -> UInt64 {
         // FNV-1a over the parent hash and the token ids, then a final avalanche.
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ v: UInt64) {
-            var x = v
-            for _ in 0..<8 {
-                h = (h ^ (x & 0xff)) &* 0x0000_0100_0000_01b3
-                x >>= 8
-            }
-        }
-        mix(parent ?? 0x9e37_79b9_7f4a_7c15)
-        for t in tokens { mix(UInt64(UInt32(bitPattern: t))) }
-        if kernels != 0 { mix(kernels) }
+        var f = FNV1a()
+        f.mix(word: parent ?? 0x9e37_79b9_7f4a_7c15)
+        for t in tokens { f.mix(word: UInt64(UInt32(bitPattern: t))) }
+        if kernels != 0 { f.mix(word: kernels) }
+        var h = f.value
         h ^= h >> 33
         h = h &* 0xff51_afd7_ed55_8ccd
         h ^= h >> 33

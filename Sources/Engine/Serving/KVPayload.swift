@@ -93,20 +93,17 @@ extension TransformerModel {
     /// A fingerprint of the model: architecture, shapes, and a hash of the start and end of the tensor data. KV from
     /// a model with another fingerprint is refused.
     public var fingerprint: UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ bytes: UnsafeRawBufferPointer) {
-            for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        }
+        var h = FNV1a()
         let c = config
         for v in [c.layerCount, c.embeddingLength, c.headCount, c.kvHeadCount, c.headDim, c.vocabSize] {
-            withUnsafeBytes(of: v) { mix($0) }
+            h.mix(word: UInt64(bitPattern: Int64(v)))
         }
-        for b in c.architecture.rawValue.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        h.mix(c.architecture.rawValue.utf8)
         let data = file.bytes
         let start = min(file.dataOffset, data.count)
         let window = 1 << 16
-        mix(UnsafeRawBufferPointer(rebasing: data[start..<min(data.count, start + window)]))
-        mix(UnsafeRawBufferPointer(rebasing: data[max(start, data.count - window)..<data.count]))
-        return h
+        h.mix(UnsafeRawBufferPointer(rebasing: data[start..<min(data.count, start + window)]))
+        h.mix(UnsafeRawBufferPointer(rebasing: data[max(start, data.count - window)..<data.count]))
+        return h.value
     }
 }
