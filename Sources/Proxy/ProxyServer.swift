@@ -75,7 +75,7 @@ public enum ProxyServer {
             decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)))
         let routes = Router(context: ProxyRequestContext.self)
         routes.add(middleware: APIErrorMiddleware())
-        if let key = options.apiKey { routes.add(middleware: APIKeyMiddleware(key: key)) }
+        routes.add(middleware: AccessMiddleware(key: options.apiKey))
         routes.post("/v1/completions") { request, context in
             try await router.handle(path: "/v1/completions", request: request, client: context.channel)
         }

@@ -90,20 +90,48 @@ public struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 /// Requests bodies larger than this are answered with 413.
 public let maxBodyBytes = 8 << 20
 
-/// Checks `Authorization: Bearer KEY` on `/v1/` paths when the server has an API key, as vLLM does.
-public struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
-    let key: String
+/// The one access check of instances and the proxy, before any route: a path that is not in canonical form (an
+/// empty, `.` or `..` segment, any percent-encoding, a trailing slash) is refused with 404 whatever the key, so that
+/// `//v1/completions` or `/%761/models` can never reach a route around the key check; then, when the server has an
+/// API key, `Authorization: Bearer KEY` is required on `/v1` paths, as vLLM does (`/health`, `/metrics`, `/version`,
+/// `/tokenize`, `/detokenize` stay open).
+public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
+    let key: [UInt8]?
 
-    public init(key: String) { self.key = key }
+    public init(key: String?) { self.key = key.map { Array("Bearer \($0)".utf8) } }
+
+    /// Whether `path` is canonical: `/`, or `/`-separated segments that are non-empty, not `.` or `..`, and free of
+    /// `%` and backslashes.
+    public static func isCanonical(_ path: String) -> Bool {
+        guard path.hasPrefix("/") else { return false }
+        if path == "/" { return true }
+        guard !path.contains("%"), !path.contains("\\") else { return false }
+        return path.dropFirst().split(separator: "/", omittingEmptySubsequences: false).allSatisfy {
+            !$0.isEmpty && $0 != "." && $0 != ".."
+        }
+    }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
-        guard request.uri.path.hasPrefix("/v1") else { return try await next(request, context) }
+        let path = request.uri.path
+        guard Self.isCanonical(path) else {
+            throw APIError(.notFound, "no route for this path: send it in canonical form (no '//', '.', '..' or '%')")
+        }
+        guard let key, path == "/v1" || path.hasPrefix("/v1/") else { return try await next(request, context) }
         guard let header = request.headers[.authorization] else {
             throw APIError(.unauthorized, "missing API key: send the header 'Authorization: Bearer KEY'")
         }
-        guard header == "Bearer \(key)" else { throw APIError(.unauthorized, "invalid API key") }
+        guard Self.constantTimeEqual(Array(header.utf8), key) else { throw APIError(.unauthorized, "invalid API key") }
         return try await next(request, context)
+    }
+
+    /// Compares without stopping at the first difference, so that timing tells nothing of the key.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        for i in 0..<max(a.count, b.count) {
+            diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+        }
+        return diff == 0
     }
 }

@@ -30,7 +30,7 @@ public final class InstanceAPI: Sendable {
     public func router(apiKey: String?) -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: APIErrorMiddleware())
-        if let apiKey { router.add(middleware: APIKeyMiddleware(key: apiKey)) }
+        router.add(middleware: AccessMiddleware(key: apiKey))
         router.post("/v1/completions") { request, _ in try await self.completions(request) }
         router.post("/v1/chat/completions") { request, _ in try await self.chatCompletions(request) }
         router.get("/v1/models") { _, _ in try self.models() }

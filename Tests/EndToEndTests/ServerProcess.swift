@@ -82,15 +82,15 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     /// A `tandem proxy` on a free HTTP port, its discovery ROUTER on `discoveryPort`.
-    static func proxy(host: String = "127.0.0.1", discoveryPort: Int, ttl: String = "5s") async throws
-        -> ServerProcess
-    {
+    static func proxy(
+        host: String = "127.0.0.1", discoveryPort: Int, ttl: String = "5s", extra: [String] = []
+    ) async throws -> ServerProcess {
         try await ServerProcess(
             arguments: [
                 "proxy", "--host", host, "--port", "0", "--discovery-host", host, "--discovery-port",
                 "\(discoveryPort)",
                 "--instance-ttl", ttl,
-            ], host: host)
+            ] + extra, host: host)
     }
 
     /// A `tandem serve` instance with a KV role, registering with the proxy at `discoveryPort` when one is given;
