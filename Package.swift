@@ -40,6 +40,7 @@ let package = Package(
             name: "KVTransfer",
             dependencies: [
                 "CKernels", "Discovery", "Engine",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -33,8 +33,11 @@ public final class KVNode: Sendable {
 
     public init(
         bind: HostPort, fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double,
-        connectTimeout: Double = 2, logger: Logger, report: @escaping @Sendable (KVTransferEvent) -> Void = { _ in }
+        connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, logger: Logger,
+        report: @escaping @Sendable (KVTransferEvent) -> Void = { _ in }
     ) async throws {
+        let secret = clusterSecret
+        let handshake = TimeAmount.milliseconds(Int64(max(0.1, connectTimeout) * 1000))
         let state = KVNodeState(
             fingerprint: fingerprint, bufferBytes: bufferBytes, ttl: ttl, transferTimeout: transferTimeout,
             logger: logger, report: report)
@@ -44,6 +47,10 @@ public final class KVNode: Sendable {
         @Sendable func setUp(_ channel: any Channel) -> EventLoopFuture<Void> {
             open.add(channel)
             return channel.eventLoop.makeCompletedFuture {
+                if let secret {
+                    try channel.pipeline.syncOperations.addHandler(
+                        KVPeerAuthenticator(secret: secret, eventLoop: channel.eventLoop, handshakeTimeout: handshake))
+                }
                 try channel.pipeline.syncOperations.addHandler(
                     ByteToMessageHandler(KVFrameDecoder(maxFrameBytes: state.maxFrameBytes)))
                 try channel.pipeline.syncOperations.addHandler(KVPeerHandler(node: state))
@@ -77,6 +84,21 @@ public final class KVNode: Sendable {
                 .channelOption(ChannelOptions.socket(tcp, TCP_USER_TIMEOUT), value: deadTimeout)
                 .channelInitializer(setUp)
                 .connect(host: peer.host, port: peer.port)
+                .flatMap { channel in
+                    // With a cluster secret, a connection is handed out only once the peer has proved it.
+                    guard secret != nil else { return channel.eventLoop.makeSucceededFuture(channel) }
+                    return channel.eventLoop.flatSubmit {
+                        do {
+                            let auth = try channel.pipeline.syncOperations.handler(type: KVPeerAuthenticator.self)
+                            return auth.authenticated.futureResult.map { channel }
+                        } catch {
+                            return channel.eventLoop.makeFailedFuture(error)
+                        }
+                    }.flatMapErrorThrowing { error in
+                        channel.close(promise: nil)
+                        throw error
+                    }
+                }
         }
     }
 

@@ -25,8 +25,14 @@ public final class TandemKVConnector: KVConnector {
     }
     private let started = NIOLockedValueBox<Started?>(nil)
 
-    public init(config: KVTransferConfig, kvAddress: HostPort, bindHost: String, logger: Logger) {
+    /// With a cluster secret, KV moves only between instances that prove it (KVPeerAuthenticator).
+    private let clusterSecret: [UInt8]?
+
+    public init(
+        config: KVTransferConfig, kvAddress: HostPort, bindHost: String, clusterSecret: [UInt8]? = nil, logger: Logger
+    ) {
         self.config = config
+        self.clusterSecret = clusterSecret
         self.kvAddress = kvAddress
         self.bindHost = bindHost
         self.logger = logger
@@ -42,7 +48,7 @@ public final class TandemKVConnector: KVConnector {
         let node = try await KVNode(
             bind: HostPort(host: bindHost, port: config.kvPort), fingerprint: fingerprint,
             bufferBytes: config.bufferBytes, ttl: config.unclaimedTTL, transferTimeout: config.transferTimeout,
-            logger: logger
+            clusterSecret: clusterSecret, logger: logger
         ) { event in
             switch event {
             case .sent(let bytes, let seconds): metrics.sent(bytes: bytes, seconds: seconds)
@@ -52,8 +58,12 @@ public final class TandemKVConnector: KVConnector {
         started.withLockedValue {
             $0 = Started(node: node, fingerprint: fingerprint, layerCount: layerCount, kvDim: kvDim)
         }
+        let guarded =
+            clusterSecret == nil
+            ? "OPEN: no cluster secret, anyone who reaches this port can send or fetch KV (set TANDEM_CLUSTER_SECRET)"
+            : "authenticated by the cluster secret"
         return
-            "KV node listening on \(HostPort(host: bindHost, port: config.kvPort)) (send_type \(config.sendType.rawValue), buffer \(config.bufferBytes) bytes, model fingerprint \(String(fingerprint, radix: 16)))"
+            "KV node listening on \(HostPort(host: bindHost, port: config.kvPort)), \(guarded) (send_type \(config.sendType.rawValue), buffer \(config.bufferBytes) bytes, model fingerprint \(String(fingerprint, radix: 16)))"
     }
 
     /// Stops listening and closes every connection.

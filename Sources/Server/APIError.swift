@@ -1,3 +1,4 @@
+import Discovery
 import Foundation
 import Hummingbird
 
@@ -122,16 +123,7 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
         guard let header = request.headers[.authorization] else {
             throw APIError(.unauthorized, "missing API key: send the header 'Authorization: Bearer KEY'")
         }
-        guard Self.constantTimeEqual(Array(header.utf8), key) else { throw APIError(.unauthorized, "invalid API key") }
+        guard constantTimeEqual(Array(header.utf8), key) else { throw APIError(.unauthorized, "invalid API key") }
         return try await next(request, context)
-    }
-
-    /// Compares without stopping at the first difference, so that timing tells nothing of the key.
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
-        for i in 0..<max(a.count, b.count) {
-            diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
-        }
-        return diff == 0
     }
 }

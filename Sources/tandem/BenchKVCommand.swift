@@ -10,7 +10,7 @@ import Logging
 /// Two KV nodes in two processes (this one the producer, a child `tandem bench-kv --consumer` the consumer, as two
 /// instances would be) move a prompt's KV with PUT (frames, checksums, ack); a plain socket pair moves the same
 /// number of bytes with `send`/`recv` and nothing else. The consumer also times the decode's load: the received KV
-/// written into a paged cache's blocks.
+/// written into a paged cache's blocks. With `TANDEM_CLUSTER_SECRET` set, both nodes authenticate and MAC every frame.
 struct BenchKVCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-kv", abstract: "Measure KV transfer (PUT) on loopback against a plain TCP stream.")
@@ -63,7 +63,8 @@ struct BenchKVCommand: AsyncParsableCommand {
         }
         let producer = try await KVNode(
             bind: HostPort(host: "127.0.0.1", port: 0), fingerprint: Self.fingerprint,
-            bufferBytes: 4 * payload.byteCount, ttl: 60, transferTimeout: 30, logger: logger)
+            bufferBytes: 4 * payload.byteCount, ttl: 60, transferTimeout: 30,
+            clusterSecret: try ClusterSecret.load(file: nil), logger: logger)
         // Alternately, so that both see the same state of the machine.
         var put: [Double] = []
         var plain: [Double] = []
@@ -113,7 +114,8 @@ struct BenchKVCommand: AsyncParsableCommand {
         logger.logLevel = .error
         let node = try await KVNode(
             bind: HostPort(host: "127.0.0.1", port: 0), fingerprint: Self.fingerprint,
-            bufferBytes: 4 * layers * 2 * tokens * kvDim * 2, ttl: 600, transferTimeout: 30, logger: logger)
+            bufferBytes: 4 * layers * 2 * tokens * kvDim * 2, ttl: 600, transferTimeout: 30,
+            clusterSecret: try ClusterSecret.load(file: nil), logger: logger)
         FileHandle.standardOutput.write(Data("port \(node.port)\n".utf8))
         let blocks = (tokens + 15) / 16
         let cache = PagedKVCache(layerCount: layers, blockCount: blocks, blockSize: 16, kvDim: kvDim)

@@ -24,6 +24,12 @@ struct ServeCommand: AsyncParsableCommand {
     var servedModelName: [String] = []
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` on /v1 endpoints.")
     var apiKey: String?
+    @Option(
+        name: .customLong("cluster-secret-file"),
+        help:
+            "A file holding the cluster secret (else $TANDEM_CLUSTER_SECRET): KV moves only between instances that prove it."
+    )
+    var clusterSecretFile: String?
     @Option(name: .customLong("max-num-seqs"), help: "Most requests in the running batch.") var maxNumSeqs = 16
     @Option(name: .customLong("max-model-len"), help: "Longest sequence, prompt plus output (default: the model's).")
     var maxModelLen: Int?
@@ -108,7 +114,8 @@ struct ServeCommand: AsyncParsableCommand {
                 "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
             )
             options.kvConnector = TandemKVConnector(
-                config: kv, kvAddress: zmq, bindHost: options.host, logger: Logger(label: "tandem.kv"))
+                config: kv, kvAddress: zmq, bindHost: options.host,
+                clusterSecret: try ClusterSecret.load(file: clusterSecretFile), logger: Logger(label: "tandem.kv"))
             if let proxy = kv.proxy {
                 options.registration = RegistrationPlan(
                     role: kv.registrationRole, host: address, httpPort: kv.httpPort ?? (port == 0 ? nil : port),

@@ -43,10 +43,23 @@ struct UpCommand: AsyncParsableCommand {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
     }
 
+    @Option(
+        name: .customLong("cluster-secret-file"),
+        help: "A file holding the cluster secret for the instances (else $TANDEM_CLUSTER_SECRET, else a fresh one).")
+    var clusterSecretFile: String?
+
     func run() async throws {
         let path = try ModelStore().resolve(model)
         try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
         let supervisor = ProcessSupervisor(executable: Bundle.main.executablePath ?? CommandLine.arguments[0])
+        // The instances authenticate each other's KV connections: with the secret given, else with a fresh one
+        // (the children inherit the environment).
+        let secret =
+            try clusterSecretFile.flatMap { try ClusterSecret.load(file: $0) }.map {
+                String(decoding: $0, as: UTF8.self)
+            }
+            ?? ProcessInfo.processInfo.environment[ClusterSecret.environmentKey] ?? ClusterSecret.generate()
+        setenv(ClusterSecret.environmentKey, secret, 1)
         let bindHost = ListenAddress.bindHost(for: host)
         // Where the processes reach each other: the loopback of the family they listen on, or the one address given.
         let reach = ListenAddress.isWildcard(host) ? (bindHost == "::" ? "::1" : "127.0.0.1") : bindHost
