@@ -32,15 +32,6 @@ public struct ProxyOptions: Sendable {
 
 /// The proxy's request context: Hummingbird's, plus the client's channel, so that a client who leaves while the
 /// prefill runs cancels it.
-public struct ProxyRequestContext: RequestContext {
-    public var coreContext: CoreRequestContextStorage
-    public let channel: any Channel
-
-    public init(source: ApplicationRequestContextSource) {
-        coreContext = .init(source: source)
-        channel = source.channel
-    }
-}
 
 /// Runs the discovery listener while the proxy runs.
 struct DiscoveryService: Service {
@@ -73,7 +64,7 @@ public enum ProxyServer {
             registry: registry, policy: options.policy, client: client, metrics: metrics, logger: logger,
             prefillTimeout: .milliseconds(Int64(options.prefillTimeout * 1000)),
             decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)))
-        let routes = Router(context: ProxyRequestContext.self)
+        let routes = Router(context: ClientRequestContext.self)
         routes.add(middleware: APIErrorMiddleware())
         routes.add(middleware: AccessMiddleware(key: options.apiKey))
         routes.post("/v1/completions") { request, context in

@@ -54,19 +54,7 @@ final class RequestRouter: Sendable {
     /// Handles one request; when the client's `client` channel closes before the answer starts, the upstream
     /// requests in flight are cancelled.
     func handle(path: String, request: Request, client: any Channel) async throws -> Response {
-        let work = Task { try await handle(path: path, request: request) }
-        // Hummingbird does not cancel a handler whose client leaves; watch the connection for its end ourselves.
-        let name = "tandem-client-watch-\(UUID().uuidString)"
-        try? await client.eventLoop.submit {
-            try client.pipeline.syncOperations.addHandler(
-                ClientGoneWatcher { work.cancel() }, name: name, position: .first)
-        }.get()
-        defer { client.pipeline.removeHandler(name: name, promise: nil) }
-        return try await withTaskCancellationHandler {
-            try await work.value
-        } onCancel: {
-            work.cancel()
-        }
+        try await cancellingWhenClientLeaves(client) { try await self.handle(path: path, request: request) }
     }
 
     private func handle(path: String, request: Request) async throws -> Response {
@@ -262,26 +250,6 @@ final class RequestRouter: Sendable {
                 metrics.finished(seconds(since: start))
                 try await writer.finish(nil)
             })
-    }
-}
-
-/// Calls `gone` when the client's side of the connection closes (half-close or full close).
-final class ClientGoneWatcher: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    let gone: @Sendable () -> Void
-
-    init(_ gone: @escaping @Sendable () -> Void) { self.gone = gone }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { context.fireChannelRead(data) }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case ChannelEvent.inputClosed = event { gone() }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        gone()
-        context.fireChannelInactive()
     }
 }
 

@@ -27,12 +27,18 @@ public final class InstanceAPI: Sendable {
     }
 
     /// A router with every endpoint, the error middleware, and the API key check when `apiKey` is set.
-    public func router(apiKey: String?) -> Router<BasicRequestContext> {
-        let router = Router()
+    public func router(apiKey: String?) -> Router<ClientRequestContext> {
+        let router = Router(context: ClientRequestContext.self)
         router.add(middleware: APIErrorMiddleware())
         router.add(middleware: AccessMiddleware(key: apiKey))
-        router.post("/v1/completions") { request, _ in try await self.completions(request) }
-        router.post("/v1/chat/completions") { request, _ in try await self.chatCompletions(request) }
+        // A request whose client leaves before its answer starts is aborted (a stream, once started, is aborted by
+        // its failing writes).
+        router.post("/v1/completions") { request, context in
+            try await cancellingWhenClientLeaves(context.channel) { try await self.completions(request) }
+        }
+        router.post("/v1/chat/completions") { request, context in
+            try await cancellingWhenClientLeaves(context.channel) { try await self.chatCompletions(request) }
+        }
         router.get("/v1/models") { _, _ in try self.models() }
         router.get("/health") { _, _ -> Response in
             _ = try self.host.ready()

@@ -44,6 +44,26 @@ func rawHTTPStatus(
     return parts.count >= 2 ? Int(parts[1]) ?? 0 : 0
 }
 
+/// Opens a connection to `port` on loopback and sends one HTTP/1.1 request on it; the caller closes the returned
+/// descriptor to leave, as a client that gives up does.
+func openRawRequest(port: Int, method: String, path: String, body: String) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    _ = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    let text =
+        "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    _ = text.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+    return fd
+}
+
 /// `--api-key` cannot be walked around: every route of an instance and of the proxy, asked for in canonical form
 /// and in the forms that once skipped the check (`//v1/...`, `/v1//...`, `/./v1/...`, percent-encoded), answers 401
 /// without the key on `/v1` paths and 404 for every non-canonical form, key or not; open routes stay open.

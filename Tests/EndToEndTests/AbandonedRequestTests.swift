@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A non-streamed request whose client leaves is aborted at once, on an instance and through the proxy (which then
+/// cancels its upstream request, so the decode instance aborts too): no work runs on for nobody.
+@Suite(.serialized) struct AbandonedRequestTests {
+    static let long = #"{"prompt":"Count to ten thousand:","max_tokens":3000,"ignore_eos":true,"temperature":0}"#
+
+    static func running(_ server: ServerProcess) async throws -> Double {
+        metricValue(try await server.get("/metrics").body, "vllm:num_requests_running") ?? -1
+    }
+
+    /// Polls until `server` runs `count` requests; returns the seconds it took, or nil after `deadline` seconds.
+    static func untilRunning(_ server: ServerProcess, _ count: Double, deadline: Double) async throws -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < deadline {
+            if try await running(server) == count { return Date().timeIntervalSince(start) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
+    }
+
+    @Test func anInstanceAbortsARequestWhoseClientLeft() async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        let fd = openRawRequest(port: server.port, method: "POST", path: "/v1/completions", body: Self.long)
+        #expect(try await Self.untilRunning(server, 1, deadline: 30) != nil, "the request runs")
+        close(fd)
+        let took = try await Self.untilRunning(server, 0, deadline: 1)
+        #expect(took != nil, "aborted within 1 s of the client leaving")
+        print("instance: aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
+    }
+
+    @Test func theProxyCancelsBothSidesWhenTheClientLeaves() async throws {
+        let discovery = freePort()
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
+        defer { #expect(proxy.stop() == 0) }
+        let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(p.stop() == 0) }
+        let d = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
+        defer { #expect(d.stop() == 0) }
+        try await waitForInstances(proxy, prefill: 1, decode: 1)
+        let fd = openRawRequest(port: proxy.port, method: "POST", path: "/v1/completions", body: Self.long)
+        #expect(try await Self.untilRunning(d, 1, deadline: 30) != nil, "the decode runs the request")
+        close(fd)
+        let took = try await Self.untilRunning(d, 0, deadline: 1)
+        #expect(took != nil, "the decode aborted within 1 s of the client leaving the proxy")
+        print("proxy: decode aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
+        #expect(try await Self.running(p) == 0)
+    }
+}
