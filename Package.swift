@@ -35,7 +35,8 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["CKernels", "GGUF"]),
         .target(name: "Engine", dependencies: ["GGUF", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
-        .target(name: "Discovery", dependencies: ["CZMQ"]),
+        .target(
+            name: "Discovery", dependencies: ["CZMQ", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "KVTransfer",
             dependencies: [

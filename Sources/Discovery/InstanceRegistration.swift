@@ -47,10 +47,14 @@ public final class InstanceRegistration: @unchecked Sendable {
     private var finished = false
     public private(set) var sentCount = 0
 
-    public init(ping: RegistrationPing, proxy: HostPort, interval: Double = 3) {
+    /// With the cluster secret, every ping is signed (`RegistrationSignature`).
+    private let secret: [UInt8]?
+
+    public init(ping: RegistrationPing, proxy: HostPort, interval: Double = 3, secret: [UInt8]? = nil) {
         self.ping = ping
         self.proxy = proxy
         self.interval = interval
+        self.secret = secret
     }
 
     /// Opens the socket (errors surface here) and starts pinging.
@@ -58,11 +62,13 @@ public final class InstanceRegistration: @unchecked Sendable {
         let socket = try ZMQSocket(.dealer)
         try socket.setIdentity(Array(ping.zmqAddress.description.utf8))
         try socket.connect(proxy)
-        let payload = ping.message.encoded()
+        let plain = ping.message.encoded()
         Thread { [self] in
             stopped.lock()
             while !stopping {
                 stopped.unlock()
+                // A signed ping carries its time, so each is signed as it goes.
+                let payload = secret.map { RegistrationSignature.signed(ping, secret: $0).encoded() } ?? plain
                 if (try? socket.send([payload])) == true { sentCount += 1 }
                 stopped.lock()
                 _ = stopped.wait(until: Date().addingTimeInterval(interval))

@@ -13,16 +13,23 @@ public final class DiscoveryListener: @unchecked Sendable {
     private let state = NSCondition()
     private var stopping = false
     private var finished = false
+    /// With the cluster secret, only signed pings register (plain ones too when `allowUnsigned`).
+    private let secret: [UInt8]?
+    private let allowUnsigned: Bool
+    /// Senders refused so far (each logged once).
+    private var refusedSenders: Set<[UInt8]> = []
 
     /// Binds the ROUTER (`::` listens on IPv6 and IPv4); errors surface here.
     public init(
-        bind: HostPort, registry: InstanceRegistry, logger: Logger,
-        onChange: @escaping @Sendable (_ added: Bool) -> Void = { _ in }
+        bind: HostPort, registry: InstanceRegistry, logger: Logger, secret: [UInt8]? = nil,
+        allowUnsigned: Bool = false, onChange: @escaping @Sendable (_ added: Bool) -> Void = { _ in }
     ) throws {
         socket = try ZMQSocket(.router)
         try socket.bind(bind)
         self.registry = registry
         self.logger = logger
+        self.secret = secret
+        self.allowUnsigned = allowUnsigned
         self.onChange = onChange
     }
 
@@ -59,8 +66,19 @@ public final class DiscoveryListener: @unchecked Sendable {
         }
         let ping: RegistrationPing
         do {
-            guard let p = RegistrationPing(try MessagePackValue.decode(payload)) else {
+            let value = try MessagePackValue.decode(payload)
+            guard let p = RegistrationPing(value) else {
                 logger.warning("discovery: ignored a message without type P/D, http_address and zmq_address")
+                return
+            }
+            if let secret, let refusal = RegistrationSignature.check(value, identity: frames[0], secret: secret),
+                !(refusal == .unsigned && allowUnsigned)
+            {
+                if refusedSenders.count < 10_000, refusedSenders.insert(frames[0]).inserted {
+                    logger.warning(
+                        "discovery: refused a registration from \(String(decoding: frames[0], as: UTF8.self)) as \(p.role == .prefill ? "prefill" : "decode") \(p.httpAddress): \(refusal.rawValue) (logged once per sender)"
+                    )
+                }
                 return
             }
             ping = p

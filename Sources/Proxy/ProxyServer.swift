@@ -15,6 +15,10 @@ public struct ProxyOptions: Sendable {
     public var discoveryPort = 30002
     public var policy = RoutingPolicy.roundRobin
     public var apiKey: String?
+    /// With the cluster secret, only signed registrations are accepted (plain vLLM pings too when
+    /// `allowUnauthenticatedDiscovery`).
+    public var clusterSecret: [UInt8]?
+    public var allowUnauthenticatedDiscovery = false
     /// Seconds an instance may stay silent before it is removed.
     public var instanceTTL = 5.0
     public var connectTimeout = 5.0
@@ -51,7 +55,15 @@ public enum ProxyServer {
         let metrics = ProxyMetrics()
         let listener = try DiscoveryListener(
             bind: HostPort(host: options.discoveryHost, port: options.discoveryPort), registry: registry,
-            logger: logger, onChange: { metrics.discovery(added: $0) })
+            logger: logger, secret: options.clusterSecret, allowUnsigned: options.allowUnauthenticatedDiscovery,
+            onChange: { metrics.discovery(added: $0) })
+        if options.clusterSecret == nil {
+            logger.warning(
+                "Discovery is OPEN: no cluster secret, anyone who reaches the discovery port can register an instance (set TANDEM_CLUSTER_SECRET)"
+            )
+        } else if options.allowUnauthenticatedDiscovery {
+            logger.warning("Discovery accepts unsigned (vLLM) registrations: --allow-unauthenticated-discovery")
+        }
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(
             connect: .milliseconds(Int64(options.connectTimeout * 1000)),

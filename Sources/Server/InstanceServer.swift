@@ -42,8 +42,14 @@ public struct RegistrationPlan: Sendable {
     public var httpPort: Int?
     public var kvPort: Int
     public var proxy: HostPort
+    /// With the cluster secret, pings are signed.
+    public var secret: [UInt8]?
 
-    public init(role: RegistrationPing.Role, host: String, httpPort: Int?, kvPort: Int, proxy: HostPort) {
+    public init(
+        role: RegistrationPing.Role, host: String, httpPort: Int?, kvPort: Int, proxy: HostPort,
+        secret: [UInt8]? = nil
+    ) {
+        self.secret = secret
         self.role = role
         self.host = host
         self.httpPort = httpPort
@@ -88,7 +94,7 @@ struct EngineService: Service {
             let ping = RegistrationPing(
                 role: plan.role, httpAddress: HostPort(host: plan.host, port: port!),
                 zmqAddress: HostPort(host: plan.host, port: plan.kvPort))
-            let r = InstanceRegistration(ping: ping, proxy: plan.proxy)
+            let r = InstanceRegistration(ping: ping, proxy: plan.proxy, secret: plan.secret)
             try r.start()
             registration = r
             logger.info(

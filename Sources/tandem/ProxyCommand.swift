@@ -18,6 +18,15 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "How to pick instances: round_robin or least_loaded.") var policy = "round_robin"
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` from clients on /v1.")
     var apiKey: String?
+    @Option(
+        name: .customLong("cluster-secret-file"),
+        help: "A file holding the cluster secret (else $TANDEM_CLUSTER_SECRET): only signed registrations are accepted."
+    )
+    var clusterSecretFile: String?
+    @Flag(
+        name: .customLong("allow-unauthenticated-discovery"),
+        help: "With a cluster secret, still accept plain (vLLM) registrations, for fleets mixed with vLLM instances.")
+    var allowUnauthenticatedDiscovery = false
     @Option(name: .customLong("instance-ttl"), help: "Seconds without a ping before an instance is removed (5s).")
     var instanceTTL = "5s"
     @Option(name: .customLong("connect-timeout"), help: "Seconds to connect to an instance.") var connectTimeout = 5.0
@@ -69,6 +78,8 @@ struct ProxyCommand: AsyncParsableCommand {
         options.decodeTimeout = decodeTimeout
         options.readTimeout = readTimeout
         options.shutdownGrace = shutdownGrace
+        options.clusterSecret = try ClusterSecret.load(file: clusterSecretFile)
+        options.allowUnauthenticatedDiscovery = allowUnauthenticatedDiscovery
         try await ProxyServer.run(options, logger: Logger(label: "tandem.proxy"))
     }
 }

@@ -113,13 +113,14 @@ struct ServeCommand: AsyncParsableCommand {
             logger.info(
                 "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
             )
+            let secret = try ClusterSecret.load(file: clusterSecretFile)
             options.kvConnector = TandemKVConnector(
-                config: kv, kvAddress: zmq, bindHost: options.host,
-                clusterSecret: try ClusterSecret.load(file: clusterSecretFile), logger: Logger(label: "tandem.kv"))
+                config: kv, kvAddress: zmq, bindHost: options.host, clusterSecret: secret,
+                logger: Logger(label: "tandem.kv"))
             if let proxy = kv.proxy {
                 options.registration = RegistrationPlan(
                     role: kv.registrationRole, host: address, httpPort: kv.httpPort ?? (port == 0 ? nil : port),
-                    kvPort: kv.kvPort, proxy: proxy)
+                    kvPort: kv.kvPort, proxy: proxy, secret: secret)
             }
         }
         try await InstanceServer.run(options, logger: logger)

@@ -97,7 +97,7 @@ final class ServerProcess: @unchecked Sendable {
     /// `extra` adds keys to `kv_connector_extra_config` (for example `"kv_transfer_timeout_s":1`).
     static func instance(
         host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int? = nil, sendType: String = "PUT",
-        extra: String = ""
+        extra: String = "", arguments: [String] = []
     ) async throws -> ServerProcess {
         var extraConfig = "\"kv_host\":\"\(host)\",\"send_type\":\"\(sendType)\""
         if let discoveryPort { extraConfig += ",\"proxy_ip\":\"\(host)\",\"proxy_port\":\"\(discoveryPort)\"" }
@@ -106,7 +106,7 @@ final class ServerProcess: @unchecked Sendable {
             {"kv_connector":"P2pNcclConnector","kv_role":"\(role)","kv_port":"\(kvPort)",\
             "kv_connector_extra_config":{\(extraConfig)}}
             """
-        return try await ServerProcess(host: host, ["--kv-transfer-config", config])
+        return try await ServerProcess(host: host, ["--kv-transfer-config", config] + arguments)
     }
 
     func get(_ path: String) async throws -> HTTPReply {
