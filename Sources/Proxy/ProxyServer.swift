@@ -15,6 +15,8 @@ public struct ProxyOptions: Sendable {
     public var discoveryPort = 30002
     public var policy = RoutingPolicy.roundRobin
     public var apiKey: String?
+    /// Seconds a client connection may stay silent before its request is complete, or between requests.
+    public var clientTimeout = 30.0
     /// With the cluster secret, only signed registrations are accepted (plain vLLM pings too when
     /// `allowUnauthenticatedDiscovery`).
     public var clusterSecret: [UInt8]?
@@ -97,6 +99,7 @@ public enum ProxyServer {
         }
         let app = Application(
             router: routes,
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(options.clientTimeout * 1000)))),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem-proxy"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port

@@ -60,7 +60,7 @@ final class RequestRouter: Sendable {
     private func handle(path: String, request: Request) async throws -> Response {
         let start = ContinuousClock.now
         var request = request
-        let raw = try await request.collectBody(upTo: maxBodyBytes)
+        let raw = try await request.collectRequestBody()
         guard let body = JSONValue.parse(raw.readableBytesView), case .object = body else {
             metrics.outcome("client_error")
             throw APIError.badRequest("the request body must be a JSON object")

@@ -91,6 +91,20 @@ public struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 /// Requests bodies larger than this are answered with 413.
 public let maxBodyBytes = 8 << 20
 
+extension Request {
+    /// The whole body, at most `maxBodyBytes` (else 413); a body that cannot be read (malformed chunked encoding,
+    /// cut short by the client) is a 400, never a 500.
+    public mutating func collectRequestBody() async throws -> ByteBuffer {
+        do {
+            return try await collectBody(upTo: maxBodyBytes)
+        } catch let error as any HTTPResponseError {
+            throw error
+        } catch {
+            throw APIError.badRequest("the request body could not be read (\(error))", param: nil)
+        }
+    }
+}
+
 /// The one access check of instances and the proxy, before any route: a path that is not in canonical form (an
 /// empty, `.` or `..` segment, any percent-encoding, a trailing slash) is refused with 404 whatever the key, so that
 /// `//v1/completions` or `/%761/models` can never reach a route around the key check; then, when the server has an

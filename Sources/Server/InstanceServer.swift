@@ -15,6 +15,9 @@ public struct InstanceOptions: Sendable {
     public var host = "0.0.0.0"
     public var port = 8081
     public var apiKey: String?
+    /// Seconds a client connection may stay silent before its request is complete (a half-sent header, a stalled
+    /// body) or between requests; then it is closed.
+    public var clientTimeout = 30.0
     public var threads = availableCPUCount()
     public var maxNumSeqs = 16
     public var maxModelLength: Int?
@@ -170,6 +173,7 @@ public enum InstanceServer {
             kvConnector: options.kvConnector)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(options.clientTimeout * 1000)))),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port

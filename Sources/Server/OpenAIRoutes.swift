@@ -66,7 +66,7 @@ public final class InstanceAPI: Sendable {
 
     private func readFields(_ request: Request) async throws -> RequestFields {
         var request = request
-        let body = try await request.collectBody(upTo: maxBodyBytes)
+        let body = try await request.collectRequestBody()
         return try RequestFields(body: body.readableBytesView)
     }
 

@@ -18,7 +18,7 @@ extension InstanceAPI {
     func tokenize(_ request: Request) async throws -> Response {
         let loaded = try host.ready()
         var request = request
-        let fields = try RequestFields(body: try await request.collectBody(upTo: maxBodyBytes).readableBytesView)
+        let fields = try RequestFields(body: try await request.collectRequestBody().readableBytesView)
         let tokens: [Int32]
         if fields.value("messages") != nil {
             let text = try chatPrompt(fields, loaded: loaded)
@@ -38,7 +38,7 @@ extension InstanceAPI {
     func detokenize(_ request: Request) async throws -> Response {
         let loaded = try host.ready()
         var request = request
-        let fields = try RequestFields(body: try await request.collectBody(upTo: maxBodyBytes).readableBytesView)
+        let fields = try RequestFields(body: try await request.collectRequestBody().readableBytesView)
         guard let tokens = try fields.tokenIds("tokens") else {
             throw APIError.badRequest("'tokens' is required", param: "tokens")
         }

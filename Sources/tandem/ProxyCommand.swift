@@ -16,6 +16,10 @@ struct ProxyCommand: AsyncParsableCommand {
     var discoveryHost = "::"
     @Option(name: .customLong("discovery-port"), help: "Port of the ZMQ ROUTER.") var discoveryPort = 30002
     @Option(help: "How to pick instances: round_robin or least_loaded.") var policy = "round_robin"
+    @Option(
+        name: .customLong("client-timeout"),
+        help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
+    var clientTimeout = 30.0
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` from clients on /v1.")
     var apiKey: String?
     @Option(
@@ -48,6 +52,9 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
+        guard clientTimeout > 0, clientTimeout <= 86_400 else {
+            throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
+        }
         guard (0...65535).contains(port), (1...65535).contains(discoveryPort) else {
             throw ValidationError("--port and --discovery-port must be valid port numbers")
         }
@@ -72,6 +79,7 @@ struct ProxyCommand: AsyncParsableCommand {
         options.discoveryPort = discoveryPort
         options.policy = RoutingPolicy(rawValue: policy)!
         options.apiKey = apiKey
+        options.clientTimeout = clientTimeout
         options.instanceTTL = Self.seconds(instanceTTL)!
         options.connectTimeout = connectTimeout
         options.prefillTimeout = prefillTimeout

@@ -22,6 +22,10 @@ struct ServeCommand: AsyncParsableCommand {
         name: .customLong("served-model-name"),
         help: "Name(s) clients use in the `model` field (repeatable; default: the MODEL argument).")
     var servedModelName: [String] = []
+    @Option(
+        name: .customLong("client-timeout"),
+        help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
+    var clientTimeout = 30.0
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` on /v1 endpoints.")
     var apiKey: String?
     @Option(
@@ -53,6 +57,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
+        guard clientTimeout > 0, clientTimeout <= 86_400 else {
+            throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
+        }
         guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
         guard blockSize >= 1, blockSize <= 1024 else { throw ValidationError("--block-size must be in 1...1024") }
         guard maxNumBatchedTokens >= 1 else { throw ValidationError("--max-num-batched-tokens must be at least 1") }
@@ -94,6 +101,7 @@ struct ServeCommand: AsyncParsableCommand {
         options.host = ListenAddress.bindHost(for: host)
         options.port = port
         options.apiKey = apiKey
+        options.clientTimeout = clientTimeout
         options.threads = threads
         options.maxNumSeqs = maxNumSeqs
         options.maxModelLength = maxModelLen
