@@ -18,6 +18,9 @@ public struct InstanceOptions: Sendable {
     /// Seconds a client connection may stay silent before its request is complete (a half-sent header, a stalled
     /// body) or between requests; then it is closed.
     public var clientTimeout = 30.0
+    /// Bounds on generated tokens: the default of a chat request without `max_tokens`, and the most any may ask.
+    public var maxTokensDefault: Int?
+    public var maxTokensLimit: Int?
     public var threads = availableCPUCount()
     public var maxNumSeqs = 16
     public var maxModelLength: Int?
@@ -170,7 +173,8 @@ public enum InstanceServer {
         let boundPort = LockedValue<Int?>(nil)
         let api = InstanceAPI(
             host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics,
-            kvConnector: options.kvConnector)
+            kvConnector: options.kvConnector, maxTokensDefault: options.maxTokensDefault,
+            maxTokensLimit: options.maxTokensLimit)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
             server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(options.clientTimeout * 1000)))),

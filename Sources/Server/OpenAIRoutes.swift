@@ -13,17 +13,32 @@ public final class InstanceAPI: Sendable {
     public let metrics: InstanceMetrics
     /// Moves KV to and from other instances (disaggregated serving).
     public let kvConnector: TandemKVConnector?
+    /// A chat request without `max_tokens` generates at most this many tokens (nil: up to `max_model_len`).
+    public let maxTokensDefault: Int?
+    /// A request asking for more tokens than this is refused with 400 (nil: no limit below `max_model_len`).
+    public let maxTokensLimit: Int?
     let created = Int(Date().timeIntervalSince1970)
 
     public init(
         host: EngineHost, servedModelNames: [String], modelPath: String, metrics: InstanceMetrics,
-        kvConnector: TandemKVConnector? = nil
+        kvConnector: TandemKVConnector? = nil, maxTokensDefault: Int? = nil, maxTokensLimit: Int? = nil
     ) {
+        self.maxTokensDefault = maxTokensDefault
+        self.maxTokensLimit = maxTokensLimit
         self.host = host
         self.servedModelNames = servedModelNames
         self.modelPath = modelPath
         self.metrics = metrics
         self.kvConnector = kvConnector
+    }
+
+    /// Refuses a request that asks for more tokens than `--max-tokens-limit`.
+    private func limited(_ params: SamplingParams) throws -> SamplingParams {
+        if let limit = maxTokensLimit, params.maxTokens > limit {
+            throw APIError.badRequest(
+                "max_tokens is \(params.maxTokens), more than this server's limit of \(limit)", param: "max_tokens")
+        }
+        return params
     }
 
     /// A router with every endpoint, the error middleware, and the API key check when `apiKey` is set.
@@ -85,7 +100,7 @@ public final class InstanceAPI: Sendable {
         let fields = try await readFields(request)
         try checkModel(fields)
         let prompt = try completionPrompt(fields, loaded: loaded)
-        var params = try fields.samplingParams(defaultMaxTokens: 16)
+        var params = try limited(fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)))
         params.logprobs = try fields.int("logprobs", in: 0...20)
         return try await run(
             kind: .completion, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
@@ -124,7 +139,8 @@ public final class InstanceAPI: Sendable {
         try checkModel(fields)
         let text = try chatPrompt(fields, loaded: loaded)
         let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
-        var params = try fields.samplingParams(defaultMaxTokens: Int(Int32.max))
+        var params = try limited(
+            fields.samplingParams(defaultMaxTokens: maxTokensDefault ?? maxTokensLimit ?? Int(Int32.max)))
         if try fields.bool("logprobs") == true {
             params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
         }

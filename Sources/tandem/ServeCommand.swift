@@ -26,6 +26,13 @@ struct ServeCommand: AsyncParsableCommand {
         name: .customLong("client-timeout"),
         help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
     var clientTimeout = 30.0
+    @Option(
+        name: .customLong("max-tokens-default"),
+        help: "Tokens a chat request without max_tokens may generate (default: up to max_model_len).")
+    var maxTokensDefault: Int?
+    @Option(
+        name: .customLong("max-tokens-limit"), help: "The most tokens a request may ask for; more is a 400.")
+    var maxTokensLimit: Int?
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` on /v1 endpoints.")
     var apiKey: String?
     @Option(
@@ -57,6 +64,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
+        guard (maxTokensDefault ?? 1) >= 1, (maxTokensLimit ?? 1) >= 1 else {
+            throw ValidationError("--max-tokens-default and --max-tokens-limit must be at least 1")
+        }
         guard clientTimeout > 0, clientTimeout <= 86_400 else {
             throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
         }
@@ -102,6 +112,8 @@ struct ServeCommand: AsyncParsableCommand {
         options.port = port
         options.apiKey = apiKey
         options.clientTimeout = clientTimeout
+        options.maxTokensDefault = maxTokensDefault
+        options.maxTokensLimit = maxTokensLimit
         options.threads = threads
         options.maxNumSeqs = maxNumSeqs
         options.maxModelLength = maxModelLen
