@@ -40,7 +40,7 @@ public final class KVNode: Sendable {
         let handshake = TimeAmount.milliseconds(Int64(max(0.1, connectTimeout) * 1000))
         let state = KVNodeState(
             fingerprint: fingerprint, bufferBytes: bufferBytes, ttl: ttl, transferTimeout: transferTimeout,
-            logger: logger, report: report)
+            authenticatedPeers: clusterSecret != nil, logger: logger, report: report)
         self.state = state
         let open = OpenChannels()
         self.open = open

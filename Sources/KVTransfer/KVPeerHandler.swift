@@ -18,9 +18,10 @@ final class KVNodeState: Sendable {
     let report: @Sendable (KVTransferEvent) -> Void
 
     init(
-        fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double, logger: Logger,
-        report: @escaping @Sendable (KVTransferEvent) -> Void
+        fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double, authenticatedPeers: Bool = false,
+        logger: Logger, report: @escaping @Sendable (KVTransferEvent) -> Void
     ) {
+        self.authenticatedPeers = authenticatedPeers
         self.fingerprint = fingerprint
         inbox = KVInbox(capacityBytes: bufferBytes, ttl: ttl)
         outbox = KVInbox(capacityBytes: bufferBytes, ttl: ttl)
@@ -32,6 +33,13 @@ final class KVNodeState: Sendable {
 
     /// Largest frame a connection accepts.
     var maxFrameBytes: Int { max(1 << 20, inbox.capacityBytes) }
+
+    /// Whether every connection's peer proved the cluster secret.
+    let authenticatedPeers: Bool
+
+    /// The most bytes one connection's arriving transfers may hold reserved once it has one: all of the buffer for
+    /// peers that proved the secret, a quarter of it otherwise.
+    var connectionShare: Int { authenticatedPeers ? inbox.capacityBytes : inbox.capacityBytes / 4 }
 }
 
 /// Something a KV node did on its own that metrics should count (streamed sends finish in the background; pulls
@@ -69,6 +77,8 @@ final class KVPeerHandler: ChannelInboundHandler {
             filled = [Int](repeating: 0, count: layers)
         }
 
+        var bytes: Int { values.count * 2 }
+
         /// Byte offset in `values` of the K rows of `layer` from position `start`; the V rows follow one part later.
         func kOffset(layer: Int, start: Int) -> Int { (layer * 2 * tokens.count + start) * kvDim * 2 }
         var partBytes: Int { tokens.count * kvDim * 2 }
@@ -91,7 +101,11 @@ final class KVPeerHandler: ChannelInboundHandler {
     }
 
     let node: KVNodeState
-    private var arriving: [String: Assembly] = [:]
+    private var arriving: [String: Assembly] = [:] {
+        didSet { reservedHere = arriving.values.reduce(0) { $0 + $1.bytes } }
+    }
+    /// Bytes reserved in the inbox by the transfers arriving on this connection.
+    private var reservedHere = 0
     private var current: CurrentLayer?
     /// Transfers refused recently: their remaining frames are dropped quietly.
     private var refused: [String] = []
@@ -143,6 +157,14 @@ final class KVPeerHandler: ChannelInboundHandler {
             return refuse(context, id, "the transfer's shape is invalid")
         }
         let bytes = layers * 2 * tokens.count * kvDim * 2
+        // Beyond its first, one connection's transfers still arriving may hold only its share of the buffer (a peer
+        // that proved the cluster secret, all of it), so that begin frames alone cannot reserve the whole buffer.
+        guard reservedHere == 0 || reservedHere + bytes <= node.connectionShare else {
+            return refuse(
+                context, id,
+                "the transfer (\(bytes) bytes) would take this connection past its share of kv_buffer_size (\(node.connectionShare) bytes)"
+            )
+        }
         guard node.inbox.reserve(id, bytes: bytes) else {
             return refuse(context, id, "the transfer (\(bytes) bytes) does not fit in the free kv_buffer_size")
         }

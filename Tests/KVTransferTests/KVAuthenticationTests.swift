@@ -217,6 +217,34 @@ final class TamperingRelay: @unchecked Sendable {
         await consumer.close()
     }
 
+    /// Without a secret, one connection's begin frames reserve at most a quarter of the buffer, what they reserved
+    /// goes back when the connection closes, and other peers' transfers still fit meanwhile.
+    @Test func withoutASecretAConnectionReservesOnlyItsShare() async throws {
+        let buffer = 1 << 24
+        let consumer = try await makeNode(fingerprint: 42, buffer: buffer)
+        let producer = try await makeNode(fingerprint: 42)
+        var raw = try #require(RawSocket(connectTo: consumer.port))
+        var bytes = ByteBuffer()
+        for i in 0..<6 {
+            KVFrame.begin(requestId: "junk\(i)", layerCount: 30, kvDim: 192, fingerprint: 42, tokens: Array(0..<100))
+                .write(into: &bytes)
+        }
+        raw.send(bytes)
+        _ = raw.drain(seconds: 1)  // the refusals' acks
+        #expect(
+            consumer.inbox.bytesInUse > 0 && consumer.inbox.bytesInUse <= buffer / 4, "\(consumer.inbox.bytesInUse)")
+        try await producer.send(
+            samplePayload(tokens: 64, fingerprint: 42), requestId: "real",
+            to: HostPort(host: "127.0.0.1", port: consumer.port))
+        expectPayload(await consumer.inbox.wait(for: "real", timeout: 2), samplePayload(tokens: 64, fingerprint: 42))
+        raw = RawSocket(fd: -1)  // closes the junk connection
+        let deadline = Date().addingTimeInterval(5)
+        while consumer.inbox.bytesInUse > 0, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(consumer.inbox.bytesInUse == 0, "the closed connection's reservations went back")
+        await producer.close()
+        await consumer.close()
+    }
+
     /// Defect 2: a prefill told (by a request id) to push KV to some listener that does not know the secret sends
     /// it nothing but its hello.
     @Test func noKVGoesToAListenerWithoutTheSecret() async throws {
