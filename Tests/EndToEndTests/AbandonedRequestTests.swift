@@ -24,13 +24,19 @@ import Testing
         return nil
     }
 
+    /// Sends the long request to `port`, waits until `watched` runs it, leaves, and returns how long `watched` took
+    /// to drop it (nil when it still ran after a second).
+    static func leave(sendingTo port: Int, watching watched: ServerProcess) async throws -> Double? {
+        let fd = openRawRequest(port: port, method: "POST", path: "/v1/completions", body: long)
+        #expect(try await untilRunning(watched, 1, deadline: 30) != nil, "the request runs")
+        close(fd)
+        return try await untilRunning(watched, 0, deadline: 1)
+    }
+
     @Test func anInstanceAbortsARequestWhoseClientLeft() async throws {
         let server = try await ServerProcess()
         defer { #expect(server.stop() == 0) }
-        let fd = openRawRequest(port: server.port, method: "POST", path: "/v1/completions", body: Self.long)
-        #expect(try await Self.untilRunning(server, 1, deadline: 30) != nil, "the request runs")
-        close(fd)
-        let took = try await Self.untilRunning(server, 0, deadline: 1)
+        let took = try await Self.leave(sendingTo: server.port, watching: server)
         #expect(took != nil, "aborted within 1 s of the client leaving")
         print("instance: aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
     }
@@ -44,10 +50,7 @@ import Testing
         let d = try await ServerProcess.instance(role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery)
         defer { #expect(d.stop() == 0) }
         try await waitForInstances(proxy, prefill: 1, decode: 1)
-        let fd = openRawRequest(port: proxy.port, method: "POST", path: "/v1/completions", body: Self.long)
-        #expect(try await Self.untilRunning(d, 1, deadline: 30) != nil, "the decode runs the request")
-        close(fd)
-        let took = try await Self.untilRunning(d, 0, deadline: 1)
+        let took = try await Self.leave(sendingTo: proxy.port, watching: d)
         #expect(took != nil, "the decode aborted within 1 s of the client leaving the proxy")
         print("proxy: decode aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
         #expect(try await Self.running(p) == 0)

@@ -40,6 +40,21 @@ final class RawSocket: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// A listening socket on a free loopback port: its descriptor and port.
+    static func listen() -> (Int32, Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = loopback(0)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(fd, $0, len)
+                _ = Glibc.listen(fd, 4)
+                _ = getsockname(fd, $0, &len)
+            }
+        }
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
     func send(_ buffer: ByteBuffer) {
         buffer.withUnsafeReadableBytes { _ = Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
@@ -67,21 +82,10 @@ final class CountingListener: @unchecked Sendable {
     var bytes: Int { lock.withLock { received } }
 
     init() {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = RawSocket.loopback(0)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                _ = bind(fd, $0, len)
-                _ = listen(fd, 4)
-                _ = getsockname(fd, $0, &len)
-            }
-        }
-        self.fd = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        (fd, port) = RawSocket.listen()
         Thread {
             while true {
-                let c = accept(fd, nil, nil)
+                let c = accept(self.fd, nil, nil)
                 if c < 0 { return }
                 let peer = RawSocket(fd: c)
                 let n = peer.drain(seconds: 3).count
@@ -100,21 +104,10 @@ final class TamperingRelay: @unchecked Sendable {
     private let fd: Int32
 
     init(to target: Int, flipAt: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = RawSocket.loopback(0)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                _ = bind(fd, $0, len)
-                _ = listen(fd, 4)
-                _ = getsockname(fd, $0, &len)
-            }
-        }
-        self.fd = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        (fd, port) = RawSocket.listen()
         Thread {
             while true {
-                let c = accept(fd, nil, nil)
+                let c = accept(self.fd, nil, nil)
                 if c < 0 { return }
                 guard let upstream = RawSocket(connectTo: target) else { return }
                 let client = RawSocket(fd: c)
