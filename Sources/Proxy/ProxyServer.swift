@@ -17,6 +17,8 @@ public struct ProxyOptions: Sendable {
     public var apiKey: String?
     /// Seconds a client connection may stay silent before its request is complete, or between requests.
     public var clientTimeout = 30.0
+    /// The most HTTP connections open at once; more are closed as soon as they are accepted.
+    public var maxConnections = 1024
     /// With the cluster secret, only signed registrations are accepted (plain vLLM pings too when
     /// `allowUnauthenticatedDiscovery`).
     public var clusterSecret: [UInt8]?
@@ -99,7 +101,8 @@ public enum ProxyServer {
         }
         let app = Application(
             router: routes,
-            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(options.clientTimeout * 1000)))),
+            server: .http1(
+                configuration: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections)),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem-proxy"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port

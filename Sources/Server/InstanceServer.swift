@@ -18,6 +18,8 @@ public struct InstanceOptions: Sendable {
     /// Seconds a client connection may stay silent before its request is complete (a half-sent header, a stalled
     /// body) or between requests; then it is closed.
     public var clientTimeout = 30.0
+    /// The most HTTP connections open at once; more are closed as soon as they are accepted.
+    public var maxConnections = 1024
     /// Bounds on generated tokens: the default of a chat request without `max_tokens`, and the most any may ask.
     public var maxTokensDefault: Int?
     public var maxTokensLimit: Int?
@@ -177,7 +179,8 @@ public enum InstanceServer {
             maxTokensLimit: options.maxTokensLimit)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
-            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(options.clientTimeout * 1000)))),
+            server: .http1(
+                configuration: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections)),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port

@@ -20,6 +20,8 @@ struct ProxyCommand: AsyncParsableCommand {
         name: .customLong("client-timeout"),
         help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
     var clientTimeout = 30.0
+    @Option(name: .customLong("max-connections"), help: "The most HTTP connections open at once.")
+    var maxConnections = 1024
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` from clients on /v1.")
     var apiKey: String?
     @Option(
@@ -52,6 +54,7 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard clientTimeout > 0, clientTimeout <= 86_400 else {
             throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
         }
@@ -80,6 +83,7 @@ struct ProxyCommand: AsyncParsableCommand {
         options.policy = RoutingPolicy(rawValue: policy)!
         options.apiKey = apiKey
         options.clientTimeout = clientTimeout
+        options.maxConnections = maxConnections
         options.instanceTTL = Self.seconds(instanceTTL)!
         options.connectTimeout = connectTimeout
         options.prefillTimeout = prefillTimeout

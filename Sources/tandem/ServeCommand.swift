@@ -26,6 +26,8 @@ struct ServeCommand: AsyncParsableCommand {
         name: .customLong("client-timeout"),
         help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
     var clientTimeout = 30.0
+    @Option(name: .customLong("max-connections"), help: "The most HTTP connections open at once.")
+    var maxConnections = 1024
     @Option(
         name: .customLong("max-tokens-default"),
         help: "Tokens a chat request without max_tokens may generate (default: up to max_model_len).")
@@ -67,6 +69,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard (maxTokensDefault ?? 1) >= 1, (maxTokensLimit ?? 1) >= 1 else {
             throw ValidationError("--max-tokens-default and --max-tokens-limit must be at least 1")
         }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard clientTimeout > 0, clientTimeout <= 86_400 else {
             throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
         }
@@ -112,6 +115,7 @@ struct ServeCommand: AsyncParsableCommand {
         options.port = port
         options.apiKey = apiKey
         options.clientTimeout = clientTimeout
+        options.maxConnections = maxConnections
         options.maxTokensDefault = maxTokensDefault
         options.maxTokensLimit = maxTokensLimit
         options.threads = threads

@@ -52,6 +52,37 @@ func rawExchange(port: Int, _ bytes: String, halfClose: Bool = false, timeout: I
         check(port: server.port)
     }
 
+    /// `--max-connections 3`: three idle connections are kept, a fourth is closed at once, and once one of the three
+    /// leaves a new client is served again.
+    @Test func aProcessKeepsAtMostItsConnectionLimit() async throws {
+        let server = try await ServerProcess(["--max-connections", "3"])
+        defer { #expect(server.stop() == 0) }
+        // Open connections until one is refused (closed at once): the process is then at its limit. The test
+        // harness's own keep-alive connection (from the health wait) may hold one of the three.
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+        while held.count < 4 {
+            let fd = connectLoopback(port: server.port, receiveTimeout: 1)
+            var byte: UInt8 = 0
+            guard fd >= 0, recv(fd, &byte, 1, 0) < 0 else {  // closed (0) rather than silent (-1, timed out)
+                if fd >= 0 { close(fd) }
+                break
+            }
+            held.append(fd)
+        }
+        #expect((2...3).contains(held.count), "kept \(held.count) idle connections under a limit of 3")
+        let extra = rawExchange(port: server.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 5)
+        #expect(
+            extra.reply.isEmpty && extra.seconds < 2, "the fourth connection is closed (or reset) unanswered: \(extra)")
+        close(held.removeLast())
+        var status = 0
+        let served = Date().addingTimeInterval(5)
+        while status != 200, Date() < served {
+            status = rawHTTPStatus(port: server.port, method: "GET", path: "/health", timeout: 5)
+        }
+        #expect(status == 200, "a new client is served once a connection left")
+    }
+
     @Test func theProxy() async throws {
         let proxy = try await ServerProcess.proxy(discoveryPort: freePort(), extra: ["--client-timeout", "1"])
         defer { #expect(proxy.stop() == 0) }
