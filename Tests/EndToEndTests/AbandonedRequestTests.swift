@@ -8,7 +8,7 @@ import Testing
 /// A non-streamed request whose client leaves is aborted at once, on an instance and through the proxy (which then
 /// cancels its upstream request, so the decode instance aborts too): no work runs on for nobody.
 @Suite(.serialized) struct AbandonedRequestTests {
-    static let long = #"{"prompt":"Count to ten thousand:","max_tokens":3000,"ignore_eos":true,"temperature":0}"#
+    static let long = #"{"prompt":"Count to ten thousand:","max_tokens":6000,"ignore_eos":true,"temperature":0}"#
 
     static func running(_ server: ServerProcess) async throws -> Double {
         metricValue(try await server.get("/metrics").body, "vllm:num_requests_running") ?? -1
@@ -25,19 +25,20 @@ import Testing
     }
 
     /// Sends the long request to `port`, waits until `watched` runs it, leaves, and returns how long `watched` took
-    /// to drop it (nil when it still ran after a second).
+    /// to drop it (nil when it still ran after 5 s; the request alone would run for half a minute or more, and the
+    /// whole suite shares two cores, so the bound is loose and the time is printed).
     static func leave(sendingTo port: Int, watching watched: ServerProcess) async throws -> Double? {
         let fd = openRawRequest(port: port, method: "POST", path: "/v1/completions", body: long)
         #expect(try await untilRunning(watched, 1, deadline: 30) != nil, "the request runs")
         close(fd)
-        return try await untilRunning(watched, 0, deadline: 1)
+        return try await untilRunning(watched, 0, deadline: 5)
     }
 
     @Test func anInstanceAbortsARequestWhoseClientLeft() async throws {
         let server = try await ServerProcess()
         defer { #expect(server.stop() == 0) }
         let took = try await Self.leave(sendingTo: server.port, watching: server)
-        #expect(took != nil, "aborted within 1 s of the client leaving")
+        #expect(took != nil, "aborted soon after the client left")
         print("instance: aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
     }
 
@@ -51,7 +52,7 @@ import Testing
         defer { #expect(d.stop() == 0) }
         try await waitForInstances(proxy, prefill: 1, decode: 1)
         let took = try await Self.leave(sendingTo: proxy.port, watching: d)
-        #expect(took != nil, "the decode aborted within 1 s of the client leaving the proxy")
+        #expect(took != nil, "the decode aborted soon after the client left the proxy")
         print("proxy: decode aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
         #expect(try await Self.running(p) == 0)
     }
