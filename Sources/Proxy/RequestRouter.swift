@@ -3,6 +3,7 @@ import Discovery
 import Foundation
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import Server
@@ -19,7 +20,7 @@ final class RequestRouter: Sendable {
     let logger: Logger
     let prefillTimeout: TimeAmount
     let decodeTimeout: TimeAmount
-    private let counter = LockedCounter()
+    private let counter = NIOLockedValueBox(0)
 
     init(
         registry: InstanceRegistry, policy: RoutingPolicy, client: HTTPClient, metrics: ProxyMetrics, logger: Logger,
@@ -83,7 +84,8 @@ final class RequestRouter: Sendable {
             }
             let id = DisaggregatedRequestID(prefill: p.zmq, decode: d.zmq, uuid: uuid)
             if attempt == 0 {
-                logger.info("handle_request count: \(counter.next()), \(p.label) 👉 \(d.label)")
+                logger.info(
+                    "handle_request count: \(counter.withLockedValue { $0 += 1; return $0 }), \(p.label) 👉 \(d.label)")
             } else {
                 metrics.retry("prefill")
             }
@@ -250,18 +252,5 @@ final class RequestRouter: Sendable {
                 metrics.finished(seconds(since: start))
                 try await writer.finish(nil)
             })
-    }
-}
-
-/// A thread-safe request counter for the routing log line.
-final class LockedCounter: @unchecked Sendable {
-    private var value = 0
-    private let lock = NSLock()
-
-    func next() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value += 1
-        return value
     }
 }

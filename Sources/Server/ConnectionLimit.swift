@@ -1,31 +1,30 @@
-import Foundation
 import Hummingbird
 import HummingbirdCore
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The most HTTP connections a process keeps open at once (`--max-connections`); one more is closed as soon as it
 /// is accepted, so that idle or slow clients cannot hold every socket and thread of the process.
-public final class ConnectionLimit: @unchecked Sendable {
+public final class ConnectionLimit: Sendable {
     public let limit: Int
-    private let lock = NSLock()
-    private var open = 0
+    private let open = NIOLockedValueBox(0)
 
     public init(limit: Int) { self.limit = limit }
 
     /// Connections open now.
-    public var count: Int { lock.withLock { open } }
+    public var count: Int { open.withLockedValue { $0 } }
 
     /// A handler for one new connection (for `HTTP1Channel.Configuration.additionalChannelHandlers`).
     public func handler() -> any RemovableChannelHandler { ConnectionLimitHandler(self) }
 
     fileprivate func admit() -> Bool {
-        lock.withLock {
-            open += 1
-            return open <= limit
+        open.withLockedValue {
+            $0 += 1
+            return $0 <= limit
         }
     }
 
-    fileprivate func release() { lock.withLock { open -= 1 } }
+    fileprivate func release() { open.withLockedValue { $0 -= 1 } }
 }
 
 /// Counts its connection while it is open, and closes it at once when the process is at its limit.

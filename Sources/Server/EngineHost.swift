@@ -1,6 +1,7 @@
 import Engine
 import Foundation
 import Hummingbird
+import NIOConcurrencyHelpers
 
 /// What a loaded instance serves with: the engine, its tokenizer and the model's chat template.
 public struct LoadedModel: Sendable {
@@ -39,19 +40,19 @@ public final class EngineHost: Sendable {
         case stopped
     }
 
-    private let state = LockedValue(State.loading)
+    private let state = NIOLockedValueBox(State.loading)
 
     public init() {}
 
-    public func setReady(_ model: LoadedModel) { state.withLock { $0 = .ready(model) } }
+    public func setReady(_ model: LoadedModel) { state.withLockedValue { $0 = .ready(model) } }
 
-    public func setStopped() { state.withLock { $0 = .stopped } }
+    public func setStopped() { state.withLockedValue { $0 = .stopped } }
 
     public var isReady: Bool { (try? ready()) != nil }
 
     /// The loaded model, or a 503 error while loading or after shutdown began.
     public func ready() throws -> LoadedModel {
-        try state.withLock { s in
+        try state.withLockedValue { s in
             switch s {
             case .ready(let m): return m
             case .loading: throw APIError(.serviceUnavailable, "the model is still loading")

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import NIOConcurrencyHelpers
 import Prometheus
 
 /// The instance's Prometheus metrics, named as vLLM names them so existing dashboards work.
@@ -18,7 +19,7 @@ public final class InstanceMetrics: Sendable {
     private let ttft: ValueHistogram
     private let interToken: ValueHistogram
     private let e2e: ValueHistogram
-    private let lastTotals = LockedValue<EngineStats?>(nil)
+    private let lastTotals = NIOLockedValueBox<EngineStats?>(nil)
 
     public init(modelName: String) {
         let l = [("model_name", modelName)]
@@ -89,7 +90,7 @@ public final class InstanceMetrics: Sendable {
             running.set(Double(stats.running))
             waiting.set(Double(stats.waiting))
             kvUsage.set(stats.kvCacheUsage)
-            lastTotals.withLock { last in
+            lastTotals.withLockedValue { last in
                 let before = last ?? stats
                 let queries = stats.prefixQueryTokens - (last == nil ? 0 : before.prefixQueryTokens)
                 let hits = stats.prefixHitTokens - (last == nil ? 0 : before.prefixHitTokens)
@@ -103,19 +104,5 @@ public final class InstanceMetrics: Sendable {
             }
         }
         return registry.emitToString()
-    }
-}
-
-/// A value behind a lock.
-final class LockedValue<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = NSLock()
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
     }
 }

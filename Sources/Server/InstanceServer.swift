@@ -5,6 +5,7 @@ import Hummingbird
 import KVTransfer
 import Kernels
 import Logging
+import NIOConcurrencyHelpers
 import ServiceLifecycle
 
 /// How an instance is configured (`tandem serve` flags, named as `vllm serve` names them).
@@ -77,7 +78,7 @@ struct EngineService: Service {
     let options: InstanceOptions
     let host: EngineHost
     let logger: Logger
-    let boundPort: LockedValue<Int?>
+    let boundPort: NIOLockedValueBox<Int?>
 
     func run() async throws {
         let options = options
@@ -94,10 +95,10 @@ struct EngineService: Service {
         host.setReady(LoadedModel(engine: engine))
         var registration: InstanceRegistration?
         if let plan = options.registration {
-            var port = plan.httpPort ?? boundPort.withLock { $0 }
+            var port = plan.httpPort ?? boundPort.withLockedValue { $0 }
             while port == nil {
                 try await Task.sleep(for: .milliseconds(10))
-                port = boundPort.withLock { $0 }
+                port = boundPort.withLockedValue { $0 }
             }
             let ping = RegistrationPing(
                 role: plan.role, httpAddress: HostPort(host: plan.host, port: port!),
@@ -172,7 +173,7 @@ public enum InstanceServer {
     public static func run(_ options: InstanceOptions, logger: Logger) async throws {
         let host = EngineHost()
         let metrics = InstanceMetrics(modelName: options.servedModelNames[0])
-        let boundPort = LockedValue<Int?>(nil)
+        let boundPort = NIOLockedValueBox<Int?>(nil)
         let api = InstanceAPI(
             host: host, servedModelNames: options.servedModelNames, modelPath: options.modelPath, metrics: metrics,
             kvConnector: options.kvConnector, maxTokensDefault: options.maxTokensDefault,
@@ -184,7 +185,7 @@ public enum InstanceServer {
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port
-                boundPort.withLock { $0 = port }
+                boundPort.withLockedValue { $0 = port }
                 logger.info("Tandem instance listening on http://\(formatHostPort(options.host, port))")
             },
             logger: logger

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 
 /// Child processes of `tandem up`: started with their output in log files, watched, and stopped together.
 final class ProcessSupervisor: @unchecked Sendable {
@@ -18,7 +19,8 @@ final class ProcessSupervisor: @unchecked Sendable {
     private var children: [(name: String, process: Process, log: String)] = []
     private let lock = NSLock()
 
-    private let received = LockedSignal()
+    /// The last signal received, set from a signal handler's queue.
+    private let received = NIOLockedValueBox<Int32?>(nil)
     private var sources: [any DispatchSourceSignal] = []
 
     /// Takes over SIGINT and SIGTERM at once, so a Ctrl-C at any moment (startup included) stops the children.
@@ -29,14 +31,14 @@ final class ProcessSupervisor: @unchecked Sendable {
         let received = received
         sources = [SIGINT, SIGTERM].map { sig in
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { received.set(sig) }
+            source.setEventHandler { received.withLockedValue { $0 = sig } }
             source.resume()
             return source
         }
     }
 
     /// The signal received, if any.
-    var signalReceived: Int32? { received.value }
+    var signalReceived: Int32? { received.withLockedValue { $0 } }
 
     func start(name: String, arguments: [String], log: String) throws {
         _ = FileManager.default.createFile(atPath: log, contents: nil)
@@ -72,7 +74,7 @@ final class ProcessSupervisor: @unchecked Sendable {
     /// Waits for SIGINT/SIGTERM or for a child to die.
     func waitForStop() async -> StopReason {
         while true {
-            if let sig = received.value { return .signal(sig) }
+            if let sig = received.withLockedValue({ $0 }) { return .signal(sig) }
             if let dead = firstDead() {
                 say(logTail(dead.name))
                 return .childDied(name: dead.name, status: dead.process.terminationStatus)
@@ -92,24 +94,6 @@ final class ProcessSupervisor: @unchecked Sendable {
             while c.process.isRunning && Date() < deadline { usleep(50_000) }
             if c.process.isRunning { kill(c.process.processIdentifier, SIGKILL) }
         }
-    }
-}
-
-/// The last signal received, set from a signal handler's queue.
-final class LockedSignal: @unchecked Sendable {
-    private var signal: Int32?
-    private let lock = NSLock()
-
-    func set(_ s: Int32) {
-        lock.lock()
-        signal = s
-        lock.unlock()
-    }
-
-    var value: Int32? {
-        lock.lock()
-        defer { lock.unlock() }
-        return signal
     }
 }
 
