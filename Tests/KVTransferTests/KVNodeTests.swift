@@ -167,9 +167,7 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         #expect(producer.bufferedBytes == payload.byteCount)
         expectPayload(await consumer.pull("g", from: peer), payload)
         // The send budget is given back once the socket took the last frame, which may be just after it arrived.
-        let drained = Date().addingTimeInterval(5)
-        while producer.bufferedBytes > 0, Date() < drained { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(producer.bufferedBytes == 0)
+        #expect(await eventually { producer.bufferedBytes == 0 })
         // Pulled before the prefill has finished: the producer waits for it.
         async let early = consumer.pull("late", from: peer)
         try await Task.sleep(for: .milliseconds(100))
@@ -185,8 +183,7 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
         let leased = try await makeNode(ttl: 0.3)
         #expect(leased.offer(payload, requestId: "unclaimed"))
         #expect(leased.bufferedBytes == payload.byteCount)
-        try await Task.sleep(for: .milliseconds(600))
-        #expect(leased.bufferedBytes == 0)
+        #expect(await eventually { leased.bufferedBytes == 0 }, "the lease ended")
         for n in [producer, consumer, leased] { await n.close() }
     }
 

@@ -13,6 +13,17 @@ func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint
         values: (0..<(layers * 2 * tokens * kvDim)).map { UInt16(truncatingIfNeeded: $0 &* 2_654_435_761) })
 }
 
+/// Whether `condition` holds within `timeout` seconds, checked every few milliseconds (a wait for a state, not a
+/// fixed sleep).
+func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+    while !condition() {
+        guard ContinuousClock.now < deadline else { return false }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return true
+}
+
 @Suite struct KVWireTests {
     @Test func framesRoundTripThroughBytes() throws {
         let payload = samplePayload()
@@ -111,9 +122,8 @@ func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint
         for id in ["c", "d", "e"] { inbox.deliver(samplePayload(), for: id) }
         #expect(inbox.bytesInUse == 2 * samplePayload().byteCount)
         if case .timedOut = await inbox.wait(for: "c", timeout: 0.01) {} else { Issue.record("c should be gone") }
-        try? await Task.sleep(for: .milliseconds(300))
-        inbox.reject("f", reason: "x")  // any later call drops what expired
-        #expect(inbox.bytesInUse == 0)
+        #expect(await eventually { inbox.bytesInUse == 0 }, "the unclaimed entries expired")
+        inbox.reject("f", reason: "x")
         if case .rejected = await inbox.wait(for: "f", timeout: 1) {} else { Issue.record("expected the rejection") }
     }
 
@@ -135,8 +145,7 @@ func samplePayload(tokens: Int = 5, layers: Int = 3, kvDim: Int = 8, fingerprint
         #expect(inbox.bytesInUse == size)
         // A stalled reservation gives its room back after the lease.
         #expect(inbox.reserve("e", bytes: size))
-        try? await Task.sleep(for: .milliseconds(400))
-        #expect(inbox.bytesInUse == 0)
+        #expect(await eventually { inbox.bytesInUse == 0 })
         #expect(!inbox.isArriving("e"))
     }
 
