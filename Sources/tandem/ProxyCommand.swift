@@ -16,19 +16,9 @@ struct ProxyCommand: AsyncParsableCommand {
     var discoveryHost = "::"
     @Option(name: .customLong("discovery-port"), help: "Port of the ZMQ ROUTER.") var discoveryPort = 30002
     @Option(help: "How to pick instances: round_robin or least_loaded.") var policy = "round_robin"
-    @Option(
-        name: .customLong("client-timeout"),
-        help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
-    var clientTimeout = 30.0
-    @Option(name: .customLong("max-connections"), help: "The most HTTP connections open at once.")
-    var maxConnections = 1024
+    @OptionGroup var guards: ClientGuardOptions
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` from clients on /v1.")
     var apiKey: String?
-    @Option(
-        name: .customLong("cluster-secret-file"),
-        help: "A file holding the cluster secret (else $TANDEM_CLUSTER_SECRET): only signed registrations are accepted."
-    )
-    var clusterSecretFile: String?
     @Flag(
         name: .customLong("allow-unauthenticated-discovery"),
         help: "With a cluster secret, still accept plain (vLLM) registrations, for fleets mixed with vLLM instances.")
@@ -54,10 +44,6 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
-        guard clientTimeout > 0, clientTimeout <= 86_400 else {
-            throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
-        }
         guard (0...65535).contains(port), (1...65535).contains(discoveryPort) else {
             throw ValidationError("--port and --discovery-port must be valid port numbers")
         }
@@ -82,15 +68,15 @@ struct ProxyCommand: AsyncParsableCommand {
         options.discoveryPort = discoveryPort
         options.policy = RoutingPolicy(rawValue: policy)!
         options.apiKey = apiKey
-        options.clientTimeout = clientTimeout
-        options.maxConnections = maxConnections
+        options.clientTimeout = guards.clientTimeout
+        options.maxConnections = guards.maxConnections
         options.instanceTTL = Self.seconds(instanceTTL)!
         options.connectTimeout = connectTimeout
         options.prefillTimeout = prefillTimeout
         options.decodeTimeout = decodeTimeout
         options.readTimeout = readTimeout
         options.shutdownGrace = shutdownGrace
-        options.clusterSecret = try ClusterSecret.load(file: clusterSecretFile)
+        options.clusterSecret = try ClusterSecret.load(file: guards.clusterSecretFile)
         options.allowUnauthenticatedDiscovery = allowUnauthenticatedDiscovery
         try await ProxyServer.run(options, logger: Logger(label: "tandem.proxy"))
     }

@@ -22,12 +22,7 @@ struct ServeCommand: AsyncParsableCommand {
         name: .customLong("served-model-name"),
         help: "Name(s) clients use in the `model` field (repeatable; default: the MODEL argument).")
     var servedModelName: [String] = []
-    @Option(
-        name: .customLong("client-timeout"),
-        help: "Seconds a client connection may stay silent mid-request (a half-sent header) or between requests.")
-    var clientTimeout = 30.0
-    @Option(name: .customLong("max-connections"), help: "The most HTTP connections open at once.")
-    var maxConnections = 1024
+    @OptionGroup var guards: ClientGuardOptions
     @Option(
         name: .customLong("max-tokens-default"),
         help: "Tokens a chat request without max_tokens may generate (default: up to max_model_len).")
@@ -37,12 +32,6 @@ struct ServeCommand: AsyncParsableCommand {
     var maxTokensLimit: Int?
     @Option(name: .customLong("api-key"), help: "Require `Authorization: Bearer KEY` on /v1 endpoints.")
     var apiKey: String?
-    @Option(
-        name: .customLong("cluster-secret-file"),
-        help:
-            "A file holding the cluster secret (else $TANDEM_CLUSTER_SECRET): KV moves only between instances that prove it."
-    )
-    var clusterSecretFile: String?
     @Option(name: .customLong("max-num-seqs"), help: "Most requests in the running batch.") var maxNumSeqs = 16
     @Option(name: .customLong("max-model-len"), help: "Longest sequence, prompt plus output (default: the model's).")
     var maxModelLen: Int?
@@ -68,10 +57,6 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
         guard (maxTokensDefault ?? 1) >= 1, (maxTokensLimit ?? 1) >= 1 else {
             throw ValidationError("--max-tokens-default and --max-tokens-limit must be at least 1")
-        }
-        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
-        guard clientTimeout > 0, clientTimeout <= 86_400 else {
-            throw ValidationError("--client-timeout must be between 0 and 86400 seconds")
         }
         guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
         guard blockSize >= 1, blockSize <= 1024 else { throw ValidationError("--block-size must be in 1...1024") }
@@ -114,8 +99,8 @@ struct ServeCommand: AsyncParsableCommand {
         options.host = ListenAddress.bindHost(for: host)
         options.port = port
         options.apiKey = apiKey
-        options.clientTimeout = clientTimeout
-        options.maxConnections = maxConnections
+        options.clientTimeout = guards.clientTimeout
+        options.maxConnections = guards.maxConnections
         options.maxTokensDefault = maxTokensDefault
         options.maxTokensLimit = maxTokensLimit
         options.threads = threads
@@ -137,7 +122,7 @@ struct ServeCommand: AsyncParsableCommand {
             logger.info(
                 "KV connector init, role:\(kv.role.rawValue), http_address:\(http), zmq_address:\(zmq), proxy_address:\(kv.proxy?.description ?? "none"), send_type:\(kv.sendType.rawValue), buffer_size_threshold:\(kv.bufferBytes)\(ignored)"
             )
-            let secret = try ClusterSecret.load(file: clusterSecretFile)
+            let secret = try ClusterSecret.load(file: guards.clusterSecretFile)
             options.kvConnector = TandemKVConnector(
                 config: kv, kvAddress: zmq, bindHost: options.host, clusterSecret: secret,
                 logger: Logger(label: "tandem.kv"))
