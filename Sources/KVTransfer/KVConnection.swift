@@ -21,11 +21,7 @@ struct KVConnection: Sendable {
 
     private func encode(_ frame: KVFrame) -> ByteBuffer {
         var capacity = 64
-        if case .layer(let id, _, _, _, _, _, let values) = frame {
-            capacity = KVFrame.layerFrameBytes(requestId: id, valueBytes: values.count * 2)
-        } else if case .begin(let id, _, _, _, let tokens) = frame {
-            capacity = 64 + id.utf8.count + 4 * tokens.count
-        }
+        if case .begin(let id, _, _, _, let tokens) = frame { capacity = 64 + id.utf8.count + 4 * tokens.count }
         var buffer = channel.allocator.buffer(capacity: capacity)
         frame.write(into: &buffer)
         return buffer

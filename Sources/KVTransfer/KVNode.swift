@@ -36,7 +36,6 @@ public final class KVNode: Sendable {
         connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, logger: Logger,
         report: @escaping @Sendable (KVTransferEvent) -> Void = { _ in }
     ) async throws {
-        let secret = clusterSecret
         let handshake = TimeAmount.milliseconds(Int64(max(0.1, connectTimeout) * 1000))
         let state = KVNodeState(
             fingerprint: fingerprint, bufferBytes: bufferBytes, ttl: ttl, transferTimeout: transferTimeout,
@@ -47,7 +46,7 @@ public final class KVNode: Sendable {
         @Sendable func setUp(_ channel: any Channel) -> EventLoopFuture<Void> {
             open.add(channel)
             return channel.eventLoop.makeCompletedFuture {
-                if let secret {
+                if let secret = clusterSecret {
                     try channel.pipeline.syncOperations.addHandler(
                         KVPeerAuthenticator(secret: secret, eventLoop: channel.eventLoop, handshakeTimeout: handshake))
                 }
@@ -86,7 +85,7 @@ public final class KVNode: Sendable {
                 .connect(host: peer.host, port: peer.port)
                 .flatMap { channel in
                     // With a cluster secret, a connection is handed out only once the peer has proved it.
-                    guard secret != nil else { return channel.eventLoop.makeSucceededFuture(channel) }
+                    guard clusterSecret != nil else { return channel.eventLoop.makeSucceededFuture(channel) }
                     return channel.eventLoop.flatSubmit {
                         do {
                             let auth = try channel.pipeline.syncOperations.handler(type: KVPeerAuthenticator.self)

@@ -23,7 +23,10 @@ final class KVPayloadAssembler: KVLayerSink, @unchecked Sendable {
         self.kvDim = kvDim
         self.fingerprint = fingerprint
         self.deliver = deliver
-        values = [UInt16](repeating: 0, count: layerCount * 2 * tokens.count * kvDim)
+        // Not zeroed (the engine thread would pay for it): a payload is handed over only when the prefill pushed
+        // every (layer, position), each exactly once.
+        let count = layerCount * 2 * tokens.count * kvDim
+        values = [UInt16](unsafeUninitializedCapacity: count) { _, n in n = count }
     }
 
     func push(_ slice: KVLayerSlice) {

@@ -101,11 +101,9 @@ final class KVPeerHandler: ChannelInboundHandler {
     }
 
     let node: KVNodeState
-    private var arriving: [String: Assembly] = [:] {
-        didSet { reservedHere = arriving.values.reduce(0) { $0 + $1.bytes } }
-    }
+    private var arriving: [String: Assembly] = [:]
     /// Bytes reserved in the inbox by the transfers arriving on this connection.
-    private var reservedHere = 0
+    private var reservedHere: Int { arriving.values.reduce(0) { $0 + $1.bytes } }
     private var current: CurrentLayer?
     /// Transfers refused recently: their remaining frames are dropped quietly.
     private var refused: [String] = []

@@ -40,13 +40,9 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
     private func encode(_ slice: KVLayerSlice) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(
             capacity: KVFrame.layerFrameBytes(requestId: requestId, valueBytes: slice.byteCount))
-        slice.values.withUnsafeBytes { raw in
-            let half = raw.count / 2
-            KVFrame.writeLayer(
-                requestId: requestId, layer: slice.layer, tokenStart: slice.tokenStart, tokenCount: slice.tokenCount,
-                kvDim: slice.kvDim, k: UnsafeRawBufferPointer(rebasing: raw[..<half]),
-                v: UnsafeRawBufferPointer(rebasing: raw[half...]), into: &buffer)
-        }
+        KVFrame.writeLayer(
+            requestId: requestId, layer: slice.layer, tokenStart: slice.tokenStart, tokenCount: slice.tokenCount,
+            kvDim: slice.kvDim, values: slice.values, into: &buffer)
         return buffer
     }
 

@@ -37,13 +37,6 @@ public enum KVFrame: Sendable, Equatable {
         }
     }
 
-    /// The frame that carries one streamed layer slice.
-    public static func frame(for slice: KVLayerSlice, requestId: String) -> KVFrame {
-        .layer(
-            requestId: requestId, layer: slice.layer, tokenStart: slice.tokenStart, tokenCount: slice.tokenCount,
-            kvDim: slice.kvDim, checksum: checksum(slice.values[...]), values: slice.values)
-    }
-
     /// The request a frame belongs to.
     public var requestId: String {
         switch self {
@@ -107,6 +100,20 @@ public enum KVFrame: Sendable, Equatable {
         finishHeader(lengthAt: lengthAt, in: &buffer)
     }
 
+    /// A layer frame from values laid out as a slice's are: K rows, then V rows (two equal halves).
+    static func writeLayer(
+        requestId: String, layer: Int, tokenStart: Int, tokenCount: Int, kvDim: Int, values: [UInt16],
+        checksum given: UInt64? = nil, into buffer: inout ByteBuffer
+    ) {
+        values.withUnsafeBytes { raw in
+            let half = raw.count / 2
+            writeLayer(
+                requestId: requestId, layer: layer, tokenStart: tokenStart, tokenCount: tokenCount, kvDim: kvDim,
+                k: UnsafeRawBufferPointer(rebasing: raw[..<half]), v: UnsafeRawBufferPointer(rebasing: raw[half...]),
+                checksum: given, into: &buffer)
+        }
+    }
+
     /// One layer's frame of a whole payload, written straight from the payload's values.
     static func writeLayer(of payload: KVPayload, layer: Int, requestId: String, into buffer: inout ByteBuffer) {
         let part = payload.valuesPerPart * 2
@@ -141,13 +148,9 @@ public enum KVFrame: Sendable, Equatable {
     public func write(into buffer: inout ByteBuffer) {
         if case .layer(let requestId, let layer, let tokenStart, let tokenCount, let kvDim, let sum, let values) = self
         {
-            return values.withUnsafeBytes { raw in
-                let half = raw.count / 2
-                Self.writeLayer(
-                    requestId: requestId, layer: layer, tokenStart: tokenStart, tokenCount: tokenCount, kvDim: kvDim,
-                    k: UnsafeRawBufferPointer(rebasing: raw[..<half]),
-                    v: UnsafeRawBufferPointer(rebasing: raw[half...]), checksum: sum, into: &buffer)
-            }
+            return Self.writeLayer(
+                requestId: requestId, layer: layer, tokenStart: tokenStart, tokenCount: tokenCount, kvDim: kvDim,
+                values: values, checksum: sum, into: &buffer)
         }
         let type: UInt8
         switch self {

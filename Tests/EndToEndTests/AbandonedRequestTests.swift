@@ -16,12 +16,14 @@ import Testing
 
     /// Polls until `server` runs `count` requests; returns the seconds it took, or nil after `deadline` seconds.
     static func untilRunning(_ server: ServerProcess, _ count: Double, deadline: Double) async throws -> Double? {
-        let start = Date()
-        while Date().timeIntervalSince(start) < deadline {
-            if try await running(server) == count { return Date().timeIntervalSince(start) }
-            try await Task.sleep(for: .milliseconds(10))
+        let start = ContinuousClock.now
+        do {
+            try await waitFor("\(count) requests running", timeout: deadline) { try await running(server) == count }
+        } catch is TestFailure {
+            return nil
         }
-        return nil
+        let d = ContinuousClock.now - start
+        return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
     }
 
     /// Sends the long request to `port`, waits until `watched` runs it, leaves, and returns how long `watched` took

@@ -32,9 +32,8 @@ import Testing
         defer { #expect(proxy.stop() == 0) }
         let fake = try Self.spoof(discovery, port: 21_900)
         defer { fake.stop() }
-        let deadline = Date().addingTimeInterval(10)
-        while !proxy.logText.contains("refused a registration"), Date() < deadline {
-            try await Task.sleep(for: .milliseconds(20))
+        try await waitFor("the proxy to refuse the spoofed ping", timeout: 10, detail: { proxy.logText }) {
+            proxy.logText.contains("refused a registration")
         }
         #expect(proxy.logText.contains("it is not signed"), "\(proxy.logText)")
         let p = try await ServerProcess.instance(

@@ -10,6 +10,7 @@ final class ServerProcess: @unchecked Sendable {
     let host: String
     private(set) var port = 0
     private let log = LogBuffer()
+    private let exited = DispatchSemaphore(value: 0)
 
     /// Starts `tandem serve default --host HOST --port 0 EXTRA...` and waits until it is healthy.
     convenience init(host: String = "127.0.0.1", _ extra: [String] = []) async throws {
@@ -32,6 +33,8 @@ final class ServerProcess: @unchecked Sendable {
         process.standardOutput = knownPort == nil ? FileHandle.nullDevice : err
         let log = log
         err.fileHandleForReading.readabilityHandler = { handle in log.append(handle.availableData) }
+        let exited = exited
+        process.terminationHandler = { _ in exited.signal() }
         try process.run()
         let deadline = Date().addingTimeInterval(60)
         while port == 0 {
@@ -45,10 +48,10 @@ final class ServerProcess: @unchecked Sendable {
             }
         }
         if let readyLine {
-            while !log.text.contains(readyLine) {
+            let process = process
+            try await waitFor("the server to log \(readyLine)", timeout: 60, detail: { log.text }) {
                 guard process.isRunning else { throw TestFailure("the server exited:\n\(log.text)") }
-                guard Date() < deadline else { throw TestFailure("the server never logged \(readyLine):\n\(log.text)") }
-                try await Task.sleep(for: .milliseconds(20))
+                return log.text.contains(readyLine)
             }
             return
         }
@@ -62,13 +65,12 @@ final class ServerProcess: @unchecked Sendable {
     var baseURL: String { host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)" }
     var logText: String { log.text }
 
-    /// Sends SIGTERM and waits for the exit status.
-    /// SIGTERM, then SIGKILL if the process is still running after `grace` seconds; returns its exit status.
+    /// SIGTERM, then SIGKILL if the process has not exited after `grace` seconds; returns its exit status.
     @discardableResult func stop(grace: Double = 15) -> Int32 {
-        if process.isRunning { process.terminate() }
-        let deadline = Date().addingTimeInterval(grace)
-        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning {
+            process.terminate()
+            if exited.wait(timeout: .now() + grace) == .timedOut { kill(process.processIdentifier, SIGKILL) }
+        }
         process.waitUntilExit()
         return process.terminationStatus
     }
@@ -178,5 +180,19 @@ final class LogBuffer: @unchecked Sendable {
 func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
         Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+/// Waits until `condition` holds, checked every 20 ms, or throws after `timeout` seconds naming what it waited for
+/// (and `detail`, such as a log).
+func waitFor(
+    _ what: String, timeout: Double, detail: () -> String = { "" }, _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            throw TestFailure("timed out after \(timeout) s waiting for \(what)\n\(detail())")
+        }
+        try await Task.sleep(for: .milliseconds(20))
     }
 }

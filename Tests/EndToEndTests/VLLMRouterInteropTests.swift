@@ -64,10 +64,9 @@ import Testing
                 try await colocated.post("/v1/completions", body).json?.firstChoice?["text"] as? String)
             // Registrations reach the router every few seconds: retry until it knows both instances.
             var reply = try await router.post("/v1/completions", body)
-            let deadline = Date().addingTimeInterval(30)
-            while reply.status != .ok, Date() < deadline {
-                try await Task.sleep(for: .milliseconds(200))
-                reply = try await router.post("/v1/completions", body)
+            try await waitFor("the router to know both instances", timeout: 30, detail: { router.logText }) {
+                if reply.status != .ok { reply = try await router.post("/v1/completions", body) }
+                return reply.status == .ok
             }
             #expect(reply.status == .ok, "\(reply.body)\n\(router.logText)")
             #expect(reply.json?.firstChoice?["text"] as? String == want, "\(mode) \(g.prompt_text)")
