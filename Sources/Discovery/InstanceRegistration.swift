@@ -10,19 +10,25 @@ public struct RegistrationPing: Sendable, Equatable {
     public var httpAddress: HostPort
     /// Where peers send KV: `host:kv_port` (also the ZMQ identity).
     public var zmqAddress: HostPort
+    /// The instance is Tandem's and takes `tandem_handoff` and `tandem_resume` (`"tandem_features": "resume"`), so
+    /// the proxy may overlap its prefill and decode and migrate its streams; vLLM's instances send no such key.
+    public var resumable: Bool
 
-    public init(role: Role, httpAddress: HostPort, zmqAddress: HostPort) {
+    public init(role: Role, httpAddress: HostPort, zmqAddress: HostPort, resumable: Bool = false) {
         self.role = role
         self.httpAddress = httpAddress
         self.zmqAddress = zmqAddress
+        self.resumable = resumable
     }
 
-    /// The msgpack map `{"type", "http_address", "zmq_address"}`.
+    /// The msgpack map `{"type", "http_address", "zmq_address"}` (and Tandem's `tandem_features`).
     public var message: MessagePackValue {
-        .stringMap([
+        var pairs = [
             ("type", role.rawValue), ("http_address", httpAddress.description),
             ("zmq_address", zmqAddress.description),
-        ])
+        ]
+        if resumable { pairs.append(("tandem_features", "resume")) }
+        return .stringMap(pairs)
     }
 
     /// Reads a ping; nil when the message is not a well-formed one.
@@ -31,7 +37,8 @@ public struct RegistrationPing: Sendable, Equatable {
             let http = value["http_address"]?.stringValue.flatMap(HostPort.init),
             let zmq = value["zmq_address"]?.stringValue.flatMap(HostPort.init)
         else { return nil }
-        self.init(role: role, httpAddress: http, zmqAddress: zmq)
+        let features = value["tandem_features"]?.stringValue?.split(separator: ",") ?? []
+        self.init(role: role, httpAddress: http, zmqAddress: zmq, resumable: features.contains("resume"))
     }
 }
 

@@ -80,9 +80,14 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 
 /// Picks tokens from logits for one request; owns the request's random state, so results depend only on the
 /// request (its seed, prompt and output so far), never on the batch around it.
+///
+/// With a temperature above 0 every sampled token makes exactly one random draw (greedy makes none), so a request
+/// resumed after `k` tokens continues with `k` draws made (`resumed(after:draws:)`).
 public struct Sampler: Sendable {
     public let params: SamplingParams
     private var rng: SeededGenerator
+    /// Random draws made so far.
+    public private(set) var draws = 0
     /// Output token counts for presence/frequency penalties.
     private var outputCounts: [Int32: Int] = [:]
     private var seen: Set<Int32>
@@ -91,6 +96,22 @@ public struct Sampler: Sendable {
         self.params = params
         rng = SeededGenerator(seed: params.seed ?? UInt64.random(in: 0...UInt64.max))
         seen = params.repetitionPenalty != 1 ? Set(promptTokens) : []
+    }
+
+    /// The draws a request makes for `tokens` sampled tokens when nothing else is known.
+    public static func defaultDraws(params: SamplingParams, tokens: Int) -> Int {
+        params.temperature > 0 ? tokens : 0
+    }
+
+    /// Brings a fresh sampler to where it stood after choosing `tokens`: their penalty counts, and `draws` random
+    /// draws made (the seed's sequence advanced past them).
+    public mutating func resume(after tokens: [Int32], draws: Int) {
+        for id in tokens {
+            if params.repetitionPenalty != 1 { seen.insert(id) }
+            outputCounts[id, default: 0] += 1
+        }
+        for _ in 0..<max(0, draws) { _ = rng.next() }
+        self.draws = max(0, draws)
     }
 
     /// Chooses the next token. `generatedCount` is how many tokens were produced before this one;
@@ -147,6 +168,9 @@ public struct Sampler: Sendable {
         } else {
             candidates = logits.indices.filter { logits[$0] > -.infinity }
         }
+        // One draw per sampled token, whatever happens below (a resumed request counts on it).
+        let u = rng.uniform()
+        draws += 1
         if candidates.isEmpty { return Int32(Self.argmax(logits)) }
         var best = logits[candidates[0]]
         for i in candidates where logits[i] > best { best = logits[i] }
@@ -186,7 +210,7 @@ public struct Sampler: Sendable {
             probs.removeSubrange(keep...)
         }
         let total = probs.reduce(0, +)
-        let r = rng.uniform() * total
+        let r = u * total
         var acc = 0.0
         for (k, p) in probs.enumerated() {
             acc += p

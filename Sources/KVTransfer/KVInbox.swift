@@ -22,12 +22,14 @@ public final class KVInbox: @unchecked Sendable {
         case arriving(bytes: Int)
         case ready(KVPayload)
         case rejected(String)
+        /// The request gave up on this KV (it was aborted): what arrives for it until the lease ends is dropped.
+        case abandoned
 
         var bytes: Int {
             switch self {
             case .arriving(let n): return n
             case .ready(let p): return p.byteCount
-            case .rejected: return 0
+            case .rejected, .abandoned: return 0
             }
         }
     }
@@ -60,10 +62,23 @@ public final class KVInbox: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         dropExpired()
+        if case .abandoned = entries[id]?.entry { return false }
         remove(id)
         guard makeRoom(for: count) else { return false }
         insert(id, .arriving(bytes: count))
         return true
+    }
+
+    /// The request behind `id` is gone: its waiter (if any) is told so, room held for it goes back at once, and KV
+    /// that still arrives for it is refused or dropped.
+    public func abandon(_ id: String) {
+        lock.lock()
+        dropExpired()
+        remove(id)
+        let waiter = waiters.removeValue(forKey: id)
+        insert(id, .abandoned)
+        lock.unlock()
+        waiter?.resume(.rejected("the request was aborted"))
     }
 
     /// Whether room is still reserved for `id` (false once it expired, was delivered or was rejected).
@@ -86,13 +101,17 @@ public final class KVInbox: @unchecked Sendable {
     private func resolve(_ id: String, _ entry: Entry) -> Bool {
         lock.lock()
         dropExpired()
+        if case .abandoned = entries[id]?.entry {
+            lock.unlock()
+            return true
+        }
         remove(id)
         if let waiter = waiters.removeValue(forKey: id) {
             lock.unlock()
             switch entry {
             case .ready(let p): waiter.resume(.payload(p))
             case .rejected(let why): waiter.resume(.rejected(why))
-            case .arriving: break
+            case .arriving, .abandoned: break
             }
             return true
         }
@@ -120,6 +139,10 @@ public final class KVInbox: @unchecked Sendable {
                     continuation.resume(returning: .rejected(why))
                     return
                 case .arriving: break  // wait for the rest
+                case .abandoned:
+                    lock.unlock()
+                    continuation.resume(returning: .rejected("the request was aborted"))
+                    return
                 }
             }
             nextToken += 1

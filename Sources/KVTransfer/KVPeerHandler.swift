@@ -185,7 +185,9 @@ final class KVPeerHandler: ChannelInboundHandler {
             return
         }
         guard node.inbox.isArriving(id) else {
-            arriving[id] = nil  // expired or taken over
+            // Expired, taken over, or its request was aborted: the sender hears so (inbox.reject leaves an
+            // abandoned entry as it is).
+            refuse(context, id, "the request no longer waits for this KV")
             return
         }
         guard h.layer < a.layers, h.kvDim == a.kvDim, h.tokenCount > 0, h.tokenStart == a.filled[h.layer],

@@ -125,6 +125,10 @@ public final class TandemKVConnector: KVConnector {
     }
 
     public func requestFinished(_ request: KVConnectorRequest, aborted: Bool) -> [(String, KVParamValue)]? {
+        if request.transfer.role == .consume, aborted, request.transfer.delivery == .push {
+            // Nobody will claim this KV now: stop waiting for it and drop what is on its way.
+            node?.inbox.abandon(request.transfer.transferId)
+        }
         guard request.transfer.role == .produce, !aborted, let s = started.withLockedValue({ $0 }) else {
             return nil
         }

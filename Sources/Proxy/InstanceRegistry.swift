@@ -8,6 +8,8 @@ public struct KnownInstance: Sendable, Equatable {
     public var zmq: HostPort
     public var lastSeen: Date
     public var inFlight: Int
+    /// A Tandem instance: it takes `tandem_handoff` and `tandem_resume`.
+    public var resumable = false
 
     /// `[HTTP:…, ZMQ:…]`, as vLLM's proxy logs an instance.
     public var label: String { "[HTTP:\(http), ZMQ:\(zmq)]" }
@@ -37,11 +39,13 @@ public final class InstanceRegistry: @unchecked Sendable {
         if var known = instances[ping.role]?[ping.httpAddress] {
             known.lastSeen = now
             known.zmq = ping.zmqAddress
+            known.resumable = ping.resumable
             instances[ping.role]![ping.httpAddress] = known
             return nil
         }
         let added = KnownInstance(
-            role: ping.role, http: ping.httpAddress, zmq: ping.zmqAddress, lastSeen: now, inFlight: 0)
+            role: ping.role, http: ping.httpAddress, zmq: ping.zmqAddress, lastSeen: now, inFlight: 0,
+            resumable: ping.resumable)
         instances[ping.role, default: [:]][ping.httpAddress] = added
         return added
     }

@@ -7,6 +7,7 @@ public final class ProxyMetrics: Sendable {
     private let outcomes: [String: Counter]
     private let retries: [String: Counter]
     private let adds: Counter
+    private let migrations: Counter
     private let removes: Counter
     private let ttft: ValueHistogram
     private let e2e: ValueHistogram
@@ -33,12 +34,16 @@ public final class ProxyMetrics: Sendable {
                 labels: [("stage", stage)])
         }
         self.retries = retries
+        migrations = r.makeCounter(
+            descriptor: d(
+                "tandem_proxy_migrations_total", "Streams resumed on another decode instance after theirs failed."))
         adds = r.makeCounter(descriptor: d("tandem_proxy_discovery_adds_total", "Instances added by discovery."))
         removes = r.makeCounter(
             descriptor: d("tandem_proxy_discovery_removes_total", "Instances removed after their TTL."))
         let buckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80, 160]
         ttft = r.makeValueHistogram(
-            descriptor: d("tandem_proxy_time_to_first_byte_seconds", "Time from request to the decode's first byte."),
+            descriptor: d(
+                "tandem_proxy_time_to_first_byte_seconds", "Time from request to the first byte of the answer."),
             buckets: buckets)
         e2e = r.makeValueHistogram(
             descriptor: d("tandem_proxy_e2e_request_latency_seconds", "Time from request to the end of the answer."),
@@ -47,6 +52,7 @@ public final class ProxyMetrics: Sendable {
 
     func outcome(_ name: String) { outcomes[name]?.increment() }
     func retry(_ stage: String) { retries[stage]?.increment() }
+    func migrated() { migrations.increment() }
     func discovery(added: Bool) { (added ? adds : removes).increment() }
     func firstByte(_ seconds: Double) { ttft.record(seconds) }
     func finished(_ seconds: Double) { e2e.record(seconds) }

@@ -34,6 +34,10 @@ public struct ProxyOptions: Sendable {
     public var readTimeout = 120.0
     /// Seconds requests in flight may still run after SIGTERM before they are cut.
     public var shutdownGrace = 1.0
+    /// Overlapped prefill and decode with stream migration (between Tandem instances), or vLLM's order.
+    public var flow = PDFlow.overlap
+    /// How many times one stream may move to another decode instance when its own fails.
+    public var maxMigrations = 2
 
     public init() {}
 }
@@ -79,7 +83,8 @@ public enum ProxyServer {
         let router = RequestRouter(
             registry: registry, policy: options.policy, client: client, metrics: metrics, logger: logger,
             prefillTimeout: .milliseconds(Int64(options.prefillTimeout * 1000)),
-            decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)))
+            decodeTimeout: .milliseconds(Int64(options.decodeTimeout * 1000)), flow: options.flow,
+            maxMigrations: options.maxMigrations)
         let routes = Router(context: ClientRequestContext.self)
         routes.add(middleware: APIErrorMiddleware())
         routes.add(middleware: AccessMiddleware(key: options.apiKey))

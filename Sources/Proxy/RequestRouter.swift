@@ -20,12 +20,17 @@ final class RequestRouter: Sendable {
     let logger: Logger
     let prefillTimeout: TimeAmount
     let decodeTimeout: TimeAmount
+    let flow: PDFlow
+    /// How many times one stream may move to another decode instance.
+    let maxMigrations: Int
     private let counter = NIOLockedValueBox(0)
 
     init(
         registry: InstanceRegistry, policy: RoutingPolicy, client: HTTPClient, metrics: ProxyMetrics, logger: Logger,
-        prefillTimeout: TimeAmount, decodeTimeout: TimeAmount
+        prefillTimeout: TimeAmount, decodeTimeout: TimeAmount, flow: PDFlow = .overlap, maxMigrations: Int = 2
     ) {
+        self.flow = flow
+        self.maxMigrations = maxMigrations
         self.registry = registry
         self.policy = policy
         self.client = client
@@ -68,6 +73,21 @@ final class RequestRouter: Sendable {
         }
         let auth = Self.authorization(request)
         let uuid = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        if flow == .overlap, let d = registry.acquire(.decode, policy: policy) {
+            // Overlapped only between Tandem instances; otherwise vLLM's order, below.
+            if d.resumable, let p = registry.acquire(.prefill, policy: policy) {
+                if p.resumable {
+                    logger.info(
+                        "handle_request count: \(counter.withLockedValue { $0 += 1; return $0 }), \(p.label) 👉 \(d.label) (overlapped)"
+                    )
+                    return try await OverlappedRequest(
+                        router: self, path: path, body: body, auth: auth, uuid: uuid, start: start
+                    ).run(prefill: p, decode: d)
+                }
+                registry.release(p)
+            }
+            registry.release(d)
+        }
 
         // Prefill, retried once on another instance.
         var triedPrefill: Set<HostPort> = []
@@ -184,17 +204,58 @@ final class RequestRouter: Sendable {
         _ instance: KnownInstance, path: String, body: JSONValue, id: DisaggregatedRequestID, auth: String?,
         timeout: TimeAmount
     ) async throws -> HTTPClientResponse {
+        try await send(instance, path: path, body: body, id: id.description, auth: auth, timeout: timeout)
+    }
+
+    /// POSTs `body` to an instance with `X-Request-Id: id`.
+    func send(
+        _ instance: KnownInstance, path: String, body: JSONValue, id: String, auth: String?, timeout: TimeAmount
+    ) async throws -> HTTPClientResponse {
         let host = instance.http.isIPv6 ? "[\(instance.http.host)]" : instance.http.host
         var request = HTTPClientRequest(url: "http://\(host):\(instance.http.port)\(path)")
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "X-Request-Id", value: id.description)
+        request.headers.add(name: "X-Request-Id", value: id)
         if let auth { request.headers.add(name: "Authorization", value: auth) }
         request.body = .bytes(ByteBuffer(string: body.serialized))
         return try await client.execute(request, timeout: timeout)
     }
 
-    private func relay(_ reply: HTTPClientResponse, body: ByteBuffer) -> Response {
+    /// A decode instance to resume a request on: a Tandem one not in `excluding`.
+    func replacement(excluding: Set<HostPort>) -> KnownInstance? {
+        guard let next = registry.acquire(.decode, policy: policy, excluding: excluding) else { return nil }
+        guard next.resumable else {
+            registry.release(next)
+            return nil
+        }
+        return next
+    }
+
+    /// An instance's answer relayed as it is: a stream as it comes, a whole body once complete; releases it.
+    func relayWhole(_ reply: HTTPClientResponse, from instance: KnownInstance, start: ContinuousClock.Instant)
+        async throws -> Response
+    {
+        if reply.headers.first(name: "Content-Type")?.hasPrefix("text/event-stream") == true {
+            metrics.firstByte(seconds(since: start))
+            return stream(reply, from: instance, start: start)
+        }
+        defer { registry.release(instance) }
+        let text = try await reply.body.collect(upTo: 64 << 20)
+        metrics.firstByte(seconds(since: start))
+        metrics.outcome(reply.status == .ok ? "success" : "client_error")
+        metrics.finished(seconds(since: start))
+        return relay(reply, body: text)
+    }
+
+    /// A complete event stream.
+    func eventStream(_ text: String) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    func relay(_ reply: HTTPClientResponse, body: ByteBuffer) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = reply.headers.first(name: "Content-Type") ?? "application/json"
         return Response(
@@ -203,7 +264,7 @@ final class RequestRouter: Sendable {
     }
 
     /// Relays the decode instance's event stream as it comes; a break mid-stream ends it with an error event.
-    private func stream(_ reply: HTTPClientResponse, from d: KnownInstance, start: ContinuousClock.Instant)
+    func stream(_ reply: HTTPClientResponse, from d: KnownInstance, start: ContinuousClock.Instant)
         -> Response
     {
         var headers = HTTPFields()

@@ -51,7 +51,8 @@ struct GenerationRun: Sendable {
                 }
                 return InstanceAPI.json(
                     formatter.response(
-                        text: text, tokenIds: ids, logprobs: logprobs, finish: finish, usage: usage,
+                        text: text, tokenIds: ids, logprobs: logprobs, finish: out.handedOff ? nil : finish,
+                        usage: usage,
                         kvTransferParams: out.kvTransferParams))
             }
         }
@@ -102,7 +103,8 @@ struct GenerationRun: Sendable {
                         || run.formatter.wantsLogprobs
                     if worthSending {
                         let chunk = run.formatter.chunk(
-                            text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs, finish: out.finishReason,
+                            text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
+                            finish: out.handedOff ? nil : out.finishReason,
                             first: first, textOffset: textOffset, includeUsageField: includeUsage)
                         try await writer.write(ByteBuffer(string: "data: \(chunk.serialized)\n\n"))
                         first = false
@@ -111,7 +113,8 @@ struct GenerationRun: Sendable {
                     if let finish = out.finishReason, let usage = out.usage {
                         ended = true
                         run.record(timing, finish, usage)
-                        if includeUsage {
+                        // A handed-off stream ends with [DONE] alone: the decode instance sends the rest.
+                        if includeUsage && !out.handedOff {
                             let chunk = run.formatter.usageChunk(usage)
                             try await writer.write(ByteBuffer(string: "data: \(chunk.serialized)\n\n"))
                         }

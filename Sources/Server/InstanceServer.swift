@@ -102,7 +102,7 @@ struct EngineService: Service {
             }
             let ping = RegistrationPing(
                 role: plan.role, httpAddress: HostPort(host: plan.host, port: port!),
-                zmqAddress: HostPort(host: plan.host, port: plan.kvPort))
+                zmqAddress: HostPort(host: plan.host, port: plan.kvPort), resumable: true)
             let r = InstanceRegistration(ping: ping, proxy: plan.proxy, secret: plan.secret)
             try r.start()
             registration = r

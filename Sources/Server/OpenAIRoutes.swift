@@ -188,6 +188,8 @@ public final class InstanceAPI: Sendable {
         let returnTokenIds = try fields.bool("return_token_ids") ?? false
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
         var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
+        generation.resume = try fields.resume()
+        generation.handOffAfterFirstToken = try fields.bool("tandem_handoff") ?? false
         if let kvConnector {
             do {
                 generation.kvTransfer = try kvConnector.parse(
@@ -203,6 +205,7 @@ public final class InstanceAPI: Sendable {
             switch error {
             case .stopped: throw APIError(.serviceUnavailable, error.description)
             case .promptTooLong: throw APIError.badRequest(error.description, param: "prompt")
+            case .badResume: throw APIError.badRequest(error.description, param: "tandem_resume")
             default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
             }
         }

@@ -16,6 +16,12 @@ struct RequestFields {
         object = value
     }
 
+    /// The fields of an object nested in a request.
+    init(object: JSONValue) throws {
+        guard case .object = object else { throw APIError.badRequest("expected a JSON object") }
+        self.object = object
+    }
+
     func value(_ key: String) -> JSONValue? {
         guard let v = object[key], v != .null else { return nil }
         return v
@@ -145,6 +151,19 @@ struct RequestFields {
             }
         }
         return (stream, includeUsage)
+    }
+
+    /// Tandem's `tandem_resume: {"token_ids": [...], "random_draws": n}`: continue a request after tokens it already
+    /// generated elsewhere (`ResumePoint`). Nil when absent or null.
+    func resume() throws -> ResumePoint? {
+        guard let v = value("tandem_resume") else { return nil }
+        guard case .object = v else { throw typeError("tandem_resume", "an object", v) }
+        let inner = try RequestFields(object: v)
+        guard let tokens = try inner.tokenIds("token_ids") else {
+            throw APIError.badRequest("'tandem_resume.token_ids' is required", param: "tandem_resume")
+        }
+        let draws = try inner.int("random_draws", in: 0...Int(Int32.max))
+        return ResumePoint(tokens: tokens, randomDraws: draws)
     }
 
     /// vLLM's `kv_transfer_params`: nil when absent or null; its scalar members (and integer lists) otherwise.

@@ -17,10 +17,9 @@ struct ResponseFormatter: Sendable {
     var object: String { kind == .completion ? "text_completion" : "chat.completion" }
     var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
 
-    /// The whole, non-streamed response.
-    /// The whole response; a producer's carries `kv_transfer_params` at the top level, as vLLM's does.
+    /// The whole response (`finish` nil for a prefill that handed the rest on); a producer's carries `kv_transfer_params` at the top level, as vLLM's does.
     func response(
-        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason, usage: GenerationUsage,
+        text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, usage: GenerationUsage,
         kvTransferParams: [(String, KVParamValue)]? = nil
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", 0)]
@@ -30,7 +29,7 @@ struct ResponseFormatter: Sendable {
             choice.append(("message", .object([("role", "assistant"), ("content", .string(text))])))
         }
         choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: 0) : .null))
-        choice.append(("finish_reason", .string(finish.rawValue)))
+        choice.append(("finish_reason", finish.map { .string($0.rawValue) } ?? .null))
         choice.append(("stop_reason", .null))
         if returnTokenIds {
             choice.append(("prompt_token_ids", ids(promptTokens)))

@@ -33,6 +33,15 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .customLong("read-timeout"), help: "Seconds of silence from an answering instance.")
     var readTimeout = 120.0
     @Option(
+        name: .customLong("pd-flow"),
+        help:
+            "overlap (prefill and decode start together, the first token comes from the prefill, a failed decode stream moves to another decode; Tandem instances only) or sequential (vLLM's order)."
+    )
+    var pdFlow = "overlap"
+    @Option(
+        name: .customLong("max-migrations"), help: "Times one stream may move to another decode instance (overlap).")
+    var maxMigrations = 2
+    @Option(
         name: .customLong("shutdown-grace"),
         help: "Seconds requests in flight may still run after SIGTERM before they are cut.")
     var shutdownGrace = 1.0
@@ -50,6 +59,8 @@ struct ProxyCommand: AsyncParsableCommand {
         guard RoutingPolicy(rawValue: policy) != nil else {
             throw ValidationError("--policy must be round_robin or least_loaded")
         }
+        guard PDFlow(rawValue: pdFlow) != nil else { throw ValidationError("--pd-flow must be overlap or sequential") }
+        guard (0...100).contains(maxMigrations) else { throw ValidationError("--max-migrations must be in 0...100") }
         guard Self.seconds(instanceTTL) != nil else { throw ValidationError("--instance-ttl must be like 5s or 2.5") }
         for (name, v) in [
             ("connect-timeout", connectTimeout), ("prefill-timeout", prefillTimeout),
@@ -76,6 +87,8 @@ struct ProxyCommand: AsyncParsableCommand {
         options.decodeTimeout = decodeTimeout
         options.readTimeout = readTimeout
         options.shutdownGrace = shutdownGrace
+        options.flow = PDFlow(rawValue: pdFlow)!
+        options.maxMigrations = maxMigrations
         options.clusterSecret = try ClusterSecret.load(file: guards.clusterSecretFile)
         options.allowUnauthenticatedDiscovery = allowUnauthenticatedDiscovery
         try await ProxyServer.run(options, logger: Logger(label: "tandem.proxy"))

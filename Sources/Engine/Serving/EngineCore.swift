@@ -5,6 +5,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case emptyPrompt
     case promptTooLong(prompt: Int, limit: Int)
     case tokenOutOfRange(id: Int32, vocabularySize: Int)
+    /// The resume point cannot be continued (the message says why).
+    case badResume(String)
     case stopped
 
     public var description: String {
@@ -16,6 +18,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
                 + "prompt, which leaves no room for output. Please reduce the length of the prompt."
         case .tokenOutOfRange(let id, let n):
             return "token id \(id) is out of vocabulary (valid ids are 0..<\(n))"
+        case .badResume(let why): return "the request cannot be resumed: \(why)"
         case .stopped: return "the engine is shutting down"
         }
     }
@@ -112,20 +115,55 @@ public final class EngineCore: @unchecked Sendable {
         if let bad = request.promptTokens.first(where: { $0 < 0 || Int($0) >= vocab }) {
             throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
         }
+        let resumed = request.resume?.tokens ?? []
+        if let bad = resumed.first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw EngineError.tokenOutOfRange(id: bad, vocabularySize: vocab)
+        }
+        if let point = request.resume { try checkResume(point, request) }
         let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
+        let engineRequest = EngineRequest(
+            request, arrival: 0, maxModelLength: config.maxModelLength, continuation: continuation)
+        if let point = request.resume {
+            let tokenizer = tokenizer
+            engineRequest.resume(from: point) { tokenizer.bytes(of: $0) }
+        }
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw EngineError.stopped }
         nextSerial += 1
         let serial = nextSerial
-        inbox.append(
-            EngineRequest(
-                request, arrival: serial, maxModelLength: config.maxModelLength, continuation: continuation))
+        engineRequest.arrival = serial
+        inbox.append(engineRequest)
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.abort(serial: serial) }
         }
         condition.signal()
         return GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
+    }
+
+    /// Refuses a resume point that an uninterrupted run could not have reached: one that already ended the request
+    /// (an end token, a stop string, `max_tokens`), or on a request that hands its KV on.
+    private func checkResume(_ point: ResumePoint, _ request: GenerationRequest) throws {
+        let tokens = point.tokens
+        if let draws = point.randomDraws, draws < 0 { throw EngineError.badResume("random_draws is negative") }
+        guard request.kvTransfer?.role != .produce, !request.handOffAfterFirstToken else {
+            throw EngineError.badResume("a prefill (KV producer) request starts from the prompt")
+        }
+        let limit = min(config.maxModelLength, request.promptTokens.count + max(0, request.params.maxTokens))
+        guard request.promptTokens.count + tokens.count < limit else {
+            throw EngineError.badResume("its \(tokens.count) tokens already reach max_tokens or the context length")
+        }
+        let ends = tokenizer.endOfGenerationIds
+        if let end = tokens.first(where: {
+            (!request.params.ignoreEOS && ends.contains($0)) || request.params.stopTokenIds.contains($0)
+        }) {
+            throw EngineError.badResume("token \(end) already ended the request")
+        }
+        var decoder = IncrementalDecoder()
+        var stops = StopStringMatcher(stops: request.params.stop)
+        for id in tokens where stops.append(decoder.append(tokenizer.bytes(of: id))).stopped {
+            throw EngineError.badResume("its text already contains a stop string")
+        }
     }
 
     private func abort(serial: UInt64) {
@@ -298,6 +336,10 @@ public final class EngineCore: @unchecked Sendable {
         }
         if isEnd || stopped {
             finish(r, reason: .stop, last: out)
+        } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
+            // The decode instance continues from here; what is held back is its to release.
+            out.handedOff = true
+            finish(r, reason: .length, last: out)
         } else if r.allTokens.count >= r.maxTotalTokens {
             let (tail, _) = r.stops.append(r.decoder.flush())
             out.text += tail + r.stops.releaseAll()

@@ -7,11 +7,30 @@ public struct GenerationRequest: Sendable {
     public var params: SamplingParams
     /// Whether and how the prompt's KV moves to or from another instance (disaggregated prefill/decode).
     public var kvTransfer: KVTransferParams?
+    /// Where a resumed request picks up: the tokens it already generated elsewhere (their text was already
+    /// delivered) and the sampler's random draws for them. It continues with exactly the tokens an uninterrupted run
+    /// would produce next; its outputs start after these tokens, its usage counts them.
+    public var resume: ResumePoint?
+    /// Ends the request after its first token unless that token already ends it (a prefill handing the rest to a
+    /// decode instance): the last output then has `handedOff` set and nothing held back is flushed.
+    public var handOffAfterFirstToken = false
 
     public init(id: String, promptTokens: [Int32], params: SamplingParams) {
         self.id = id
         self.promptTokens = promptTokens
         self.params = params
+    }
+}
+
+/// The state a request resumes from (`GenerationRequest.resume`).
+public struct ResumePoint: Sendable, Equatable {
+    public var tokens: [Int32]
+    /// Random draws the sampler made for `tokens`; nil: one per token when sampling, none when greedy.
+    public var randomDraws: Int?
+
+    public init(tokens: [Int32], randomDraws: Int? = nil) {
+        self.tokens = tokens
+        self.randomDraws = randomDraws
     }
 }
 
@@ -41,6 +60,9 @@ public struct GenerationOutput: Sendable {
     /// Why the request failed (its KV did not come and the failure policy says fail); set with finish reason
     /// `abort`.
     public var failure: String?
+    /// The request stopped after its first token to be continued elsewhere (`handOffAfterFirstToken`); set with
+    /// finish reason `length`, which the response does not report.
+    public var handedOff = false
 }
 
 /// The engine's state for one request while it waits, runs, or is preempted.
@@ -50,7 +72,7 @@ final class EngineRequest {
     let id: String
     let prompt: [Int32]
     let params: SamplingParams
-    let arrival: UInt64
+    var arrival: UInt64
     let maxTotalTokens: Int
     let continuation: AsyncStream<GenerationOutput>.Continuation
     var status = Status.waiting
@@ -76,6 +98,7 @@ final class EngineRequest {
     var sampler: Sampler
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
+    let handOffAfterFirstToken: Bool
 
     init(
         _ request: GenerationRequest, arrival: UInt64, maxModelLength: Int,
@@ -91,6 +114,18 @@ final class EngineRequest {
         kvTransfer = request.kvTransfer
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)
+        handOffAfterFirstToken = request.handOffAfterFirstToken
+    }
+
+    /// Puts a resumed request where the run it continues stood after `point.tokens`: output, sampler, and the text
+    /// state (incomplete characters and possible stop strings held back), replayed with `bytes` of each token.
+    func resume(from point: ResumePoint, bytes: (Int32) -> [UInt8]) {
+        output = point.tokens
+        allTokens = prompt + point.tokens
+        sampler.resume(
+            after: point.tokens,
+            draws: point.randomDraws ?? Sampler.defaultDraws(params: params, tokens: point.tokens.count))
+        for id in point.tokens { _ = stops.append(decoder.append(bytes(id))) }
     }
 
     /// Tokens still to run through the model before the next token can be sampled.
