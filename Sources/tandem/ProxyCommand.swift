@@ -37,7 +37,7 @@ struct ProxyCommand: AsyncParsableCommand {
         help:
             "overlap (prefill and decode start together, the first token comes from the prefill, a failed decode stream moves to another decode; Tandem instances only) or sequential (vLLM's order)."
     )
-    var pdFlow = "overlap"
+    var pdFlow = "sequential"
     @Option(
         name: .customLong("max-migrations"), help: "Times one stream may move to another decode instance (overlap).")
     var maxMigrations = 2
