@@ -233,9 +233,7 @@ struct OverlappedRequest: Sendable {
     private func streamingResponse(
         first: RelayedChunk, tokens: [Int32], call: Task<HTTPClientResponse, any Error>, decode d: KnownInstance
     ) -> Response {
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
+        let headers = HTTPFields.eventStream
         let request = self
         return Response(
             status: .ok, headers: headers,

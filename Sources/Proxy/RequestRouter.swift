@@ -249,9 +249,7 @@ final class RequestRouter: Sendable {
 
     /// A complete event stream.
     func eventStream(_ text: String) -> Response {
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
+        let headers = HTTPFields.eventStream
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
     }
 
@@ -267,9 +265,7 @@ final class RequestRouter: Sendable {
     func stream(_ reply: HTTPClientResponse, from d: KnownInstance, start: ContinuousClock.Instant)
         -> Response
     {
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
+        let headers = HTTPFields.eventStream
         let registry = registry
         let metrics = metrics
         let logger = logger

@@ -73,9 +73,7 @@ struct GenerationRun: Sendable {
             handle.abort()
             throw Self.kvFailure(failure)
         }
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
+        let headers = HTTPFields.eventStream
         let run = self
         return Response(
             status: .ok, headers: headers,
@@ -135,4 +133,14 @@ private final class OutputIterator: @unchecked Sendable {
     init(_ stream: AsyncStream<GenerationOutput>) { iterator = stream.makeAsyncIterator() }
 
     func next() async -> GenerationOutput? { await iterator.next() }
+}
+
+extension HTTPFields {
+    /// The headers of a server-sent-event response.
+    public static var eventStream: HTTPFields {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        return headers
+    }
 }
