@@ -2,7 +2,8 @@ import Crypto
 import Foundation
 
 /// A registration ping's proof of the cluster secret: the ping carries `tandem_ts` (Unix milliseconds) and
-/// `tandem_mac`, HMAC-SHA256 under the secret of the sender's ZMQ identity, the three fields and the timestamp. vLLM's
+/// `tandem_mac`, HMAC-SHA256 under the secret of the sender's ZMQ identity, the three fields, `tandem_features` (empty
+/// when absent) and the timestamp. vLLM's
 /// proxies read only the three fields, so a signed ping still registers there; a proxy with the secret refuses a ping
 /// whose MAC is wrong, or whose timestamp is more than `window` seconds from its clock (a replay).
 public enum RegistrationSignature {
@@ -17,10 +18,14 @@ public enum RegistrationSignature {
     }
 
     static func mac(
-        secret: [UInt8], identity: [UInt8], type: String, http: String, zmq: String, timestamp: UInt64
+        secret: [UInt8], identity: [UInt8], type: String, http: String, zmq: String, features: String,
+        timestamp: UInt64
     ) -> [UInt8] {
         var h = HMAC<SHA256>(key: SymmetricKey(data: secret))
-        for part in [Array("tandem-registration".utf8), identity, Array(type.utf8), Array(http.utf8), Array(zmq.utf8)] {
+        for part in [
+            Array("tandem-registration".utf8), identity, Array(type.utf8), Array(http.utf8), Array(zmq.utf8),
+            Array(features.utf8),
+        ] {
             h.update(data: withUnsafeBytes(of: UInt32(part.count).bigEndian) { Array($0) })
             h.update(data: part)
         }
@@ -33,7 +38,8 @@ public enum RegistrationSignature {
         let ts = UInt64(max(0, now.timeIntervalSince1970 * 1000))
         let mac = mac(
             secret: secret, identity: Array(ping.zmqAddress.description.utf8), type: ping.role.rawValue,
-            http: ping.httpAddress.description, zmq: ping.zmqAddress.description, timestamp: ts)
+            http: ping.httpAddress.description, zmq: ping.zmqAddress.description,
+            features: ping.message["tandem_features"]?.stringValue ?? "", timestamp: ts)
         guard case .map(var pairs) = ping.message else { return ping.message }
         pairs.append(MessagePackPair(.string("tandem_ts"), .uint(ts)))
         pairs.append(MessagePackPair(.string("tandem_mac"), .binary(mac)))
@@ -54,7 +60,9 @@ public enum RegistrationSignature {
         guard let type = value["type"]?.stringValue, let http = value["http_address"]?.stringValue,
             let zmq = value["zmq_address"]?.stringValue
         else { return .badMAC }
-        let want = mac(secret: secret, identity: identity, type: type, http: http, zmq: zmq, timestamp: ts)
+        let features = value["tandem_features"]?.stringValue ?? ""
+        let want = mac(
+            secret: secret, identity: identity, type: type, http: http, zmq: zmq, features: features, timestamp: ts)
         guard constantTimeEqual(got, want) else { return .badMAC }
         guard abs(Double(ts) / 1000 - now.timeIntervalSince1970) <= window else { return .stale }
         return nil

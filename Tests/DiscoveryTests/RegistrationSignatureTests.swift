@@ -28,6 +28,23 @@ import Testing
         let old = RegistrationSignature.signed(ping, secret: secret, now: Date().addingTimeInterval(-60))
         #expect(RegistrationSignature.check(old, identity: identity, secret: secret) == .stale)
     }
+
+    @Test func theFeaturesAreSignedToo() throws {
+        var resumable = ping
+        resumable.resumable = true
+        let signed = RegistrationSignature.signed(resumable, secret: secret)
+        #expect(RegistrationSignature.check(signed, identity: identity, secret: secret) == nil)
+        #expect(RegistrationPing(signed)?.resumable == true)
+        // Adding, dropping or rewriting tandem_features breaks the MAC.
+        guard case .map(let pairs) = signed else { throw TestFailure("not a map") }
+        let dropped = pairs.filter { $0.key != .string("tandem_features") }
+        #expect(RegistrationSignature.check(.map(dropped), identity: identity, secret: secret) == .badMAC)
+        guard case .map(var plain) = RegistrationSignature.signed(ping, secret: secret) else {
+            throw TestFailure("not a map")
+        }
+        plain.append(MessagePackPair(.string("tandem_features"), .string("resume")))
+        #expect(RegistrationSignature.check(.map(plain), identity: identity, secret: secret) == .badMAC)
+    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {

@@ -27,6 +27,9 @@ import Testing
             try MessagePackValue.decode(frames.last ?? [])
                 == .stringMap([
                     ("type", "D"), ("http_address", "\(bracketed):18083"), ("zmq_address", "\(bracketed):18084"),
+                    // Tandem's one extra key (vLLM's proxies read only the three above); it lets a Tandem proxy
+                    // overlap prefill and decode and migrate streams.
+                    ("tandem_features", "resume"),
                 ]))
         #expect(server.logText.contains("KV connector init, role:kv_consumer"))
         #expect(server.logText.contains("send_type:PUT_ASYNC"))
