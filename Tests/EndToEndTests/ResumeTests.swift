@@ -1,0 +1,207 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import Testing
+
+/// Resumable decode: `tandem_resume` continues a request exactly; the proxy's overlapped flow (`--pd-flow overlap`)
+/// answers the first token from the prefill, cancels the decode when the prefill fails, and moves a stream whose
+/// decode dies or freezes to another decode with the same tokens.
+@Suite struct ResumeTests {
+    static let sampled = #""temperature":0.8,"seed":1234"#
+    static let greedy = #""temperature":0"#
+
+    @Test(arguments: [greedy, sampled])
+    func resumingAfterTheFirstTokensGivesTheRestOfTheColocatedAnswer(sampling: String) async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        for stream in [false, true] {
+            let body = """
+                {"prompt":"Tell me a story about a lighthouse.","max_tokens":16,"ignore_eos":true,\
+                "return_token_ids":true,"stream":\(stream),"stream_options":{"include_usage":true},\(sampling)
+                """
+            let whole = Answer(try await server.post("/v1/completions", body + "}"), stream: stream)
+            #expect(whole.tokens.count == 16, "\(whole)")
+            for k in 0...5 {
+                let resume = #","tandem_resume":{"token_ids":\#(Array(whole.tokens.prefix(k)))}}"#
+                let rest = Answer(try await server.post("/v1/completions", body + resume), stream: stream)
+                #expect(rest.tokens == Array(whole.tokens.dropFirst(k)), "k = \(k), stream \(stream)")
+                #expect(whole.text.hasSuffix(rest.text) && (k > 0 || rest.text == whole.text), "k = \(k)")
+                #expect(rest.finishReason == "length")
+                #expect(rest.completionTokens == 16, "usage counts the whole request")
+            }
+        }
+        // A point that an uninterrupted run could not reach is refused.
+        let past = try await server.post(
+            "/v1/completions", #"{"prompt":"Hi","max_tokens":2,"tandem_resume":{"token_ids":[1,2]}}"#)
+        #expect(past.status == .badRequest)
+        #expect(past.body.contains("tandem_resume"))
+    }
+
+    /// 1P2D behind an overlapping proxy, and a colocated instance for the reference answers.
+    struct Cluster {
+        let proxy: ServerProcess
+        let prefill: ServerProcess
+        let decodes: [ServerProcess]
+        let colocated: ServerProcess?
+
+        static func start(
+            decodes: Int = 2, colocated: Bool = true, proxyArguments: [String] = [], decodeExtra: String = ""
+        ) async throws -> Cluster {
+            let discovery = freePort()
+            let proxy = try await ServerProcess.proxy(
+                discoveryPort: discovery, ttl: "30s", extra: ["--pd-flow", "overlap"] + proxyArguments)
+            let prefill = try await ServerProcess.instance(
+                role: "kv_producer", kvPort: freePort(), discoveryPort: discovery, sendType: "PUT_ASYNC")
+            var list: [ServerProcess] = []
+            for _ in 0..<decodes {
+                list.append(
+                    try await ServerProcess.instance(
+                        role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery, sendType: "PUT_ASYNC",
+                        extra: decodeExtra))
+            }
+            let reference = colocated ? try await ServerProcess() : nil
+            try await waitForInstances(proxy, prefill: 1, decode: decodes)
+            return Cluster(proxy: proxy, prefill: prefill, decodes: list, colocated: reference)
+        }
+
+        /// Stops every process; `killed` (SIGKILLed by the test) is only reaped.
+        func stop(killed: ServerProcess? = nil) {
+            for s in [proxy, prefill] + decodes + (colocated.map { [$0] } ?? []) {
+                let status = s.stop()
+                if s !== killed { #expect(status == 0) }
+            }
+        }
+    }
+
+    @Test(arguments: ["SIGKILL", "SIGSTOP"])
+    func aStreamWhoseDecodeDiesAtToken40EndsWithTheColocatedText(signal: String) async throws {
+        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "2"])
+        var hit: ServerProcess?
+        defer { cluster.stop(killed: signal == "SIGKILL" ? hit : nil) }
+        let body = #"{"prompt":"Tell me a long story.","max_tokens":300,"ignore_eos":true,\#(Self.sampled)"#
+        let reference = try #require(try await cluster.colocated?.post("/v1/completions", body + "}").json)
+        let text = try #require(reference.firstChoice?["text"] as? String)
+        let reply = try await streamPost(cluster.proxy, "/v1/completions", body + #","stream":true}"#) { events in
+            guard events == 40 else { return }
+            for d in cluster.decodes
+            where metricValue(try await d.get("/metrics").body, "vllm:num_requests_running") == 1 {
+                hit = d
+            }
+            guard let hit else { return }
+            if signal == "SIGKILL" { hit.kill9() } else { kill(hit.process.processIdentifier, SIGSTOP) }
+        }
+        let frozen = try #require(hit, "one decode instance was running the stream at token 40")
+        defer { if signal == "SIGSTOP" { kill(frozen.process.processIdentifier, SIGCONT) } }
+        #expect(reply.status == .ok)
+        #expect(!reply.body.contains("\"error\""), "no error event reaches the client")
+        #expect(reply.body.hasSuffix("data: [DONE]\n\n"))
+        let streamed = reply.events.compactMap { $0.firstChoice?["text"] as? String }.joined()
+        #expect(streamed == text, "the stream goes on with the same tokens: \(streamed.count) of \(text.count)")
+        let ids = Set(reply.events.compactMap { $0["id"] as? String })
+        #expect(ids.count == 1, "one id for the whole stream")
+        #expect(metricValue(try await cluster.proxy.get("/metrics").body, "tandem_proxy_migrations_total") == 1)
+        let other = try #require(cluster.decodes.first { $0 !== frozen })
+        #expect(cluster.proxy.logText.contains("resuming on decode instance 127.0.0.1:\(other.port)"))
+    }
+
+    @Test func aFailedPrefillCancelsTheOverlappedDecodeAtOnce() async throws {
+        let cluster = try await Cluster.start(
+            decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "3"],
+            decodeExtra: #""kv_transfer_timeout_s":60"#)
+        defer { cluster.stop() }
+        let d = cluster.decodes[0]
+        kill(cluster.prefill.process.processIdentifier, SIGSTOP)
+        defer { kill(cluster.prefill.process.processIdentifier, SIGCONT) }
+        let call = Task {
+            try await cluster.proxy.post("/v1/completions", #"{"prompt":"Hi there","max_tokens":20}"#)
+        }
+        // The decode request went out with the prefill's: the decode holds it, waiting for KV.
+        try await waitFor("the decode to wait for the KV", timeout: 10) {
+            metricValue(try await d.get("/metrics").body, "vllm:num_requests_waiting") == 1
+        }
+        let reply = try await call.value
+        #expect(reply.status == .badGateway)
+        #expect((reply.json?["error"] as? [String: Any])?["type"] as? String == "upstream_error", "\(reply.body)")
+        // Cancelled at once, not when its KV wait (60 s here) runs out; nothing is left reserved.
+        try await waitFor("the decode to drop the request", timeout: 5, detail: { d.logText }) {
+            let metrics = try await d.get("/metrics").body
+            return metricValue(metrics, "vllm:num_requests_waiting") == 0
+                && metricValue(metrics, "vllm:num_requests_running") == 0
+                && metricValue(metrics, "tandem_kv_buffer_bytes") == 0
+        }
+    }
+
+    @Test func maxTokens1AndAnEndingFirstTokenAnswerFromThePrefill() async throws {
+        let cluster = try await Cluster.start(decodes: 1)
+        defer { cluster.stop() }
+        let d = cluster.decodes[0]
+        let generated = { metricValue(try await d.get("/metrics").body, "vllm:generation_tokens_total") ?? 0 }
+        let before = try await generated()
+        for stream in [false, true] {
+            // max_tokens 1: the prefill's token is the answer.
+            let one = #"{"prompt":"Once upon a time","max_tokens":1,"temperature":0,"stream":\#(stream)}"#
+            let a = Answer(try await cluster.proxy.post("/v1/completions", one), stream: stream)
+            let b = Answer(try await cluster.colocated!.post("/v1/completions", one), stream: stream)
+            #expect(a.text == b.text && a.finishReason == "length")
+            // An end token first (this prompt's greedy answer is EOS at once): answered from the prefill.
+            let eos = #"{"prompt":"What is 2+2?","max_tokens":20,"temperature":0,"stream":\#(stream)}"#
+            let c = Answer(try await cluster.proxy.post("/v1/completions", eos), stream: stream)
+            let e = Answer(try await cluster.colocated!.post("/v1/completions", eos), stream: stream)
+            #expect(e.finishReason == "stop" && e.text.isEmpty, "the prompt still ends at once: \(e)")
+            #expect(c.text == e.text && c.finishReason == "stop")
+        }
+        try await waitFor("the decode to hold nothing", timeout: 5) {
+            let metrics = try await d.get("/metrics").body
+            return metricValue(metrics, "vllm:num_requests_waiting") == 0
+                && metricValue(metrics, "vllm:num_requests_running") == 0
+                && metricValue(metrics, "tandem_kv_buffer_bytes") == 0
+        }
+        #expect(try await generated() == before, "the decode generated nothing for these requests")
+    }
+}
+
+/// A completion's text, tokens, finish reason and completion-token count, from a whole answer or a stream.
+struct Answer: CustomStringConvertible {
+    var text = ""
+    var tokens: [Int] = []
+    var finishReason: String?
+    var completionTokens: Int?
+
+    init(_ reply: HTTPReply, stream: Bool) {
+        let objects = stream ? reply.events : [reply.json ?? [:]]
+        for object in objects {
+            if let choice = object.firstChoice {
+                text += choice["text"] as? String ?? ""
+                tokens += choice["token_ids"] as? [Int] ?? []
+                finishReason = choice["finish_reason"] as? String ?? finishReason
+            }
+            if let usage = object["usage"] as? [String: Any] { completionTokens = usage["completion_tokens"] as? Int }
+        }
+    }
+
+    var description: String { "\(finishReason ?? "nil") \(tokens) \(text.debugDescription)" }
+}
+
+/// POSTs `body` and reads the server-sent events as they come, calling `onEvent` with the count of `data:` events
+/// so far after each; returns the whole reply.
+func streamPost(
+    _ server: ServerProcess, _ path: String, _ body: String, onEvent: (Int) async throws -> Void
+) async throws -> HTTPReply {
+    var request = HTTPClientRequest(url: server.baseURL + path)
+    request.method = .POST
+    request.headers.add(name: "Content-Type", value: "application/json")
+    request.body = .bytes(ByteBuffer(string: body))
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+    var text = ""
+    var events = 0
+    for try await buffer in response.body {
+        text += String(buffer: buffer)
+        let now = text.components(separatedBy: "\n\n").dropLast().filter { $0.hasPrefix("data: ") }.count
+        while events < now {
+            events += 1
+            try await onEvent(events)
+        }
+    }
+    return HTTPReply(
+        status: response.status, contentType: response.headers.first(name: "Content-Type") ?? "", body: text)
+}
