@@ -8,6 +8,8 @@ public enum KVArrival: Sendable {
     case rejected(String)
     /// Nothing came before the deadline.
     case timedOut
+    /// The request itself was aborted meanwhile (`KVInbox.abandon`): nothing is to be loaded or recomputed.
+    case abandoned
 }
 
 /// KV held under request ids until someone claims it: on a decode instance, KV received for requests (the inbox);
@@ -78,7 +80,7 @@ public final class KVInbox: @unchecked Sendable {
         let waiter = waiters.removeValue(forKey: id)
         insert(id, .abandoned)
         lock.unlock()
-        waiter?.resume(.rejected("the request was aborted"))
+        waiter?.resume(.abandoned)
     }
 
     /// Whether room is still reserved for `id` (false once it expired, was delivered or was rejected).
@@ -141,7 +143,7 @@ public final class KVInbox: @unchecked Sendable {
                 case .arriving: break  // wait for the rest
                 case .abandoned:
                     lock.unlock()
-                    continuation.resume(returning: .rejected("the request was aborted"))
+                    continuation.resume(returning: .abandoned)
                     return
                 }
             }

@@ -287,7 +287,7 @@ final class KVPeerHandler: ChannelInboundHandler {
             case .rejected(let why):
                 node.logger.warning("KV pull for \(id) refused: \(why)")
                 KVConnection(channel: channel, node: node).send(.ack(requestId: id, accepted: false, message: why))
-            case .timedOut:
+            case .timedOut, .abandoned:
                 node.logger.warning("KV pull for \(id) refused: no KV for it arrived here in time")
                 KVConnection(channel: channel, node: node).send(
                     .ack(requestId: id, accepted: false, message: "no KV for this request here"))

@@ -22,6 +22,8 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
     private let lock = NSLock()
     private var state = State.connecting(queued: [])
     private var ended: Bool?
+    /// Ended by `withhold`: no cancel goes out either.
+    private var withheld = false
     private var endWaiter: CheckedContinuation<Bool, Never>?
     private let start = ContinuousClock.now
     private let bytes: Int
@@ -85,6 +87,25 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
         waiter?.resume(returning: complete)
     }
 
+    /// The prefill's first token ended its request: the consumer hears nothing more (a cancel would make it
+    /// recompute), and the proxy cancels its waiting decode. Queued slices give their budget back.
+    public func withhold(answer: @escaping @Sendable () -> Void) {
+        answer()
+        lock.lock()
+        let previous = state
+        state = .failed
+        ended = false
+        withheld = true
+        let waiter = endWaiter
+        endWaiter = nil
+        lock.unlock()
+        if case .connecting(let queued) = previous {
+            for q in queued { node.budget.release(q.bytes) }
+        }
+        node.state.acks.forget(requestId)
+        waiter?.resume(returning: false)
+    }
+
     private func waitForEnd() async -> Bool {
         await withCheckedContinuation { continuation in
             lock.lock()
@@ -108,7 +129,9 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
         }
         guard open(c) else {
             node.state.acks.forget(requestId)
-            c.send(.cancel(requestId: requestId, reason: "abandoned before it began"))
+            if !lock.withLock({ withheld }) {
+                c.send(.cancel(requestId: requestId, reason: "abandoned before it began"))
+            }
             return
         }
         guard await waitForEnd() else { return }

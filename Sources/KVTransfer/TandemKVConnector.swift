@@ -111,6 +111,9 @@ public final class TandemKVConnector: KVConnector {
             case .rejected(let why): done(failed(request, why, reason: "rejected"))
             case .timedOut:
                 done(failed(request, "no KV arrived within \(config.transferTimeout) s", reason: "timeout"))
+            case .abandoned:
+                // The request is gone from the engine already; the outcome only closes the wait.
+                done(.recompute)
             }
         }
     }

@@ -290,16 +290,25 @@ public final class EngineCore: @unchecked Sendable {
         // each layer over in the middle of the pass (copies on this thread while the workers wait, and the network
         // threads woken on the same cores) made a prefill's first token 10-15 % later on a two-core machine. Long
         // prompts still overlap their transfer with the compute, one prefill chunk at a time.
+        // A hand-off's last positions wait for its first token: one that ends the request withholds them.
         for (r, range) in streams {
-            for layer in 0..<cache.layerCount {
-                r.kvLayerSink?.push(cache.slice(layer: layer, range: range, table: r.blockTable))
+            if r.handOffAfterFirstToken, range.upperBound == r.prompt.count {
+                r.heldStream = range
+            } else {
+                stream(r, range)
             }
-            r.streamedTokens = range.upperBound
         }
         for (i, c) in plan.enumerated() {
             scheduler.commit(c)
             if let l = logits[i] { emitToken(for: c.request, logits: l) }
         }
+    }
+
+    private func stream(_ r: EngineRequest, _ range: Range<Int>) {
+        for layer in 0..<cache.layerCount {
+            r.kvLayerSink?.push(cache.slice(layer: layer, range: range, table: r.blockTable))
+        }
+        r.streamedTokens = range.upperBound
     }
 
     /// For requests that stream their prompt's KV: hands out at once what is already cached but not yet streamed
@@ -339,6 +348,10 @@ public final class EngineCore: @unchecked Sendable {
             finish(r, reason: .stop, last: out)
         } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
             // The decode instance continues from here; what is held back is its to release.
+            if let held = r.heldStream {
+                stream(r, held)
+                r.heldStream = nil
+            }
             out.handedOff = true
             finish(r, reason: .length, last: out)
         } else if r.allTokens.count >= r.maxTotalTokens {
@@ -366,7 +379,9 @@ public final class EngineCore: @unchecked Sendable {
             continuation.yield(final)
             continuation.finish()
         }
-        if let sink = r.kvLayerSink {
+        if let sink = r.kvLayerSink, r.heldStream != nil, reason != .abort {
+            sink.withhold(answer: answer)
+        } else if let sink = r.kvLayerSink {
             sink.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count, answer: answer)
         } else {
             answer()

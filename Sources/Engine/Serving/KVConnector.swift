@@ -100,6 +100,13 @@ public protocol KVLayerSink: Sendable {
     /// `answer` releases the request's final output: a sink that must finish its transfer before the producer
     /// answers (PUT) calls it then; others call it at once. It is called exactly once, from any thread.
     func end(complete: Bool, answer: @escaping @Sendable () -> Void)
+    /// The request ended before its KV was wanted (a hand-off whose first token ended it): nothing more is sent, not
+    /// even a cancel, so the decode that waits for it never starts; the proxy cancels it.
+    func withhold(answer: @escaping @Sendable () -> Void)
+}
+
+extension KVLayerSink {
+    public func withhold(answer: @escaping @Sendable () -> Void) { end(complete: false, answer: answer) }
 }
 
 extension KVPayload {
