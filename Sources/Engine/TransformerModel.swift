@@ -51,8 +51,11 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
-    /// chunk that asked for them (nil for the others).
-    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) -> [[Float]?] {
+    /// chunk that asked for them (nil for the others). `afterLayer`, when given, is called with each layer's index as
+    /// soon as that layer's K and V for every chunk are in the cache.
+    public func forward(
+        _ chunks: [SequenceChunk], cache: PagedKVCache, afterLayer: ((Int) -> Void)? = nil
+    ) -> [[Float]?] {
         lock.lock()
         defer { lock.unlock() }
         let c = config
@@ -103,6 +106,7 @@ public final class TransformerModel: @unchecked Sendable {
                     layer: layerIndex, table: chunks[rowChunk[row]].blockTable, position: rowPosition[row],
                     k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
             }
+            afterLayer?(layerIndex)
             partials.withUnsafeMutableBufferPointer { p in
                 attention(
                     layer: layerIndex, plan: plan, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,

@@ -10,7 +10,7 @@ import NIOPosix
 /// connection; each carries its request id.
 ///
 /// - PUT: `send` writes a whole payload and waits for the consumer's ack.
-/// - PUT_ASYNC: `stream` opens a transfer that the engine feeds after each prefill step while the prefill goes on.
+/// - PUT_ASYNC: `stream` opens a transfer that the engine feeds in groups of layers while the prefill computes.
 /// - GET: `offer` keeps the payload in the outbox until the consumer `pull`s it (or its lease ends).
 ///
 /// Memory is bounded by `kv_buffer_size` three times over: the inbox (received and arriving KV), the outbox (KV

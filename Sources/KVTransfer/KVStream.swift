@@ -3,8 +3,8 @@ import Engine
 import Foundation
 import NIOCore
 
-/// A PUT_ASYNC transfer: the engine pushes each prefill step's KV, layer by layer, when the step's forward pass ends,
-/// and it goes out on the peer's connection at once, overlapping the transfer with the rest of the prefill.
+/// A PUT_ASYNC transfer: the engine pushes a prefill step's KV in a few groups of layers while the pass goes on, and
+/// each goes out on the peer's connection at once, overlapping the transfer with the rest of the prefill.
 ///
 /// `push` never blocks the engine: a slice whose bytes do not fit in the send budget (`kv_buffer_size`) abandons the
 /// transfer instead, and a cancel frame tells the consumer to recompute. Slices pushed while the connection is still

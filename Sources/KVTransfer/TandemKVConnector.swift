@@ -6,7 +6,7 @@ import NIOConcurrencyHelpers
 /// Tandem's TCP connector: the engine's `KVConnector` over a `KVNode`, configured by `--kv-transfer-config`.
 ///
 /// It owns everything about moving KV: the node (listener, connections, inbox, outbox), the send type as the saver
-/// strategy (PUT_ASYNC streams each prefill step's KV as the step ends, PUT sends the whole prompt's KV before the prefill
+/// strategy (PUT_ASYNC streams groups of layers while they are computed, PUT sends the whole prompt's KV before the prefill
 /// answers, pulled KV waits in the outbox), the checks on what arrives (fingerprint, shape, prompt prefix), the
 /// failure policy (`recompute` or `fail`) and the metrics.
 public final class TandemKVConnector: KVConnector {

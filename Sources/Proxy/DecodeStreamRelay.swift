@@ -109,7 +109,7 @@ struct DecodeStreamRelay {
         var skip = skip
         let reply: HTTPClientResponse
         do {
-            reply = try await call.value
+            reply = try await call.valueOrCancel
         } catch {
             return .broke("\(error)")
         }

@@ -266,7 +266,7 @@ struct OverlappedRequest: Sendable {
         while true {
             var why: String
             do {
-                let reply = try await call.value
+                let reply = try await call.valueOrCancel
                 let text = try await reply.body.collect(upTo: 64 << 20)
                 if reply.status.code < 500 {
                     guard reply.status == .ok else {
@@ -318,6 +318,20 @@ struct OverlappedRequest: Sendable {
                 try await router.send(next, path: path, body: body, id: id, auth: auth, timeout: router.decodeTimeout)
             }
             d = next
+        }
+    }
+}
+
+extension Task where Failure == any Error {
+    /// The task's value; when the awaiting task is cancelled (its client left), this one is cancelled too, which
+    /// `value` alone does not do.
+    var valueOrCancel: Success {
+        get async throws {
+            try await withTaskCancellationHandler {
+                try await value
+            } onCancel: {
+                cancel()
+            }
         }
     }
 }

@@ -35,7 +35,7 @@ public struct ProxyOptions: Sendable {
     /// Seconds requests in flight may still run after SIGTERM before they are cut.
     public var shutdownGrace = 1.0
     /// Overlapped prefill and decode with stream migration (between Tandem instances), or vLLM's order.
-    public var flow = PDFlow.sequential
+    public var flow = PDFlow.overlap
     /// How many times one stream may move to another decode instance when its own fails.
     public var maxMigrations = 2
 

@@ -27,7 +27,7 @@ final class RequestRouter: Sendable {
 
     init(
         registry: InstanceRegistry, policy: RoutingPolicy, client: HTTPClient, metrics: ProxyMetrics, logger: Logger,
-        prefillTimeout: TimeAmount, decodeTimeout: TimeAmount, flow: PDFlow = .sequential, maxMigrations: Int = 2
+        prefillTimeout: TimeAmount, decodeTimeout: TimeAmount, flow: PDFlow = .overlap, maxMigrations: Int = 2
     ) {
         self.flow = flow
         self.maxMigrations = maxMigrations

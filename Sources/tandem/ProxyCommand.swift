@@ -35,9 +35,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(
         name: .customLong("pd-flow"),
         help:
-            "overlap (prefill and decode start together, the first token comes from the prefill, a failed decode stream moves to another decode; Tandem instances only) or sequential (vLLM's order)."
+            "overlap, the default (prefill and decode start together, the first token comes from the prefill, a failed decode stream moves to another decode; Tandem instances only) or sequential (vLLM's order)."
     )
-    var pdFlow = "sequential"
+    var pdFlow = "overlap"
     @Option(
         name: .customLong("max-migrations"), help: "Times one stream may move to another decode instance (overlap).")
     var maxMigrations = 2

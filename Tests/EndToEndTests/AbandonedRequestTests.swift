@@ -44,9 +44,10 @@ import Testing
         print("instance: aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
     }
 
-    @Test func theProxyCancelsBothSidesWhenTheClientLeaves() async throws {
+    @Test(arguments: ["overlap", "sequential"])
+    func theProxyCancelsBothSidesWhenTheClientLeaves(flow: String) async throws {
         let discovery = freePort()
-        let proxy = try await ServerProcess.proxy(discoveryPort: discovery)
+        let proxy = try await ServerProcess.proxy(discoveryPort: discovery, extra: ["--pd-flow", flow])
         defer { #expect(proxy.stop() == 0) }
         let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
         defer { #expect(p.stop() == 0) }
@@ -55,7 +56,9 @@ import Testing
         try await waitForInstances(proxy, prefill: 1, decode: 1)
         let took = try await Self.leave(sendingTo: proxy.port, watching: d)
         #expect(took != nil, "the decode aborted soon after the client left the proxy")
-        print("proxy: decode aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left")
+        print(
+            "proxy (\(flow)): decode aborted \(took.map { String(format: "%.3f s", $0) } ?? "never") after the client left"
+        )
         #expect(try await Self.running(p) == 0)
     }
 }

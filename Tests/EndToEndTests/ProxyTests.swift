@@ -233,9 +233,12 @@ final class LockedBox<T>: @unchecked Sendable {
         #expect(try await proxy.get("/metrics").body.contains("tandem_proxy_retries_total{stage=\"prefill\"}"))
     }
 
+    /// In vLLM's order (`--pd-flow sequential`) a stream cannot move: it ends with an error event. (The default,
+    /// overlapped flow moves it to another decode instance: `ResumeTests`.)
     @Test func killingADecodeInstanceUnderLoadFailsCleanlyAndTheOtherTakesOver() async throws {
         let discovery = freePort()
-        let proxy = try await ServerProcess.proxy(discoveryPort: discovery, ttl: "6s")
+        let proxy = try await ServerProcess.proxy(
+            discoveryPort: discovery, ttl: "6s", extra: ["--pd-flow", "sequential"])
         defer { #expect(proxy.stop() == 0) }
         let p = try await ServerProcess.instance(role: "kv_producer", kvPort: freePort(), discoveryPort: discovery)
         defer { #expect(p.stop() == 0) }

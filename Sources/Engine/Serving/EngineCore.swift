@@ -285,31 +285,40 @@ public final class EngineCore: @unchecked Sendable {
         }
         let streams = streamPlan(plan)
         let cache = cache
-        let logits = model.forward(chunks, cache: cache)
-        // A step's KV goes to the savers when the step's forward pass is over, before its tokens are sampled: handing
-        // each layer over in the middle of the pass (copies on this thread while the workers wait, and the network
-        // threads woken on the same cores) made a prefill's first token 10-15 % later on a two-core machine. Long
-        // prompts still overlap their transfer with the compute, one prefill chunk at a time.
-        // A hand-off's last positions wait for its first token: one that ends the request withholds them.
-        for (r, range) in streams {
-            if r.handOffAfterFirstToken, range.upperBound == r.prompt.count {
-                r.heldStream = range
+        // The step's KV goes to the savers during the pass, in `Self.kvHandOffs` groups of layers, so that the
+        // transfer overlaps the compute: one hand-off per layer (30 for SmolLM2) woke the network threads so often
+        // that a prefill's first token came 10-15 % later on two cores. A hand-off's last group waits for its first
+        // token (`emitToken`): a token that ends the request withholds it, and the decode never starts.
+        let group = max(1, (cache.layerCount + Self.kvHandOffs - 1) / Self.kvHandOffs)
+        var pending: [(EngineRequest, KVLayerSlice)] = []
+        let logits = model.forward(
+            chunks, cache: cache,
+            afterLayer: streams.isEmpty
+                ? nil
+                : { layer in
+                    for (r, range) in streams {
+                        pending.append((r, cache.slice(layer: layer, range: range, table: r.blockTable)))
+                    }
+                    guard (layer + 1) % group == 0, layer + 1 < cache.layerCount else { return }
+                    for (r, slice) in pending { r.kvLayerSink?.push(slice) }
+                    pending.removeAll()
+                })
+        for (r, slice) in pending {
+            if r.handOffAfterFirstToken, slice.tokenStart + slice.tokenCount == r.prompt.count {
+                r.heldSlices.append(slice)
             } else {
-                stream(r, range)
+                r.kvLayerSink?.push(slice)
             }
         }
+        for (r, range) in streams { r.streamedTokens = range.upperBound }
         for (i, c) in plan.enumerated() {
             scheduler.commit(c)
             if let l = logits[i] { emitToken(for: c.request, logits: l) }
         }
     }
 
-    private func stream(_ r: EngineRequest, _ range: Range<Int>) {
-        for layer in 0..<cache.layerCount {
-            r.kvLayerSink?.push(cache.slice(layer: layer, range: range, table: r.blockTable))
-        }
-        r.streamedTokens = range.upperBound
-    }
+    /// How many times a step hands its KV to the savers (PUT_ASYNC sends each group at once).
+    static let kvHandOffs = 4
 
     /// For requests that stream their prompt's KV: hands out at once what is already cached but not yet streamed
     /// (a prefix-cache hit), and returns the prompt positions this step computes that still have to go out.
@@ -348,10 +357,8 @@ public final class EngineCore: @unchecked Sendable {
             finish(r, reason: .stop, last: out)
         } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
             // The decode instance continues from here; what is held back is its to release.
-            if let held = r.heldStream {
-                stream(r, held)
-                r.heldStream = nil
-            }
+            for slice in r.heldSlices { r.kvLayerSink?.push(slice) }
+            r.heldSlices = []
             out.handedOff = true
             finish(r, reason: .length, last: out)
         } else if r.allTokens.count >= r.maxTotalTokens {
@@ -379,7 +386,7 @@ public final class EngineCore: @unchecked Sendable {
             continuation.yield(final)
             continuation.finish()
         }
-        if let sink = r.kvLayerSink, r.heldStream != nil, reason != .abort {
+        if let sink = r.kvLayerSink, !r.heldSlices.isEmpty, reason != .abort {
             sink.withhold(answer: answer)
         } else if let sink = r.kvLayerSink {
             sink.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count, answer: answer)

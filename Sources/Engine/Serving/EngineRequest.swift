@@ -95,8 +95,8 @@ final class EngineRequest {
     var kvLayerSink: (any KVLayerSink)?
     /// Prompt positions already handed to `kvLayerSink` (for every layer).
     var streamedTokens = 0
-    /// A hand-off's last prompt positions, whose KV goes out only once its first token is known not to end it.
-    var heldStream: Range<Int>?
+    /// A hand-off's last KV slices, which go out only once its first token is known not to end it.
+    var heldSlices: [KVLayerSlice] = []
     var sampler: Sampler
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher

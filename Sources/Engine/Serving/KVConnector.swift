@@ -73,7 +73,7 @@ public enum KVLoadOutcome: Sendable {
 ///   request is parked with blocks for its whole prompt and `startLoad` begins fetching its KV, signalling `done`
 ///   once, from any thread, when it arrived or failed; `requestFinished` reports the parameters a producer's response
 ///   carries.
-/// - Worker side (engine thread): `saver` receives a producer's KV after each prefill step, layer by layer.
+/// - Worker side (engine thread): `saver` receives a producer's KV layer by layer, in a few groups per step.
 ///
 /// Every method called on the engine thread must return at once.
 public protocol KVConnector: AnyObject, Sendable {
