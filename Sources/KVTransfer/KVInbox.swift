@@ -41,7 +41,8 @@ public final class KVInbox: @unchecked Sendable {
     private let lock = NSLock()
     private var entries: [String: (entry: Entry, at: ContinuousClock.Instant)] = [:]
     private var order: [String] = []
-    private var waiters: [String: (token: UInt64, resume: @Sendable (KVArrival) -> Void)] = [:]
+    /// Waiters, each with the deadline it gets from when its transfer begins (`timeout`; see `wait`).
+    private var waiters: [String: (token: UInt64, timeout: Double, resume: @Sendable (KVArrival) -> Void)] = [:]
     private var nextToken: UInt64 = 0
     private var bytes = 0
 
@@ -68,6 +69,8 @@ public final class KVInbox: @unchecked Sendable {
         remove(id)
         guard makeRoom(for: count) else { return false }
         insert(id, .arriving(bytes: count))
+        // The transfer began: a waiter that had longer for the beginning (`before`) now has its own deadline.
+        if let w = waiters[id] { expire(id, token: w.token, after: w.timeout) }
         return true
     }
 
@@ -89,6 +92,16 @@ public final class KVInbox: @unchecked Sendable {
         defer { lock.unlock() }
         if case .arriving = entries[id]?.entry { return true }
         return false
+    }
+
+    /// More of `id`'s transfer arrived: its lease and its waiter's deadline count from now. False when room is no
+    /// longer reserved for it (as `isArriving`).
+    public func progressed(_ id: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let e = entries[id], case .arriving = e.entry else { return false }
+        entries[id] = (e.entry, .now)
+        return true
     }
 
     /// Files a complete payload (replacing its reservation), or hands it to the request already waiting for it.
@@ -123,8 +136,9 @@ public final class KVInbox: @unchecked Sendable {
         return true
     }
 
-    /// Takes the KV for `id`, waiting up to `timeout` seconds for it to arrive.
-    public func wait(for id: String, timeout: Double) async -> KVArrival {
+    /// Takes the KV for `id`, waiting up to `timeout` seconds for it to arrive; with `before`, the transfer may take
+    /// that much longer to begin (its prefill runs meanwhile), and then has `timeout` from its begin frame.
+    public func wait(for id: String, timeout: Double, before: Double = 0) async -> KVArrival {
         await withCheckedContinuation { (continuation: CheckedContinuation<KVArrival, Never>) in
             lock.lock()
             dropExpired()
@@ -150,12 +164,18 @@ public final class KVInbox: @unchecked Sendable {
             nextToken += 1
             let token = nextToken
             if let earlier = waiters.removeValue(forKey: id) { earlier.resume(.rejected("superseded")) }
-            waiters[id] = (token, { continuation.resume(returning: $0) })
+            waiters[id] = (token, timeout, { continuation.resume(returning: $0) })
+            let begun: Bool
+            if case .arriving? = entries[id]?.entry { begun = true } else { begun = false }
             lock.unlock()
-            Task {
-                try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
-                self.expireWaiter(id, token: token)
-            }
+            expire(id, token: token, after: begun ? timeout : timeout + before)
+        }
+    }
+
+    private func expire(_ id: String, token: UInt64, after seconds: Double) {
+        Task {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            self.expireWaiter(id, token: token)
         }
     }
 
@@ -202,6 +222,18 @@ public final class KVInbox: @unchecked Sendable {
         guard let w = waiters[id], w.token == token else {
             lock.unlock()
             return
+        }
+        if let e = entries[id], case .arriving = e.entry {
+            // A transfer still making progress keeps its waiter: the deadline counts from its last frame.
+            let idle = ContinuousClock.now - e.at
+            let allowed = Duration.milliseconds(Int(w.timeout * 1000))
+            if idle < allowed {
+                lock.unlock()
+                let left = allowed - idle
+                return expire(
+                    id, token: token,
+                    after: Double(left.components.seconds) + Double(left.components.attoseconds) * 1e-18)
+            }
         }
         waiters[id] = nil
         // The request gives up on this KV (it recomputes): room still reserved for it goes back now, and what

@@ -149,22 +149,32 @@ public final class KVNode: Sendable {
         outbox.deliver(payload, for: requestId)
     }
 
-    /// GET: asks `peer` (the prefill instance) for `requestId`'s KV and waits for it, within the transfer deadline.
-    public func pull(_ requestId: String, from peer: HostPort) async -> KVArrival {
-        let deadline = ContinuousClock.now + .milliseconds(Int(state.transferTimeout * 1000))
+    /// GET: asks `peer` (the prefill instance) for `requestId`'s KV and waits for it, within the transfer deadline;
+    /// for `before` seconds more, a refusal because the prefill has not offered it yet is asked again (an overlapped
+    /// decode, sent with its prefill).
+    public func pull(_ requestId: String, from peer: HostPort, before: Double = 0) async -> KVArrival {
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(Int((state.transferTimeout + before) * 1000))
+        let askUntil = start + .milliseconds(Int(before * 1000))
         let c: KVConnection
         do {
             c = try await connection(to: peer)
         } catch {
             return .rejected("\(error)")
         }
-        var buffer = c.channel.allocator.buffer(capacity: 64)
-        KVFrame.pull(requestId: requestId).write(into: &buffer)
-        let inbox = inbox
-        c.channel.writeAndFlush(buffer).whenFailure { error in
-            inbox.reject(requestId, reason: "the pull could not be sent: \(error)")
+        while true {
+            var buffer = c.channel.allocator.buffer(capacity: 64)
+            KVFrame.pull(requestId: requestId).write(into: &buffer)
+            let inbox = inbox
+            c.channel.writeAndFlush(buffer).whenFailure { error in
+                inbox.reject(requestId, reason: "the pull could not be sent: \(error)")
+            }
+            let arrival = await inbox.wait(for: requestId, timeout: remaining(deadline))
+            if case .rejected(let why) = arrival, why.hasSuffix(KVFrame.notYetOffered), ContinuousClock.now < askUntil {
+                continue
+            }
+            return arrival
         }
-        return await inbox.wait(for: requestId, timeout: remaining(deadline))
     }
 }
 

@@ -184,7 +184,7 @@ final class KVPeerHandler: ChannelInboundHandler {
             if !refused.contains(id) { refuse(context, id, "a layer arrived without its begin frame") }
             return
         }
-        guard node.inbox.isArriving(id) else {
+        guard node.inbox.progressed(id) else {
             // Expired, taken over, or its request was aborted: the sender hears so (inbox.reject leaves an
             // abandoned entry as it is).
             refuse(context, id, "the request no longer waits for this KV")
@@ -290,7 +290,7 @@ final class KVPeerHandler: ChannelInboundHandler {
             case .timedOut, .abandoned:
                 node.logger.warning("KV pull for \(id) refused: no KV for it arrived here in time")
                 KVConnection(channel: channel, node: node).send(
-                    .ack(requestId: id, accepted: false, message: "no KV for this request here"))
+                    .ack(requestId: id, accepted: false, message: KVFrame.notYetOffered))
             }
         }
     }

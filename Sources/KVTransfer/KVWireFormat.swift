@@ -18,6 +18,9 @@ public enum KVFrame: Sendable, Equatable {
     /// A consumer asks the producer for a request's KV (send type GET).
     case pull(requestId: String)
 
+    /// A producer's refusal of a pull whose KV did not reach its outbox within its deadline.
+    static let notYetOffered = "no KV for this request here"
+
     static let magic: UInt32 = 0x544B_5631  // "TKV1"
     static let headerBytes = 13
     static let fp16: UInt8 = 1

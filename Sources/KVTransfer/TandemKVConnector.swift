@@ -91,12 +91,13 @@ public final class TandemKVConnector: KVConnector {
         guard let prefill = HostPort(t.prefillAddress) else {
             return done(failed(request, "bad prefill address \(t.prefillAddress)", reason: "rejected"))
         }
+        let timeout = config.transferTimeout
         Task {
             let start = ContinuousClock.now
             let arrival =
                 t.delivery == .pull
-                ? await s.node.pull(t.transferId, from: prefill)
-                : await s.node.inbox.wait(for: t.transferId, timeout: config.transferTimeout)
+                ? await s.node.pull(t.transferId, from: prefill, before: t.extraWait)
+                : await s.node.inbox.wait(for: t.transferId, timeout: timeout, before: t.extraWait)
             switch arrival {
             case .payload(let p):
                 if let why = p.mismatch(
@@ -110,7 +111,7 @@ public final class TandemKVConnector: KVConnector {
                 }
             case .rejected(let why): done(failed(request, why, reason: "rejected"))
             case .timedOut:
-                done(failed(request, "no KV arrived within \(config.transferTimeout) s", reason: "timeout"))
+                done(failed(request, "no KV arrived within its \(timeout) s deadline", reason: "timeout"))
             case .abandoned:
                 // The request is gone from the engine already; the outcome only closes the wait.
                 done(.recompute)

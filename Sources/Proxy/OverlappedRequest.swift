@@ -102,7 +102,9 @@ struct OverlappedRequest: Sendable {
             let id = DisaggregatedRequestID(
                 prefill: p.zmq, decode: d.zmq, uuid: attempt == 0 ? uuid : uuid + "r\(attempt)"
             ).description
-            let decodeBody = body.setting("return_token_ids", true)
+            // The decode's KV wait starts now, with the prefill: it may last the prefill's whole deadline longer.
+            let decodeBody = body.setting("return_token_ids", true).setting(
+                "tandem_kv_wait_s", .double(Double(router.prefillTimeout.nanoseconds) / 1e9))
             let router = router
             let path = path
             let auth = auth

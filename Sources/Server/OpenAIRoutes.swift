@@ -197,6 +197,9 @@ public final class InstanceAPI: Sendable {
             } catch let error as KVTransferParamsError {
                 throw APIError.badRequest(error.description, param: "kv_transfer_params")
             }
+            if let wait = try fields.number("tandem_kv_wait_s", in: 0...3600) {
+                generation.kvTransfer?.extraWait = wait
+            }
         }
         let handle: GenerationHandle
         do {

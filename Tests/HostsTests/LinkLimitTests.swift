@@ -15,8 +15,11 @@ extension HostsTests {
         try await onHosts(3) { hosts in
             let rate = 1e9
             for sendType in ["PUT_ASYNC", "PUT"] {
+                // vLLM's order, so that the decode's wait is for the transfer alone (an overlapped decode also waits
+                // out the prefill).
                 let d = try await RunbookDeployment.start(
-                    hosts, prefillHosts: [2], decodeHosts: [3], sendType: sendType)
+                    hosts, prefillHosts: [2], decodeHosts: [3], sendType: sendType,
+                    proxyArguments: ["--pd-flow", "sequential"])
                 var ttft: [Bool: [Double]] = [false: [], true: []]
                 var waits: [Double] = []
                 var sends: [Double] = []

@@ -127,6 +127,34 @@ func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
         if case .rejected = await inbox.wait(for: "f", timeout: 1) {} else { Issue.record("expected the rejection") }
     }
 
+    /// An overlapped decode waits `before` longer for its transfer to begin; once it began, the deadline is its own
+    /// again, counted from the transfer's last progress.
+    @Test func aWaitGetsLongerToBeginThenItsOwnDeadlineFromTheLastProgress() async {
+        let inbox = KVInbox(capacityBytes: 1 << 20, ttl: 30)
+        let clock = ContinuousClock()
+        // Nothing begins: the whole allowance is waited.
+        var start = clock.now
+        if case .timedOut = await inbox.wait(for: "a", timeout: 0.1, before: 0.4) {} else { Issue.record("a") }
+        #expect(clock.now - start >= .milliseconds(500))
+        // It begins at once: `before` no longer counts, the deadline is `timeout` from the begin frame.
+        start = clock.now
+        async let b = inbox.wait(for: "b", timeout: 0.3, before: 30)
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(inbox.reserve("b", bytes: 100))
+        if case .timedOut = await b {} else { Issue.record("b") }
+        #expect(clock.now - start < .seconds(5), "not the 30 s allowance")
+        // Progress keeps a transfer alive past its deadline; then delivery ends the wait.
+        async let c = inbox.wait(for: "c", timeout: 0.3, before: 30)
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(inbox.reserve("c", bytes: 100))
+        for _ in 0..<5 {
+            try? await Task.sleep(for: .milliseconds(150))
+            #expect(inbox.progressed("c"))
+        }
+        inbox.deliver(samplePayload(), for: "c")
+        if case .payload = await c {} else { Issue.record("c: progress kept the wait alive past 0.3 s") }
+    }
+
     @Test func reservationsCountUntilDeliveredAndEvictOnlyCompletePayloads() async {
         let size = samplePayload().byteCount
         let inbox = KVInbox(capacityBytes: size * 2, ttl: 0.3)

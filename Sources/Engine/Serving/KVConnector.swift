@@ -19,6 +19,10 @@ public struct KVTransferParams: Sendable, Equatable {
     /// before it is moved.
     public var promptTokens: Int?
     public var fingerprint: UInt64?
+    /// Seconds more a consumer waits for the transfer to begin, beyond its own transfer deadline: the proxy's
+    /// overlapped flow sends the decode request with the prefill's, so the wait also covers the prefill
+    /// (`tandem_kv_wait_s`). Once the transfer began, the deadline is the consumer's own again.
+    public var extraWait: Double = 0
 
     public init(
         role: Role, delivery: Delivery, transferId: String, prefillAddress: String, decodeAddress: String? = nil,
