@@ -96,9 +96,10 @@ struct GenerationRun: Sendable {
                 while let out = next {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }
                     generated += out.tokenIds.count
+                    // A hand-off's end carries no token: nothing to send but [DONE].
                     let worthSending =
-                        first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
-                        || run.formatter.wantsLogprobs
+                        (first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
+                            || run.formatter.wantsLogprobs) && !(out.handedOff && out.tokenIds.isEmpty)
                     if worthSending {
                         let chunk = run.formatter.chunk(
                             text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,

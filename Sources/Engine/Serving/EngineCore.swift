@@ -357,10 +357,13 @@ public final class EngineCore: @unchecked Sendable {
             finish(r, reason: .stop, last: out)
         } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
             // The decode instance continues from here; what is held back is its to release.
+            // The token goes out first (it is the client's first token); then the KV it was waiting for.
+            r.continuation.yield(out)
             for slice in r.heldSlices { r.kvLayerSink?.push(slice) }
             r.heldSlices = []
-            out.handedOff = true
-            finish(r, reason: .length, last: out)
+            var end = GenerationOutput()
+            end.handedOff = true
+            finish(r, reason: .length, last: end)
         } else if r.allTokens.count >= r.maxTotalTokens {
             let (tail, _) = r.stops.append(r.decoder.flush())
             out.text += tail + r.stops.releaseAll()
