@@ -5,12 +5,14 @@ Usage: bench-ttft.py LABEL=PROXY_URL,PREFILL_URL [LABEL=...] [--prompts N] [--ro
 
 For each prompt, one streaming request goes to each proxy and to each proxy's prefill instance directly, one at a
 time, in turn, so that the machine's drift hits every deployment alike. Prints, per deployment and round, the median
-TTFT through the proxy, the prefill's median, their ratio and the issue's bound (1.10 x prefill + 5 ms). Prompts are
-distinct (run prefix caching off, or every request after the first of a prompt is a cache hit).
+TTFT through the proxy, the prefill's median, their ratio and the issue's bound (1.10 x prefill + 5 ms), and through
+the proxy the median gap between the first and second token and between later ones. Prompts are distinct (run
+prefix caching off, or every request after the first of a prompt is a cache hit).
 """
 import argparse, http.client, json, statistics, time, urllib.parse
 
-def ttft_ms(url, prompt, max_tokens):
+def timings_ms(url, prompt, max_tokens):
+    """Milliseconds to the first event, and between each event and the next."""
     u = urllib.parse.urlparse(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0, "ignore_eos": True}
@@ -19,16 +21,18 @@ def ttft_ms(url, prompt, max_tokens):
     r = c.getresponse()
     if r.status != 200:
         raise SystemExit(f"{url} answered {r.status}: {r.read()[:300]!r}")
-    first, seen = None, b""
+    times, pending = [], b""
     while True:
         chunk = r.read1(65536)
         if not chunk:
             break
-        seen += chunk
-        if first is None and b"data: " in seen:
-            first = time.perf_counter() - start
+        pending += chunk
+        while b"\n\n" in pending:
+            event, pending = pending.split(b"\n\n", 1)
+            if event.startswith(b"data: {"):
+                times.append(time.perf_counter() - start)
     c.close()
-    return first * 1000
+    return times[0] * 1000, [(b - a) * 1000 for a, b in zip(times, times[1:])]
 
 def main():
     ap = argparse.ArgumentParser()
@@ -45,15 +49,19 @@ def main():
         deployments.append((label, proxy, prefill))
     words = "the quick brown fox jumps over a lazy dog while seven bright stars fall into quiet water".split()
     for rnd in range(a.rounds):
-        times = {label: ([], []) for label, _, _ in deployments}
+        times = {label: ([], [], [], []) for label, _, _ in deployments}
         for i in range(a.prompts):
             prompt = f"Round {rnd} prompt {i}: " + " ".join(words[(i + k * 7) % len(words)] for k in range(a.input_words))
             for label, proxy, prefill in deployments:
-                times[label][0].append(ttft_ms(proxy, prompt + f" via {label}", a.max_tokens))
-                times[label][1].append(ttft_ms(prefill, prompt + f" direct {label}", a.max_tokens))
+                first, gaps = timings_ms(proxy, prompt + f" via {label}", a.max_tokens)
+                times[label][0].append(first)
+                times[label][1].append(timings_ms(prefill, prompt + f" direct {label}", a.max_tokens)[0])
+                times[label][2].append(gaps[0])
+                times[label][3].append(statistics.median(gaps[1:]))
         for label, _, _ in deployments:
-            via, direct = (statistics.median(v) for v in times[label])
+            via, direct, gap1, later = (statistics.median(v) for v in times[label])
             print(f"round {rnd + 1} {label}: via proxy {via:.1f} ms, prefill {direct:.1f} ms, "
-                  f"ratio {via / direct:.3f}, bound {1.10 * direct + 5:.1f} ms, {'within' if via <= 1.10 * direct + 5 else 'OVER'}")
+                  f"ratio {via / direct:.3f}, bound {1.10 * direct + 5:.1f} ms, {'within' if via <= 1.10 * direct + 5 else 'OVER'}; "
+                  f"first gap {gap1:.1f} ms, later gaps {later:.1f} ms")
 
 main()
