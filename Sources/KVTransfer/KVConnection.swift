@@ -21,7 +21,7 @@ struct KVConnection: Sendable {
 
     private func encode(_ frame: KVFrame) -> ByteBuffer {
         var capacity = 64
-        if case .begin(let id, _, _, _, let tokens) = frame { capacity = 64 + id.utf8.count + 4 * tokens.count }
+        if case .begin(let id, _, _, _, let tokens, _) = frame { capacity = 64 + id.utf8.count + 4 * tokens.count }
         var buffer = channel.allocator.buffer(capacity: capacity)
         frame.write(into: &buffer)
         return buffer

@@ -106,10 +106,15 @@ public struct KVFrameDecoder: ByteToMessageDecoder {
             let kvDim = try u32()
             guard try u8() == KVFrame.fp16 else { throw KVWireError("unsupported dtype") }
             let fingerprint = try u64()
-            guard count * 4 == body.readableBytes else { throw KVWireError("token list length mismatch") }
+            // The token ids, then a flag byte when a first-token frame follows.
+            guard count * 4 == body.readableBytes || count * 4 + 1 == body.readableBytes else {
+                throw KVWireError("token list length mismatch")
+            }
             let tokens = try (0..<count).map { _ in Int32(bitPattern: UInt32(try u32())) }
+            let follows = body.readableBytes == 1 ? try u8() == 1 : false
             return .begin(
-                requestId: requestId, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, tokens: tokens)
+                requestId: requestId, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, tokens: tokens,
+                firstTokenFollows: follows)
         case 2:
             let requestId = try id()
             let layer = try u32()
@@ -147,6 +152,9 @@ public struct KVFrameDecoder: ByteToMessageDecoder {
             return .cancel(requestId: requestId, reason: reason)
         case 5:
             return .pull(requestId: try id())
+        case 6:
+            let requestId = try id()
+            return .first(requestId: requestId, token: Int32(bitPattern: UInt32(try u32())))
         default:
             throw KVWireError("unknown frame type \(type)")
         }

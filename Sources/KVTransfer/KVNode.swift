@@ -131,15 +131,17 @@ public final class KVNode: Sendable {
         }
     }
 
-    /// PUT_ASYNC: opens a transfer of `tokens`' KV to `peer`, fed with `KVStream.push` as layers are computed.
+    /// PUT_ASYNC: opens a transfer of `tokens`' KV to `peer`, fed with `KVStream.push` as layers are computed; with
+    /// `firstTokenFollows`, the transfer is complete only with `KVStream.firstToken` (a hand-off prefill's).
     public func stream(
-        requestId: String, tokens: [Int32], layerCount: Int, kvDim: Int, to peer: HostPort
+        requestId: String, tokens: [Int32], layerCount: Int, kvDim: Int, to peer: HostPort,
+        firstTokenFollows: Bool = false
     ) -> KVStream {
         KVStream(
             node: self, requestId: requestId, peer: peer,
             begin: .begin(
                 requestId: requestId, layerCount: layerCount, kvDim: kvDim, fingerprint: state.fingerprint,
-                tokens: tokens),
+                tokens: tokens, firstTokenFollows: firstTokenFollows),
             bytes: layerCount * 2 * tokens.count * kvDim * 2)
     }
 

@@ -65,11 +65,15 @@ final class KVPeerHandler: ChannelInboundHandler {
         /// Per layer, how many positions have arrived.
         var filled: [Int]
         var completeLayers = 0
+        /// A hand-off prefill's transfer ends with its first token (`first` frame); until then it is not complete.
+        let awaitsFirstToken: Bool
+        var firstToken: Int32?
 
-        init(layers: Int, kvDim: Int, tokens: [Int32]) {
+        init(layers: Int, kvDim: Int, tokens: [Int32], awaitsFirstToken: Bool) {
             self.layers = layers
             self.kvDim = kvDim
             self.tokens = tokens
+            self.awaitsFirstToken = awaitsFirstToken
             // Not zeroed: a payload is delivered only once every position of every layer has been written.
             values = [UInt16](unsafeUninitializedCapacity: layers * 2 * tokens.count * kvDim) { _, n in
                 n = layers * 2 * tokens.count * kvDim
@@ -120,8 +124,9 @@ final class KVPeerHandler: ChannelInboundHandler {
 
     private func receive(_ context: ChannelHandlerContext, _ frame: KVFrame) {
         switch frame {
-        case .begin(let id, let layers, let kvDim, let fp, let tokens):
-            begin(context, id, layers: layers, kvDim: kvDim, fingerprint: fp, tokens: tokens)
+        case .begin(let id, let layers, let kvDim, let fp, let tokens, let follows):
+            begin(
+                context, id, layers: layers, kvDim: kvDim, fingerprint: fp, tokens: tokens, firstTokenFollows: follows)
         case .layer(let id, let layer, let start, let count, let kvDim, let checksum, let values):
             // The decoder streams layer frames; a whole one is taken the same way.
             startLayer(
@@ -142,11 +147,19 @@ final class KVPeerHandler: ChannelInboundHandler {
             }
         case .pull(let id):
             serve(pull: id, on: context.channel)
+        case .first(let id, let token):
+            guard let a = arriving[id], a.awaitsFirstToken, a.firstToken == nil else {
+                if !refused.contains(id) { refuse(context, id, "a first token arrived without its transfer") }
+                return
+            }
+            a.firstToken = token
+            deliverIfComplete(context, id, a)
         }
     }
 
     private func begin(
-        _ context: ChannelHandlerContext, _ id: String, layers: Int, kvDim: Int, fingerprint: UInt64, tokens: [Int32]
+        _ context: ChannelHandlerContext, _ id: String, layers: Int, kvDim: Int, fingerprint: UInt64, tokens: [Int32],
+        firstTokenFollows: Bool
     ) {
         guard fingerprint == node.fingerprint else {
             return refuse(context, id, "the KV comes from another model (fingerprint mismatch)")
@@ -166,7 +179,7 @@ final class KVPeerHandler: ChannelInboundHandler {
         guard node.inbox.reserve(id, bytes: bytes) else {
             return refuse(context, id, "the transfer (\(bytes) bytes) does not fit in the free kv_buffer_size")
         }
-        arriving[id] = Assembly(layers: layers, kvDim: kvDim, tokens: tokens)
+        arriving[id] = Assembly(layers: layers, kvDim: kvDim, tokens: tokens, awaitsFirstToken: firstTokenFollows)
         // A transfer that stalls gives its room back after the lease.
         let ttl = node.inbox.ttl
         context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ttl * 1000))) {
@@ -242,10 +255,16 @@ final class KVPeerHandler: ChannelInboundHandler {
         guard sum == h.checksum else { return refuse(context, id, "layer \(h.layer) failed its checksum") }
         a.filled[h.layer] += h.tokenCount
         if a.filled[h.layer] == a.tokens.count { a.completeLayers += 1 }
-        guard a.completeLayers == a.layers else { return }
+        deliverIfComplete(context, id, a)
+    }
+
+    /// Delivers the transfer once every layer (and the first token, when one follows) is in.
+    private func deliverIfComplete(_ context: ChannelHandlerContext, _ id: String, _ a: Assembly) {
+        guard a.completeLayers == a.layers, !a.awaitsFirstToken || a.firstToken != nil else { return }
         arriving[id] = nil
         let payload = KVPayload(
-            tokens: a.tokens, layerCount: a.layers, kvDim: a.kvDim, fingerprint: node.fingerprint, values: a.values)
+            tokens: a.tokens, layerCount: a.layers, kvDim: a.kvDim, fingerprint: node.fingerprint, values: a.values,
+            firstToken: a.firstToken)
         a.values = []
         if node.inbox.deliver(payload, for: id) {
             acknowledge(context, id, accepted: true, message: "ok")

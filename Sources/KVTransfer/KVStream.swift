@@ -49,8 +49,17 @@ public final class KVStream: KVLayerSink, @unchecked Sendable {
     }
 
     /// Hands one layer slice over for sending (called on the engine thread).
-    public func push(_ slice: KVLayerSlice) {
-        let buffer = encode(slice)
+    public func push(_ slice: KVLayerSlice) { send(encode(slice)) }
+
+    /// A hand-off prefill's first token, after its last layer: it completes the transfer (`firstTokenFollows`).
+    public func firstToken(_ token: Int32) {
+        var buffer = ByteBufferAllocator().buffer(capacity: 32 + requestId.utf8.count)
+        KVFrame.first(requestId: requestId, token: token).write(into: &buffer)
+        send(buffer)
+    }
+
+    /// Queues a frame, or writes it when the connection is open; a frame over the send budget abandons the transfer.
+    private func send(_ buffer: ByteBuffer) {
         let n = buffer.readableBytes
         let budget = node.budget
         lock.lock()

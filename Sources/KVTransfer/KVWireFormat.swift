@@ -5,8 +5,11 @@ import NIOCore
 /// Tandem's KV-transfer frames over TCP (documented in docs/kv-transfer-protocol.md). Every frame is
 /// `magic u32 "TKV1" | type u8 | body length u64 | body`, integers big-endian; KV values travel as raw fp16 bytes.
 public enum KVFrame: Sendable, Equatable {
-    /// Opens a transfer: the request, the shape, the model fingerprint and the token ids.
-    case begin(requestId: String, layerCount: Int, kvDim: Int, fingerprint: UInt64, tokens: [Int32])
+    /// Opens a transfer: the request, the shape, the model fingerprint and the token ids; `firstTokenFollows` when a
+    /// `first` frame completes it (a hand-off prefill's).
+    case begin(
+        requestId: String, layerCount: Int, kvDim: Int, fingerprint: UInt64, tokens: [Int32],
+        firstTokenFollows: Bool = false)
     /// One layer's K then V rows for tokens `tokenStart..<tokenStart+tokenCount`, with a checksum of the values.
     case layer(
         requestId: String, layer: Int, tokenStart: Int, tokenCount: Int, kvDim: Int, checksum: UInt64,
@@ -17,6 +20,8 @@ public enum KVFrame: Sendable, Equatable {
     case cancel(requestId: String, reason: String)
     /// A consumer asks the producer for a request's KV (send type GET).
     case pull(requestId: String)
+    /// The hand-off prefill's first token, after the last layer: the consumer continues after it.
+    case first(requestId: String, token: Int32)
 
     /// A producer's refusal of a pull whose KV did not reach its outbox within its deadline.
     static let notYetOffered = "no KV for this request here"
@@ -43,8 +48,8 @@ public enum KVFrame: Sendable, Equatable {
     /// The request a frame belongs to.
     public var requestId: String {
         switch self {
-        case .begin(let id, _, _, _, _), .layer(let id, _, _, _, _, _, _), .ack(let id, _, _), .cancel(let id, _),
-            .pull(let id):
+        case .begin(let id, _, _, _, _, _), .layer(let id, _, _, _, _, _, _), .ack(let id, _, _), .cancel(let id, _),
+            .pull(let id), .first(let id, _):
             return id
         }
     }
@@ -162,6 +167,7 @@ public enum KVFrame: Sendable, Equatable {
         case .ack: type = 3
         case .cancel: type = 4
         case .pull: type = 5
+        case .first: type = 6
         }
         let lengthAt = Self.writeHeader(type: type, into: &buffer)
         writeBody(into: &buffer)
@@ -171,7 +177,7 @@ public enum KVFrame: Sendable, Equatable {
     private func writeBody(into body: inout ByteBuffer) {
         func id(_ s: String) { Self.writeId(s, into: &body) }
         switch self {
-        case .begin(let requestId, let layerCount, let kvDim, let fingerprint, let tokens):
+        case .begin(let requestId, let layerCount, let kvDim, let fingerprint, let tokens, let firstTokenFollows):
             id(requestId)
             body.writeInteger(UInt32(layerCount))
             body.writeInteger(UInt32(tokens.count))
@@ -179,6 +185,7 @@ public enum KVFrame: Sendable, Equatable {
             body.writeInteger(Self.fp16)
             body.writeInteger(fingerprint)
             for t in tokens { body.writeInteger(UInt32(bitPattern: t)) }
+            if firstTokenFollows { body.writeInteger(UInt8(1)) }
         case .layer:
             break  // written by `writeLayer`
         case .ack(let requestId, let accepted, let message):
@@ -194,6 +201,9 @@ public enum KVFrame: Sendable, Equatable {
             body.writeBytes(m)
         case .pull(let requestId):
             id(requestId)
+        case .first(let requestId, let token):
+            id(requestId)
+            body.writeInteger(UInt32(bitPattern: token))
         }
     }
 }

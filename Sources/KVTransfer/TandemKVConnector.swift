@@ -149,7 +149,7 @@ public final class TandemKVConnector: KVConnector {
             if config.sendType == .putAsync {
                 return s.node.stream(
                     requestId: id, tokens: request.promptTokens, layerCount: s.layerCount, kvDim: s.kvDim,
-                    to: decode)
+                    to: decode, firstTokenFollows: request.handOff)
             }
             return assembler(request, s) { payload, answer in
                 guard let payload else { return answer() }

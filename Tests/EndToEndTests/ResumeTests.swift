@@ -73,6 +73,25 @@ import Testing
         }
     }
 
+    @Test func theOverlappedFlowAnswersExactlyAsAColocatedInstance() async throws {
+        let cluster = try await Cluster.start(decodes: 1)
+        defer { cluster.stop() }
+        for sampling in [Self.greedy, Self.sampled, #""temperature":1.1,"top_p":0.9,"seed":7"#] {
+            for stream in [false, true] {
+                let body =
+                    #"{"prompt":"Write a short poem about rain.","max_tokens":24,"stream":\#(stream),\#(sampling)}"#
+                let a = Answer(try await cluster.proxy.post("/v1/completions", body), stream: stream)
+                let b = Answer(try await cluster.colocated!.post("/v1/completions", body), stream: stream)
+                #expect(a.text == b.text && a.finishReason == b.finishReason, "\(sampling) stream \(stream)")
+                #expect(a.completionTokens == b.completionTokens || stream)
+            }
+        }
+        // The decode took the prefill's first token with the KV: it loaded every prompt position.
+        let metrics = try await cluster.decodes[0].get("/metrics").body
+        #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 0)
+        #expect((metricValue(metrics, "tandem_kv_loaded_tokens_total") ?? 0) > 0)
+    }
+
     @Test(arguments: ["SIGKILL", "SIGSTOP"])
     func aStreamWhoseDecodeDiesAtToken40EndsWithTheColocatedText(signal: String) async throws {
         let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "2"])

@@ -9,8 +9,8 @@ struct HostsTests {
     /// The runbook on three hosts — proxy, prefill, decode — IPv6-only, and dual-stack with the proxy addressed
     /// over IPv4: the four requests through the proxy equal a colocated instance's greedy output; the response ids
     /// carry the hosts' own addresses, chosen by the route to the proxy; the KV crossed the decode host's link; the
-    /// decode loaded every prompt token's KV but the last and recomputed nothing (but for an answer that its first
-    /// token ended: the prefill gives that one alone).
+    /// decode loaded every prompt token's KV (the prefill's first token came with it) and recomputed nothing (but for
+    /// an answer that its first token ended: the prefill gives that one alone).
     @Test(arguments: [false, true])
     func runbookOnThreeHosts(dualStack: Bool) async throws {
         let hosts = try await TestHosts(3, dualStack: dualStack)
@@ -51,7 +51,7 @@ struct HostsTests {
             if let prompt = usage?["prompt_tokens"] as? Int, let completion = usage?["completion_tokens"] as? Int,
                 completion > 1
             {
-                loaded += prompt - 1
+                loaded += prompt
             }
         }
         let after = try await hosts.bytes(3)
@@ -62,7 +62,7 @@ struct HostsTests {
         #expect(metricValue(metrics, "tandem_kv_recomputes_total") == 0, "the decode recomputed nothing")
         #expect(
             metricValue(metrics, "tandem_kv_loaded_tokens_total") == Double(loaded),
-            "the decode loaded every prompt token's KV but the last")
+            "the decode loaded every prompt token's KV")
         // A dual-stack proxy answers on both of its addresses.
         if ipv4 {
             let v6 = try await httpPost(hosts.url(1, port: 10002) + "/v1/completions", bodies[0])

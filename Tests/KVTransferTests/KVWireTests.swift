@@ -143,16 +143,17 @@ func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
         #expect(inbox.reserve("b", bytes: 100))
         if case .timedOut = await b {} else { Issue.record("b") }
         #expect(clock.now - start < .seconds(5), "not the 30 s allowance")
-        // Progress keeps a transfer alive past its deadline; then delivery ends the wait.
-        async let c = inbox.wait(for: "c", timeout: 0.3, before: 30)
+        // Progress keeps a transfer alive past its deadline (5 x 0.6 s against 2 s, with room for a loaded machine);
+        // then delivery ends the wait.
+        async let c = inbox.wait(for: "c", timeout: 2, before: 30)
         try? await Task.sleep(for: .milliseconds(50))
         #expect(inbox.reserve("c", bytes: 100))
         for _ in 0..<5 {
-            try? await Task.sleep(for: .milliseconds(150))
+            try? await Task.sleep(for: .milliseconds(600))
             #expect(inbox.progressed("c"))
         }
         inbox.deliver(samplePayload(), for: "c")
-        if case .payload = await c {} else { Issue.record("c: progress kept the wait alive past 0.3 s") }
+        if case .payload = await c {} else { Issue.record("c: progress kept the wait alive past 2 s") }
     }
 
     @Test func reservationsCountUntilDeliveredAndEvictOnlyCompletePayloads() async {

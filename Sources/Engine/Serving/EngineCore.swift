@@ -266,7 +266,13 @@ public final class EngineCore: @unchecked Sendable {
             let unfit = payload.mismatch(
                 prompt: r.prompt, fingerprint: fingerprint, layerCount: model.config.layerCount,
                 kvDim: model.config.kvDim)
-            _ = scheduler.resolveLoad(r, payload: unfit == nil ? payload : nil)
+            // With the prefill's first token (and nothing this instance must compute itself: no logprobs, nothing
+            // generated yet), every prompt position is loaded and the request goes on after that token.
+            let first =
+                unfit == nil && r.output.isEmpty && r.params.logprobs == nil
+                    && payload.tokens.count == r.prompt.count ? payload.firstToken : nil
+            guard scheduler.resolveLoad(r, payload: unfit == nil ? payload : nil, whole: first != nil) else { return }
+            if let first { emitFirstToken(first, for: r) }
         case .recompute:
             _ = scheduler.resolveLoad(r, payload: nil)
         case .failed(let why):
@@ -287,8 +293,8 @@ public final class EngineCore: @unchecked Sendable {
         let cache = cache
         // The step's KV goes to the savers during the pass, in `Self.kvHandOffs` groups of layers, so that the
         // transfer overlaps the compute: one hand-off per layer (30 for SmolLM2) woke the network threads so often
-        // that a prefill's first token came 10-15 % later on two cores. A hand-off's last group waits for its first
-        // token (`emitToken`): a token that ends the request withholds it, and the decode never starts.
+        // that a prefill's first token came 10-15 % later on two cores. A hand-off sends its first token after the
+        // KV, or withholds the end of the transfer when that token ends the request (`emitToken`, `finish`).
         let group = max(1, (cache.layerCount + Self.kvHandOffs - 1) / Self.kvHandOffs)
         var pending: [(EngineRequest, KVLayerSlice)] = []
         let logits = model.forward(
@@ -303,13 +309,7 @@ public final class EngineCore: @unchecked Sendable {
                     for (r, slice) in pending { r.kvLayerSink?.push(slice) }
                     pending.removeAll()
                 })
-        for (r, slice) in pending {
-            if r.handOffAfterFirstToken, slice.tokenStart + slice.tokenCount == r.prompt.count {
-                r.heldSlices.append(slice)
-            } else {
-                r.kvLayerSink?.push(slice)
-            }
-        }
+        for (r, slice) in pending { r.kvLayerSink?.push(slice) }
         for (r, range) in streams { r.streamedTokens = range.upperBound }
         for (i, c) in plan.enumerated() {
             scheduler.commit(c)
@@ -344,6 +344,18 @@ public final class EngineCore: @unchecked Sendable {
     private func emitToken(for r: EngineRequest, logits: [Float]) {
         let endTokens = tokenizer.endOfGenerationIds
         let (id, logprob) = r.sampler.sample(logits: logits, generatedCount: r.output.count, endTokens: endTokens)
+        emit(id, logprob: logprob, for: r)
+    }
+
+    /// The first token a hand-off prefill sampled, taken as this request's own: the sampler is brought to where it
+    /// would stand after sampling it (its one draw made), and the token goes out as if sampled here.
+    private func emitFirstToken(_ id: Int32, for r: EngineRequest) {
+        r.sampler.resume(after: [id], draws: Sampler.defaultDraws(params: r.params, tokens: 1))
+        emit(id, logprob: nil, for: r)
+    }
+
+    private func emit(_ id: Int32, logprob: TokenLogprob?, for r: EngineRequest) {
+        let endTokens = tokenizer.endOfGenerationIds
         r.output.append(id)
         r.allTokens.append(id)
         var out = GenerationOutput(tokenIds: [id])
@@ -357,10 +369,9 @@ public final class EngineCore: @unchecked Sendable {
             finish(r, reason: .stop, last: out)
         } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
             // The decode instance continues from here; what is held back is its to release.
-            // The token goes out first (it is the client's first token); then the KV it was waiting for.
+            // The token goes out to the client first, then with the KV to the decode, which continues after it.
             r.continuation.yield(out)
-            for slice in r.heldSlices { r.kvLayerSink?.push(slice) }
-            r.heldSlices = []
+            r.kvLayerSink?.firstToken(id)
             var end = GenerationOutput()
             end.handedOff = true
             finish(r, reason: .length, last: end)
@@ -389,7 +400,8 @@ public final class EngineCore: @unchecked Sendable {
             continuation.yield(final)
             continuation.finish()
         }
-        if let sink = r.kvLayerSink, !r.heldSlices.isEmpty, reason != .abort {
+        if let sink = r.kvLayerSink, r.handOffAfterFirstToken, reason != .abort, !last.handedOff {
+            // A hand-off ended by its first token: the decode waiting for this transfer never starts.
             sink.withhold(answer: answer)
         } else if let sink = r.kvLayerSink {
             sink.end(complete: reason != .abort && r.streamedTokens >= r.prompt.count, answer: answer)

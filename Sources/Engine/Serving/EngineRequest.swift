@@ -95,8 +95,6 @@ final class EngineRequest {
     var kvLayerSink: (any KVLayerSink)?
     /// Prompt positions already handed to `kvLayerSink` (for every layer).
     var streamedTokens = 0
-    /// A hand-off's last KV slices, which go out only once its first token is known not to end it.
-    var heldSlices: [KVLayerSlice] = []
     var sampler: Sampler
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
@@ -135,6 +133,8 @@ final class EngineRequest {
 
     /// The request as the connector sees it; nil for one that moves no KV.
     var connectorView: KVConnectorRequest? {
-        kvTransfer.map { KVConnectorRequest(id: id, promptTokens: prompt, transfer: $0) }
+        kvTransfer.map {
+            KVConnectorRequest(id: id, promptTokens: prompt, transfer: $0, handOff: handOffAfterFirstToken)
+        }
     }
 }

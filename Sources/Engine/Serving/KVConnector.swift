@@ -53,11 +53,14 @@ public struct KVConnectorRequest: Sendable {
     public var id: String
     public var promptTokens: [Int32]
     public var transfer: KVTransferParams
+    /// A producer that stops after its first token (`tandem_handoff`): its saver may send that token with the KV.
+    public var handOff: Bool
 
-    public init(id: String, promptTokens: [Int32], transfer: KVTransferParams) {
+    public init(id: String, promptTokens: [Int32], transfer: KVTransferParams, handOff: Bool = false) {
         self.id = id
         self.promptTokens = promptTokens
         self.transfer = transfer
+        self.handOff = handOff
     }
 }
 
@@ -107,10 +110,14 @@ public protocol KVLayerSink: Sendable {
     /// The request ended before its KV was wanted (a hand-off whose first token ended it): nothing more is sent, not
     /// even a cancel, so the decode that waits for it never starts; the proxy cancels it.
     func withhold(answer: @escaping @Sendable () -> Void)
+    /// A hand-off's first token, sampled after the prompt's last position (a sink that streams sends it with the KV,
+    /// so that the decode continues after it; others drop it and the decode computes it again).
+    func firstToken(_ token: Int32)
 }
 
 extension KVLayerSink {
     public func withhold(answer: @escaping @Sendable () -> Void) { end(complete: false, answer: answer) }
+    public func firstToken(_ token: Int32) {}
 }
 
 extension KVPayload {

@@ -10,13 +10,19 @@ public struct KVPayload: Sendable, Equatable {
     /// Identifies the model the KV was computed with (`TransformerModel.fingerprint`).
     public var fingerprint: UInt64
     public var values: [UInt16]
+    /// The first token a hand-off prefill sampled after these positions, when it sent it with the KV: the consumer
+    /// takes it as its own first token instead of computing the last position again.
+    public var firstToken: Int32?
 
-    public init(tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, values: [UInt16]) {
+    public init(
+        tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, values: [UInt16], firstToken: Int32? = nil
+    ) {
         self.tokens = tokens
         self.layerCount = layerCount
         self.kvDim = kvDim
         self.fingerprint = fingerprint
         self.values = values
+        self.firstToken = firstToken
     }
 
     /// Values in one layer's K (or V).

@@ -122,11 +122,12 @@ final class Scheduler {
     /// Moves a request whose load ended from waiting for KV into the running batch: loaded into its blocks (all but
     /// the last prompt token, which is computed to give the first output token's logits), or recomputed in them.
     /// False when the request is not waiting for KV (it was aborted meanwhile).
-    func resolveLoad(_ r: EngineRequest, payload: KVPayload?) -> Bool {
+    func resolveLoad(_ r: EngineRequest, payload: KVPayload?, whole: Bool = false) -> Bool {
         guard let i = awaitingKV.firstIndex(where: { $0 === r }) else { return false }
         awaitingKV.remove(at: i)
         if let payload {
-            let count = min(payload.tokens.count, r.prompt.count - 1)
+            // The last prompt position is computed here to sample the first token, unless that token came too.
+            let count = min(payload.tokens.count, whole ? r.prompt.count : r.prompt.count - 1)
             loadKV(r, payload, count)
             r.loadedTokens = count
             r.computed = count
