@@ -66,7 +66,10 @@ struct DecodeStreamRelay {
                 return
             }
             failed.insert(d.http)
-            guard migrations < router.maxMigrations, let next = router.replacement(excluding: failed) else {
+            guard migrations < router.maxMigrations,
+                let (next, replacement) = request.migrate(
+                    from: d, why: why, excluding: failed, number: migrations + 1, after: tokens)
+            else {
                 router.logger.warning(
                     "request \(request.uuid): decode instance \(d.http) failed after \(tokens.count) tokens (\(why)); no instance is left to resume it"
                 )
@@ -77,19 +80,7 @@ struct DecodeStreamRelay {
                 return
             }
             migrations += 1
-            router.metrics.migrated()
-            router.logger.warning(
-                "request \(request.uuid): decode instance \(d.http) failed after \(tokens.count) tokens (\(why)); resuming on decode instance \(next.http)"
-            )
-            let body = request.body.setting("return_token_ids", true).setting("kv_transfer_params", nil)
-                .setting("tandem_resume", .object([("token_ids", .array(tokens.map { .int(Int($0)) }))]))
-            let path = request.path
-            let auth = request.auth
-            let id = "\(request.uuid)m\(migrations)"
-            call = Task {
-                try await router.send(next, path: path, body: body, id: id, auth: auth, timeout: router.decodeTimeout)
-            }
-            d = next
+            (d, call) = (next, replacement)
             skip = 0
         }
     }

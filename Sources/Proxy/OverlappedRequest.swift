@@ -303,24 +303,41 @@ struct OverlappedRequest: Sendable {
             }
             registry.release(d)
             failed.insert(d.http)
-            guard migrations < router.maxMigrations, let next = router.replacement(excluding: failed) else {
+            guard migrations < router.maxMigrations,
+                let (next, replacement) = migrate(
+                    from: d, why: why, excluding: failed, number: migrations + 1, after: [])
+            else {
                 metrics.outcome("decode_failed")
                 throw APIError(.badGateway, "decode instance \(d.http) failed: \(why)", type: "upstream_error")
             }
             migrations += 1
-            metrics.migrated()
-            router.logger.warning(
-                "request \(uuid): decode instance \(d.http) failed (\(why)); running it again on \(next.http)")
-            let router = router
-            let path = path
-            let body = body.setting("return_token_ids", true)
-            let id = "\(uuid)m\(migrations)"
-            let auth = auth
-            call = Task {
-                try await router.send(next, path: path, body: body, id: id, auth: auth, timeout: router.decodeTimeout)
-            }
-            d = next
+            (d, call) = (next, replacement)
         }
+    }
+
+    /// Moves the request to another decode instance, its `number`th move: after `tokens` the client already has
+    /// (`tandem_resume`, the KV recomputed there), or from the start when there are none. Counted and logged with
+    /// both instances; nil when no other Tandem decode instance is free.
+    func migrate(from d: KnownInstance, why: String, excluding: Set<HostPort>, number: Int, after tokens: [Int32])
+        -> (KnownInstance, Task<HTTPClientResponse, any Error>)?
+    {
+        guard let next = router.replacement(excluding: excluding) else { return nil }
+        metrics.migrated()
+        router.logger.warning(
+            "request \(uuid): decode instance \(d.http) failed after \(tokens.count) tokens (\(why)); resuming on decode instance \(next.http)"
+        )
+        var body = body.setting("return_token_ids", true).setting("kv_transfer_params", nil)
+        if !tokens.isEmpty {
+            body = body.setting("tandem_resume", .object([("token_ids", .array(tokens.map { .int(Int($0)) }))]))
+        }
+        let router = router
+        let path = path
+        let auth = auth
+        let id = "\(uuid)m\(number)"
+        let call = Task {
+            try await router.send(next, path: path, body: body, id: id, auth: auth, timeout: router.decodeTimeout)
+        }
+        return (next, call)
     }
 }
 
