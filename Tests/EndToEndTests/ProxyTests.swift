@@ -281,8 +281,8 @@ final class LockedBox<T>: @unchecked Sendable {
             let reply = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":3}"#)
             #expect(reply.status == .ok, "\(reply.body)")
         }
-        // New requests after TTL + 1 s all succeed on the other decode instance.
-        try await Task.sleep(for: .seconds(7))
+        // Once the TTL removed the dead decode instance, new requests all succeed on the other.
+        try await waitForInstances(proxy, prefill: 1, decode: 1)
         for _ in 0..<4 {
             let reply = try await proxy.post("/v1/completions", #"{"prompt":"Hi","max_tokens":3}"#)
             #expect(reply.status == .ok, "\(reply.body)")

@@ -118,7 +118,9 @@ func metricValue(_ text: String, _ name: String) -> Double? {
             try await server.post(
                 "/v1/completions", #"{"prompt":"Count:","max_tokens":3000,"ignore_eos":true,"stream":true}"#)
         }
-        try await Task.sleep(for: .milliseconds(800))
+        try await waitFor("the stream to run", timeout: 30) {
+            metricValue(try await server.get("/metrics").body, "vllm:num_requests_running") == 1
+        }
         #expect(server.stop() == 0)
         let reply = try await stream.value
         #expect(reply.status == .ok)

@@ -178,7 +178,9 @@ func waitUntil(timeout: Double = 30, _ condition: () -> Bool) async {
         let handle = try engine.submit(
             GenerationRequest(id: "s", promptTokens: SharedModel.tokenizer.encode("Hello"), params: p))
         let task = Task { await collect(handle) }
-        try await Task.sleep(for: .milliseconds(300))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while engine.stats.running == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(engine.stats.running == 1, "the request runs")
         engine.shutdown()
         let c = await task.value
         #expect(c.finish == .abort)
