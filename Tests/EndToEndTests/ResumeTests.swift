@@ -47,17 +47,24 @@ import Testing
         static func start(
             decodes: Int = 2, colocated: Bool = true, proxyArguments: [String] = [], decodeExtra: String = ""
         ) async throws -> Cluster {
-            let discovery = freePort()
-            let proxy = try await ServerProcess.proxy(
-                discoveryPort: discovery, ttl: "30s", extra: ["--pd-flow", "overlap"] + proxyArguments)
-            let prefill = try await ServerProcess.instance(
-                role: "kv_producer", kvPort: freePort(), discoveryPort: discovery, sendType: "PUT_ASYNC")
+            var discovery = 0
+            let proxy = try await onAFreePort { port in
+                discovery = port
+                return try await ServerProcess.proxy(
+                    discoveryPort: port, ttl: "30s", extra: ["--pd-flow", "overlap"] + proxyArguments)
+            }
+            let prefill = try await onAFreePort { port in
+                try await ServerProcess.instance(
+                    role: "kv_producer", kvPort: port, discoveryPort: discovery, sendType: "PUT_ASYNC")
+            }
             var list: [ServerProcess] = []
             for _ in 0..<decodes {
                 list.append(
-                    try await ServerProcess.instance(
-                        role: "kv_consumer", kvPort: freePort(), discoveryPort: discovery, sendType: "PUT_ASYNC",
-                        extra: decodeExtra))
+                    try await onAFreePort { port in
+                        try await ServerProcess.instance(
+                            role: "kv_consumer", kvPort: port, discoveryPort: discovery, sendType: "PUT_ASYNC",
+                            extra: decodeExtra)
+                    })
             }
             let reference = colocated ? try await ServerProcess() : nil
             try await waitForInstances(proxy, prefill: 1, decode: decodes)
@@ -94,7 +101,9 @@ import Testing
 
     @Test(arguments: ["SIGKILL", "SIGSTOP"])
     func aStreamWhoseDecodeDiesAtToken40EndsWithTheColocatedText(signal: String) async throws {
-        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "2"])
+        // A read timeout short enough for the test, long enough that a healthy decode on a loaded machine (the suite
+        // runs tests in parallel on two cores) is not taken for a frozen one.
+        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "4"])
         var hit: ServerProcess?
         defer { cluster.stop(killed: signal == "SIGKILL" ? hit : nil) }
         let body = #"{"prompt":"Tell me a long story.","max_tokens":300,"ignore_eos":true,\#(Self.sampled)"#
@@ -118,14 +127,15 @@ import Testing
         #expect(streamed == text, "the stream goes on with the same tokens: \(streamed.count) of \(text.count)")
         let ids = Set(reply.events.compactMap { $0["id"] as? String })
         #expect(ids.count == 1, "one id for the whole stream")
-        #expect(metricValue(try await cluster.proxy.get("/metrics").body, "tandem_proxy_migrations_total") == 1)
+        let moves = metricValue(try await cluster.proxy.get("/metrics").body, "tandem_proxy_migrations_total") ?? 0
+        #expect(moves >= 1 && moves <= 2, "moved once (twice only if the machine stalled the second decode)")
         let other = try #require(cluster.decodes.first { $0 !== frozen })
         #expect(cluster.proxy.logText.contains("resuming on decode instance 127.0.0.1:\(other.port)"))
     }
 
     @Test func aFailedPrefillCancelsTheOverlappedDecodeAtOnce() async throws {
         let cluster = try await Cluster.start(
-            decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "3"],
+            decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "5"],
             decodeExtra: #""kv_transfer_timeout_s":60"#)
         defer { cluster.stop() }
         let d = cluster.decodes[0]
@@ -185,6 +195,19 @@ import Testing
         #expect(
             after == before, "the decode computed, loaded and recomputed nothing (\(work): \(before) then \(after))")
     }
+}
+
+/// Starts a process on a port `freePort` found free, again on another when a process of a test running alongside
+/// took it first (the check and the bind are apart).
+func onAFreePort(_ start: (Int) async throws -> ServerProcess) async throws -> ServerProcess {
+    for attempt in 1... {
+        do {
+            return try await start(freePort())
+        } catch let failure as TestFailure where attempt < 3 && failure.description.contains("Address already in use") {
+            continue
+        }
+    }
+    fatalError("unreachable")
 }
 
 /// A completion's text, tokens, finish reason and completion-token count, from a whole answer or a stream.

@@ -143,8 +143,9 @@ final class TamperingRelay: @unchecked Sendable {
     let secret = "a cluster secret of some length"
 
     @Test func instancesWithTheSecretMoveKVByEverySendType() async throws {
-        let producer = try await makeNode(secret: secret)
-        let consumer = try await makeNode(secret: secret)
+        // A deadline for a loaded machine (the suite runs model processes alongside): this test is not about it.
+        let producer = try await makeNode(timeout: 30, secret: secret)
+        let consumer = try await makeNode(timeout: 30, secret: secret)
         let peer = HostPort(host: "127.0.0.1", port: consumer.port)
         let big = samplePayload(tokens: 512, layers: 30, kvDim: 192)
         try await producer.send(big, requestId: "put", to: peer)

@@ -45,8 +45,8 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
     /// A 512-token prompt's KV of the default model's shape (11.8 MB, layer frames far larger than one read)
     /// arrives bit for bit, by PUT and by PUT_ASYNC slices that straddle reads.
     @Test func aLargeTransferArrivesExactly() async throws {
-        let producer = try await makeNode()
-        let consumer = try await makeNode()
+        let producer = try await makeNode(timeout: 30)
+        let consumer = try await makeNode(timeout: 30)
         let peer = HostPort(host: "127.0.0.1", port: consumer.port)
         let big = samplePayload(tokens: 512, layers: 30, kvDim: 192)
         try await producer.send(big, requestId: "big", to: peer)
@@ -71,8 +71,9 @@ func expectRejected(_ arrival: KVArrival, containing text: String) {
 
     @Test(arguments: ["127.0.0.1", "::1"])
     func putSharesOneConnectionAndRefusesAnotherModel(host: String) async throws {
-        let producer = try await makeNode(host: host)
-        let consumer = try await makeNode(host: host)
+        // A deadline for a loaded machine (the suite runs model processes alongside): this test is not about it.
+        let producer = try await makeNode(host: host, timeout: 30)
+        let consumer = try await makeNode(host: host, timeout: 30)
         let peer = HostPort(host: host, port: consumer.port)
         for i in 0..<5 {
             try await producer.send(samplePayload(tokens: 3 + i), requestId: "r\(i)", to: peer)
