@@ -91,7 +91,7 @@ struct GenerationRun: Sendable {
                     }
                 }
                 var first = true
-                var textOffset = 0
+                var textOffset = run.formatter.textOffsetBase
                 var next = head
                 while let out = next {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }

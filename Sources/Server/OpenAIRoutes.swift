@@ -212,10 +212,11 @@ public final class InstanceAPI: Sendable {
             default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
             }
         }
-        let formatter = ResponseFormatter(
+        var formatter = ResponseFormatter(
             kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + requestId, created: created,
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
+        formatter.textOffsetBase = handle.resumedText.count
         let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
         if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
         return try await run.collectedResponse()

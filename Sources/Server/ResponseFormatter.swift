@@ -13,6 +13,8 @@ struct ResponseFormatter: Sendable {
     let returnTokenIds: Bool
     /// Whether the client asked for logprobs (and so gets a `logprobs` object rather than null).
     let wantsLogprobs: Bool
+    /// Characters of text before this answer's (a resumed request's earlier text): where `text_offset` starts.
+    var textOffsetBase = 0
 
     var object: String { kind == .completion ? "text_completion" : "chat.completion" }
     var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
@@ -28,7 +30,7 @@ struct ResponseFormatter: Sendable {
         case .chat:
             choice.append(("message", .object([("role", "assistant"), ("content", .string(text))])))
         }
-        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: 0) : .null))
+        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffsetBase) : .null))
         choice.append(("finish_reason", finish.map { .string($0.rawValue) } ?? .null))
         choice.append(("stop_reason", .null))
         if returnTokenIds {

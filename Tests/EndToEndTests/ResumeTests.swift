@@ -30,6 +30,15 @@ import Testing
                 #expect(rest.completionTokens == 16, "usage counts the whole request")
             }
         }
+        // A completion's logprobs `text_offset` counts from the start of the whole answer.
+        let lp =
+            #"{"prompt":"Tell me a story about a lighthouse.","max_tokens":8,"ignore_eos":true,"logprobs":1,"return_token_ids":true,\#(sampling)"#
+        let all = try #require(try await server.post("/v1/completions", lp + "}").json?.firstChoice)
+        let ids = try #require(all["token_ids"] as? [Int])
+        let resume = #","tandem_resume":{"token_ids":\#(Array(ids.prefix(3)))}}"#
+        let rest = try #require(try await server.post("/v1/completions", lp + resume).json?.firstChoice)
+        let offsets = { (c: [String: Any]) in (c["logprobs"] as? [String: Any])?["text_offset"] as? [Int] ?? [] }
+        #expect(offsets(all).count == 8 && offsets(rest) == Array(offsets(all).dropFirst(3)), "\(offsets(rest))")
         // A point that an uninterrupted run could not reach is refused.
         let past = try await server.post(
             "/v1/completions", #"{"prompt":"Hi","max_tokens":2,"tandem_resume":{"token_ids":[1,2]}}"#)

@@ -29,6 +29,9 @@ public struct GenerationHandle: Sendable {
     /// Ends after the output that carries a finish reason.
     public let outputs: AsyncStream<GenerationOutput>
     let abortAction: @Sendable () -> Void
+    /// For a resumed request, the text the run it continues had released before the resume point (its outputs
+    /// continue after it: a completion's `text_offset` counts from its end).
+    public var resumedText = ""
 
     /// Aborts the request if it is still running (its stream then ends with finish reason `abort`); a no-op after
     /// it finished.
@@ -123,9 +126,10 @@ public final class EngineCore: @unchecked Sendable {
         let (stream, continuation) = AsyncStream<GenerationOutput>.makeStream()
         let engineRequest = EngineRequest(
             request, arrival: 0, maxModelLength: config.maxModelLength, continuation: continuation)
+        var resumedText = ""
         if let point = request.resume {
             let tokenizer = tokenizer
-            engineRequest.resume(from: point) { tokenizer.bytes(of: $0) }
+            resumedText = engineRequest.resume(from: point) { tokenizer.bytes(of: $0) }
         }
         condition.lock()
         defer { condition.unlock() }
@@ -138,7 +142,9 @@ public final class EngineCore: @unchecked Sendable {
             if case .cancelled = reason { self?.abort(serial: serial) }
         }
         condition.signal()
-        return GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
+        var handle = GenerationHandle(outputs: stream) { [weak self] in self?.abort(serial: serial) }
+        handle.resumedText = resumedText
+        return handle
     }
 
     /// Refuses a resume point that an uninterrupted run could not have reached: one that already ended the request

@@ -119,13 +119,17 @@ final class EngineRequest {
 
     /// Puts a resumed request where the run it continues stood after `point.tokens`: output, sampler, and the text
     /// state (incomplete characters and possible stop strings held back), replayed with `bytes` of each token.
-    func resume(from point: ResumePoint, bytes: (Int32) -> [UInt8]) {
+    /// Returns the text that run had released by then.
+    @discardableResult
+    func resume(from point: ResumePoint, bytes: (Int32) -> [UInt8]) -> String {
         output = point.tokens
         allTokens = prompt + point.tokens
         sampler.resume(
             after: point.tokens,
             draws: point.randomDraws ?? Sampler.defaultDraws(params: params, tokens: point.tokens.count))
-        for id in point.tokens { _ = stops.append(decoder.append(bytes(id))) }
+        var released = ""
+        for id in point.tokens { released += stops.append(decoder.append(bytes(id))).delta }
+        return released
     }
 
     /// Tokens still to run through the model before the next token can be sampled.
