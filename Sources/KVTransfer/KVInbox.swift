@@ -94,6 +94,13 @@ public final class KVInbox: @unchecked Sendable {
         return false
     }
 
+    /// Whether a request is waiting for `id`'s KV now.
+    public func isWaitedFor(_ id: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return waiters[id] != nil
+    }
+
     /// More of `id`'s transfer arrived: its lease and its waiter's deadline count from now. False when room is no
     /// longer reserved for it (as `isArriving`).
     public func progressed(_ id: String) -> Bool {
@@ -225,14 +232,10 @@ public final class KVInbox: @unchecked Sendable {
         }
         if let e = entries[id], case .arriving = e.entry {
             // A transfer still making progress keeps its waiter: the deadline counts from its last frame.
-            let idle = ContinuousClock.now - e.at
-            let allowed = Duration.milliseconds(Int(w.timeout * 1000))
-            if idle < allowed {
+            let deadline = e.at + .milliseconds(Int(w.timeout * 1000))
+            if ContinuousClock.now < deadline {
                 lock.unlock()
-                let left = allowed - idle
-                return expire(
-                    id, token: token,
-                    after: Double(left.components.seconds) + Double(left.components.attoseconds) * 1e-18)
+                return expire(id, token: token, after: remaining(deadline))
             }
         }
         waiters[id] = nil

@@ -139,21 +139,19 @@ func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
         // It begins at once: `before` no longer counts, the deadline is `timeout` from the begin frame.
         start = clock.now
         async let b = inbox.wait(for: "b", timeout: 0.3, before: 30)
-        try? await Task.sleep(for: .milliseconds(50))
+        #expect(await eventually { inbox.isWaitedFor("b") })
         #expect(inbox.reserve("b", bytes: 100))
         if case .timedOut = await b {} else { Issue.record("b") }
         #expect(clock.now - start < .seconds(5), "not the 30 s allowance")
-        // Progress keeps a transfer alive past its deadline (5 x 0.6 s against 2 s, with room for a loaded machine);
-        // then delivery ends the wait.
-        async let c = inbox.wait(for: "c", timeout: 2, before: 30)
-        try? await Task.sleep(for: .milliseconds(50))
+        // Progress, made again and again for 3 s, keeps a transfer alive past its 1 s deadline; then delivery ends
+        // the wait.
+        async let c = inbox.wait(for: "c", timeout: 1, before: 30)
+        #expect(await eventually { inbox.isWaitedFor("c") })
         #expect(inbox.reserve("c", bytes: 100))
-        for _ in 0..<5 {
-            try? await Task.sleep(for: .milliseconds(600))
-            #expect(inbox.progressed("c"))
-        }
+        #expect(await !eventually(timeout: 3) { !inbox.progressed("c") }, "the reservation never lapsed")
+        #expect(inbox.isWaitedFor("c"))
         inbox.deliver(samplePayload(), for: "c")
-        if case .payload = await c {} else { Issue.record("c: progress kept the wait alive past 2 s") }
+        if case .payload = await c {} else { Issue.record("c: progress kept the wait alive past 1 s") }
     }
 
     @Test func reservationsCountUntilDeliveredAndEvictOnlyCompletePayloads() async {

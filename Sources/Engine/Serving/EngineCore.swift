@@ -374,8 +374,8 @@ public final class EngineCore: @unchecked Sendable {
         if isEnd || stopped {
             finish(r, reason: .stop, last: out)
         } else if r.handOffAfterFirstToken, r.allTokens.count < r.maxTotalTokens {
-            // The decode instance continues from here; what is held back is its to release.
-            // The token goes out to the client first, then with the KV to the decode, which continues after it.
+            // The decode instance continues from here (what is held back is its to release): the token goes out to
+            // the client first, then with the KV to the decode.
             r.continuation.yield(out)
             r.kvLayerSink?.firstToken(id)
             var end = GenerationOutput()
