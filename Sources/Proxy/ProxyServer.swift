@@ -106,8 +106,7 @@ public enum ProxyServer {
         }
         let app = Application(
             router: routes,
-            server: .http1(
-                configuration: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections)),
+            server: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem-proxy"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port

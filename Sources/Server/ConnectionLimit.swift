@@ -1,6 +1,7 @@
 import Hummingbird
 import HummingbirdCore
 import NIOConcurrencyHelpers
+import Logging
 import NIOCore
 
 /// The most HTTP connections a process keeps open at once (`--max-connections`); one more is closed as soon as it
@@ -58,12 +59,40 @@ final class ConnectionLimitHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 }
 
-extension HTTP1Channel.Configuration {
-    /// Tandem's HTTP/1 settings: close a connection silent for `clientTimeout` seconds mid-request or between
-    /// requests, and keep at most `maxConnections` open.
-    public static func tandem(clientTimeout: Double, maxConnections: Int) -> Self {
+/// Tandem's HTTP/1 child channel: Hummingbird's `HTTP1Channel` with a `RequestDeadlineHandler` in front of its
+/// HTTP decoder, an `HTTPExchangeTracker` and the process's `ConnectionLimit` behind it.
+struct GuardedHTTP1Channel: ServerChildChannel {
+    typealias Value = HTTP1Channel.Value
+    let inner: HTTP1Channel
+    let clientTimeout: TimeAmount
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        do {
+            try channel.pipeline.syncOperations.addHandler(RequestDeadlineHandler(timeout: clientTimeout))
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+        return inner.setup(channel: channel, logger: logger)
+    }
+
+    func handle(value: Value, logger: Logger) async { await inner.handle(value: value, logger: logger) }
+}
+
+extension HTTPServerBuilder {
+    /// Tandem's HTTP/1 server: a request must arrive whole within `clientTimeout` seconds of its first byte (else
+    /// 408), a connection silent that long between requests is closed, an unparseable request gets an OpenAI
+    /// error, and at most `maxConnections` connections are open at once.
+    public static func tandem(clientTimeout: Double, maxConnections: Int) -> HTTPServerBuilder {
         let limit = ConnectionLimit(limit: maxConnections)
-        return .init(
-            additionalChannelHandlers: [limit.handler()], idleTimeout: .milliseconds(Int64(clientTimeout * 1000)))
+        let timeout = TimeAmount.milliseconds(Int64(clientTimeout * 1000))
+        return .init { responder in
+            GuardedHTTP1Channel(
+                inner: HTTP1Channel(
+                    responder: responder,
+                    configuration: .init(
+                        additionalChannelHandlers: [limit.handler(), HTTPExchangeTracker()],
+                        idleTimeout: .milliseconds(Int64(clientTimeout * 1000)))),
+                clientTimeout: timeout)
+        }
     }
 }

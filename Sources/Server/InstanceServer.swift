@@ -180,8 +180,7 @@ public enum InstanceServer {
             maxTokensLimit: options.maxTokensLimit)
         let app = Application(
             router: api.router(apiKey: options.apiKey),
-            server: .http1(
-                configuration: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections)),
+            server: .tandem(clientTimeout: options.clientTimeout, maxConnections: options.maxConnections),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "tandem"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.port
