@@ -1,7 +1,7 @@
 import Hummingbird
 import HummingbirdCore
-import NIOConcurrencyHelpers
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The most HTTP connections a process keeps open at once (`--max-connections`); one more is closed as soon as it

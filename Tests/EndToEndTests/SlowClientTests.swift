@@ -29,7 +29,8 @@ func rawExchange(port: Int, _ bytes: String, halfClose: Bool = false, timeout: I
 
 /// Sends `head`, then one byte every 200 ms (a client trickling its body), until the server answers or closes or
 /// `timeout` seconds pass: the seconds that took, whether the server closed, and what it sent.
-func trickleExchange(port: Int, _ head: String, timeout: Double = 10) -> (seconds: Double, closed: Bool, reply: String) {
+func trickleExchange(port: Int, _ head: String, timeout: Double = 10) -> (seconds: Double, closed: Bool, reply: String)
+{
     let fd = connectLoopback(port: port, receiveTimeout: 1)
     defer { close(fd) }
     _ = head.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
