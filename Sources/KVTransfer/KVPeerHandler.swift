@@ -2,6 +2,7 @@ import CKernels
 import Discovery
 import Engine
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// What every connection of one instance's KV node shares.
@@ -37,9 +38,34 @@ final class KVNodeState: Sendable {
     /// Whether every connection's peer proved the cluster secret.
     let authenticatedPeers: Bool
 
-    /// The most bytes one connection's arriving transfers may hold reserved once it has one: all of the buffer for
-    /// peers that proved the secret, a quarter of it otherwise.
-    var connectionShare: Int { authenticatedPeers ? inbox.capacityBytes : inbox.capacityBytes / 4 }
+    /// The most bytes the transfers arriving from one peer host (all its connections together) may hold reserved
+    /// once it has one: all of the buffer for peers that proved the secret, a quarter of it otherwise.
+    var hostShare: Int { authenticatedPeers ? inbox.capacityBytes : inbox.capacityBytes / 4 }
+
+    /// Bytes reserved in the inbox by the transfers arriving from each peer host.
+    private let reservedByHost = NIOLockedValueBox<[String: Int]>([:])
+
+    /// Reserves `bytes` for a transfer from `host` if the host holds nothing yet (its first transfer may be as
+    /// large as the buffer) or stays within its share.
+    func reserve(host: String, bytes: Int) -> Bool {
+        reservedByHost.withLockedValue { table in
+            let held = table[host, default: 0]
+            guard held == 0 || held + bytes <= hostShare else { return false }
+            table[host] = held + bytes
+            return true
+        }
+    }
+
+    /// Gives back what a host's transfers reserved.
+    func release(host: String, bytes: Int) {
+        reservedByHost.withLockedValue { table in
+            let left = table[host, default: 0] - bytes
+            table[host] = left > 0 ? left : nil
+        }
+    }
+
+    /// Bytes reserved by the transfers arriving from `host` now.
+    func reserved(host: String) -> Int { reservedByHost.withLockedValue { $0[host, default: 0] } }
 }
 
 /// Something a KV node did on its own that metrics should count (streamed sends finish in the background; pulls
@@ -105,9 +131,18 @@ final class KVPeerHandler: ChannelInboundHandler {
     }
 
     let node: KVNodeState
-    private var arriving: [String: Assembly] = [:]
-    /// Bytes reserved in the inbox by the transfers arriving on this connection.
-    private var reservedHere: Int { arriving.values.reduce(0) { $0 + $1.bytes } }
+    /// The transfers arriving on this connection. Their reservations are counted against the peer's host in
+    /// `begin`; whatever removes one (delivered, refused, cancelled, expired, the connection closed) gives its
+    /// bytes back here.
+    private var arriving: [String: Assembly] = [:] {
+        didSet {
+            let released = Self.bytes(oldValue) - Self.bytes(arriving)
+            if released > 0, let peerHost { node.release(host: peerHost, bytes: released) }
+        }
+    }
+    private static func bytes(_ transfers: [String: Assembly]) -> Int { transfers.values.reduce(0) { $0 + $1.bytes } }
+    /// The peer's IP address, known from the first begin frame on.
+    private var peerHost: String?
     private var current: CurrentLayer?
     /// Transfers refused recently: their remaining frames are dropped quietly.
     private var refused: [String] = []
@@ -168,15 +203,19 @@ final class KVPeerHandler: ChannelInboundHandler {
             return refuse(context, id, "the transfer's shape is invalid")
         }
         let bytes = layers * 2 * tokens.count * kvDim * 2
-        // Beyond its first, one connection's transfers still arriving may hold only its share of the buffer (a peer
-        // that proved the cluster secret, all of it), so that begin frames alone cannot reserve the whole buffer.
-        guard reservedHere == 0 || reservedHere + bytes <= node.connectionShare else {
+        // Beyond its first, the transfers still arriving from one host, over however many connections, may hold
+        // only its share of the buffer (a peer that proved the cluster secret, all of it), so that begin frames
+        // alone cannot reserve the whole buffer.
+        let host = peerHost ?? context.channel.remoteAddress?.ipAddress ?? "unknown"
+        peerHost = host
+        guard node.reserve(host: host, bytes: bytes) else {
             return refuse(
                 context, id,
-                "the transfer (\(bytes) bytes) would take this connection past its share of kv_buffer_size (\(node.connectionShare) bytes)"
+                "the transfer (\(bytes) bytes) would take \(host) past its share of kv_buffer_size (\(node.hostShare) bytes)"
             )
         }
         guard node.inbox.reserve(id, bytes: bytes) else {
+            node.release(host: host, bytes: bytes)
             return refuse(context, id, "the transfer (\(bytes) bytes) does not fit in the free kv_buffer_size")
         }
         arriving[id] = Assembly(layers: layers, kvDim: kvDim, tokens: tokens, awaitsFirstToken: firstTokenFollows)

@@ -213,26 +213,33 @@ final class TamperingRelay: @unchecked Sendable {
 
     /// Without a secret, one connection's begin frames reserve at most a quarter of the buffer, what they reserved
     /// goes back when the connection closes, and other peers' transfers still fit meanwhile.
-    @Test func withoutASecretAConnectionReservesOnlyItsShare() async throws {
+    @Test func withoutASecretAHostReservesOnlyItsShare() async throws {
         let buffer = 1 << 24
         let consumer = try await makeNode(fingerprint: 42, buffer: buffer)
         let producer = try await makeNode(fingerprint: 42)
-        var raw = try #require(RawSocket(connectTo: consumer.port))
-        var bytes = ByteBuffer()
-        for i in 0..<6 {
-            KVFrame.begin(requestId: "junk\(i)", layerCount: 30, kvDim: 192, fingerprint: 42, tokens: Array(0..<100))
-                .write(into: &bytes)
+        // Two connections from one host (127.0.0.1), six junk begins of 2.3 MB each on each: together they hold
+        // at most a quarter of the buffer (one connection alone could take a quarter before).
+        var raws = [
+            try #require(RawSocket(connectTo: consumer.port)), try #require(RawSocket(connectTo: consumer.port)),
+        ]
+        for (c, raw) in raws.enumerated() {
+            var bytes = ByteBuffer()
+            for i in 0..<6 {
+                KVFrame.begin(
+                    requestId: "junk\(c)-\(i)", layerCount: 30, kvDim: 192, fingerprint: 42, tokens: Array(0..<100)
+                ).write(into: &bytes)
+            }
+            raw.send(bytes)
+            _ = raw.drain(seconds: 1)  // the refusals' acks
         }
-        raw.send(bytes)
-        _ = raw.drain(seconds: 1)  // the refusals' acks
         #expect(
             consumer.inbox.bytesInUse > 0 && consumer.inbox.bytesInUse <= buffer / 4, "\(consumer.inbox.bytesInUse)")
         try await producer.send(
             samplePayload(tokens: 64, fingerprint: 42), requestId: "real",
             to: HostPort(host: "127.0.0.1", port: consumer.port))
         expectPayload(await consumer.inbox.wait(for: "real", timeout: 2), samplePayload(tokens: 64, fingerprint: 42))
-        raw = RawSocket(fd: -1)  // closes the junk connection
-        #expect(await eventually { consumer.inbox.bytesInUse == 0 }, "the closed connection's reservations went back")
+        raws = []  // closes the junk connections
+        #expect(await eventually { consumer.inbox.bytesInUse == 0 }, "the closed connections' reservations went back")
         await producer.close()
         await consumer.close()
     }
