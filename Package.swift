@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.29.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.10.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.25.0"),
@@ -47,6 +48,8 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -100,6 +103,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Fuzz harnesses for the decoders that read what others send (KV frames, discovery msgpack, request
+        // fields): libFuzzer drives them when built by scripts/fuzz.sh; an ordinary build replays inputs.
+        .executableTarget(
+            name: "tandem-fuzz",
+            dependencies: [
+                "CFuzzDriver", "KVTransfer", "Server", "Discovery", .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Sources/TandemFuzz"),
+        .target(name: "CFuzzDriver"),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["KVTransfer", "Server", "Discovery"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF"]),
         .testTarget(

@@ -36,3 +36,8 @@ swift test -c release --skip-build --skip HostsTests
 echo "== tests across hosts" >&2
 trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
 swift test -c release --skip-build --filter HostsTests
+
+# libFuzzer on the decoders of what others send (KV frames, discovery msgpack, request fields), a bounded time each;
+# a crash fails the run (scripts/fuzz.sh saves the input).
+echo "== fuzzing" >&2
+scripts/fuzz.sh

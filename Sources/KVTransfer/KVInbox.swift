@@ -59,6 +59,16 @@ public final class KVInbox: @unchecked Sendable {
         return bytes
     }
 
+    /// Bytes reserved for transfers still arriving.
+    public var arrivingBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.values.reduce(0) {
+            if case .arriving(let n) = $1.entry { return $0 + n }
+            return $0
+        }
+    }
+
     /// Reserves `count` bytes for a transfer that is arriving under `id`, dropping the oldest complete payloads if
     /// needed. False when it cannot fit.
     public func reserve(_ id: String, bytes count: Int) -> Bool {

@@ -33,19 +33,20 @@ public final class KVNode: Sendable {
 
     public init(
         bind: HostPort, fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double,
-        connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, logger: Logger,
+        connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, tls: KVTLS? = nil, logger: Logger,
         report: @escaping @Sendable (KVTransferEvent) -> Void = { _ in }
     ) async throws {
         let handshake = TimeAmount.milliseconds(Int64(max(0.1, connectTimeout) * 1000))
         let state = KVNodeState(
             fingerprint: fingerprint, bufferBytes: bufferBytes, ttl: ttl, transferTimeout: transferTimeout,
-            authenticatedPeers: clusterSecret != nil, logger: logger, report: report)
+            authenticatedPeers: clusterSecret != nil || tls != nil, logger: logger, report: report)
         self.state = state
         let open = OpenChannels()
         self.open = open
-        @Sendable func setUp(_ channel: any Channel) -> EventLoopFuture<Void> {
+        @Sendable func setUp(_ channel: any Channel, dialed: Bool) -> EventLoopFuture<Void> {
             open.add(channel)
             return channel.eventLoop.makeCompletedFuture {
+                if let tls { try channel.pipeline.syncOperations.addHandler(try tls.handler(dialed: dialed)) }
                 if let secret = clusterSecret {
                     try channel.pipeline.syncOperations.addHandler(
                         KVPeerAuthenticator(secret: secret, eventLoop: channel.eventLoop, handshakeTimeout: handshake))
@@ -70,7 +71,7 @@ public final class KVNode: Sendable {
             .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
             .childChannelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)
             .childChannelOption(ChannelOptions.socket(tcp, TCP_USER_TIMEOUT), value: deadTimeout)
-            .childChannelInitializer(setUp)
+            .childChannelInitializer { setUp($0, dialed: false) }
             .bind(host: bind.host, port: bind.port).get()
         pool = KVConnectionPool { peer in
             ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -81,7 +82,7 @@ public final class KVNode: Sendable {
                 .channelOption(ChannelOptions.socket(tcp, TCP_KEEPIDLE), value: 2)
                 .channelOption(ChannelOptions.socket(tcp, TCP_KEEPINTVL), value: 1)
                 .channelOption(ChannelOptions.socket(tcp, TCP_USER_TIMEOUT), value: deadTimeout)
-                .channelInitializer(setUp)
+                .channelInitializer { setUp($0, dialed: true) }
                 .connect(host: peer.host, port: peer.port)
                 .flatMap { channel in
                     // With a cluster secret, a connection is handed out only once the peer has proved it.

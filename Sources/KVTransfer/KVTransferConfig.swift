@@ -29,6 +29,12 @@ public struct KVTransferConfig: Sendable, Equatable {
     public var unclaimedTTL: Double
     public var failurePolicy: FailurePolicy
     public var advertisedHost: String?
+    /// TLS on the KV plane (`kv_tls_cert_file`, `kv_tls_key_file`, `kv_tls_ca_file`, all three or none): see `KVTLS`.
+    public var tls: TLSFiles?
+    /// The PEM files of `KVTLS`.
+    public struct TLSFiles: Sendable, Equatable {
+        public var cert, key, ca: String
+    }
     /// Keys read but without effect here, for the startup log.
     public var ignoredKeys: [String]
 
@@ -127,6 +133,13 @@ extension KVTransferConfig {
         }
         failurePolicy = policy
         advertisedHost = try string("kv_host", in: extra)
+        let tlsFiles = try ["kv_tls_cert_file", "kv_tls_key_file", "kv_tls_ca_file"].map { try string($0, in: extra) }
+        switch (tlsFiles[0], tlsFiles[1], tlsFiles[2]) {
+        case (let cert?, let key?, let ca?): tls = TLSFiles(cert: cert, key: key, ca: ca)
+        case (nil, nil, nil): tls = nil
+        default:
+            throw KVTransferConfigError("kv_tls_cert_file, kv_tls_key_file and kv_tls_ca_file must be given together")
+        }
         ignoredKeys = extra.keys.filter { $0 == "nccl_num_channels" }.sorted()
     }
 }

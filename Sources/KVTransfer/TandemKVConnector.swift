@@ -48,7 +48,9 @@ public final class TandemKVConnector: KVConnector {
         let node = try await KVNode(
             bind: HostPort(host: bindHost, port: config.kvPort), fingerprint: fingerprint,
             bufferBytes: config.bufferBytes, ttl: config.unclaimedTTL, transferTimeout: config.transferTimeout,
-            clusterSecret: clusterSecret, logger: logger
+            clusterSecret: clusterSecret,
+            tls: try config.tls.map { try KVTLS(certificateFile: $0.cert, keyFile: $0.key, caFile: $0.ca) },
+            logger: logger
         ) { event in
             switch event {
             case .sent(let bytes, let seconds): metrics.sent(bytes: bytes, seconds: seconds)
@@ -58,10 +60,15 @@ public final class TandemKVConnector: KVConnector {
         started.withLockedValue {
             $0 = Started(node: node, fingerprint: fingerprint, layerCount: layerCount, kvDim: kvDim)
         }
-        let guarded =
+        var guarded =
             clusterSecret == nil
             ? "OPEN: no cluster secret, anyone who reaches this port can send or fetch KV (set TANDEM_CLUSTER_SECRET)"
             : "authenticated by the cluster secret"
+        if config.tls != nil {
+            guarded =
+                (clusterSecret == nil ? "" : guarded + ", ")
+                + "TLS 1.3 with peer certificates from \(config.tls?.ca ?? "")"
+        }
         return
             "KV node listening on \(HostPort(host: bindHost, port: config.kvPort)), \(guarded) (send_type \(config.sendType.rawValue), buffer \(config.bufferBytes) bytes, model fingerprint \(String(fingerprint, radix: 16)))"
     }

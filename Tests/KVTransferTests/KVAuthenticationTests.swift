@@ -98,12 +98,17 @@ final class CountingListener: @unchecked Sendable {
 }
 
 /// A relay on loopback between a KV node and `target` that flips one bit of the byte at `flipAt` in the stream
-/// towards the target: a man in the middle rewriting KV (or token ids) after the handshake.
+/// towards the target: a man in the middle rewriting KV (or token ids) after the handshake. It keeps what it
+/// passed towards the target (`captured`): what a reader of the link sees.
 final class TamperingRelay: @unchecked Sendable {
     let port: Int
     private let fd: Int32
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var seen: [Int: [UInt8]] = [:]
+    /// The bytes relayed towards the target so far.
+    var captured: [UInt8] { Self.lock.withLock { Self.seen[port] ?? [] } }
 
-    init(to target: Int, flipAt: Int) {
+    init(to target: Int, flipAt: Int?) {
         (fd, port) = RawSocket.listen()
         Thread {
             while true {
@@ -111,13 +116,13 @@ final class TamperingRelay: @unchecked Sendable {
                 if c < 0 { return }
                 guard let upstream = RawSocket(connectTo: target) else { return }
                 let client = RawSocket(fd: c)
-                Self.pump(from: client, to: upstream, flipAt: flipAt)
-                Self.pump(from: upstream, to: client, flipAt: nil)
+                Self.pump(from: client, to: upstream, flipAt: flipAt, record: self.port)
+                Self.pump(from: upstream, to: client, flipAt: nil, record: nil)
             }
         }.start()
     }
 
-    private static func pump(from: RawSocket, to: RawSocket, flipAt: Int?) {
+    private static func pump(from: RawSocket, to: RawSocket, flipAt: Int?, record: Int?) {
         Thread {
             var buffer = [UInt8](repeating: 0, count: 65_536)
             var at = 0
@@ -125,6 +130,7 @@ final class TamperingRelay: @unchecked Sendable {
                 let n = recv(from.fd, &buffer, buffer.count, 0)
                 if n <= 0 { break }
                 if let f = flipAt, f >= at, f < at + n { buffer[f - at] ^= 0x01 }
+                if let record { lock.withLock { seen[record, default: []] += buffer[0..<n] } }
                 at += n
                 if buffer.withUnsafeBytes({ Glibc.send(to.fd, $0.baseAddress, n, Int32(MSG_NOSIGNAL)) }) < 0 { break }
             }
