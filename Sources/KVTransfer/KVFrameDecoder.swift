@@ -53,7 +53,10 @@ public struct KVFrameDecoder: ByteToMessageDecoder {
             let bytes = buffer.readInteger(as: UInt64.self)
         else { throw KVWireError("truncated frame") }
         guard dtype == KVFrame.fp16 else { throw KVWireError("unsupported dtype") }
-        guard bytes == UInt64(2 * 2 * Int(count) * Int(kvDim)), Int(bytes) == Int(length) - fields else {
+        // The shape's limits are a begin frame's (so the product cannot overflow whatever a peer writes).
+        guard count <= 1 << 24, kvDim <= 65_536, bytes == UInt64(2 * 2 * Int(count) * Int(kvDim)),
+            Int(bytes) == Int(length) - fields
+        else {
             throw KVWireError("layer payload length does not match its shape")
         }
         valuesLeft = Int(bytes)
