@@ -202,6 +202,9 @@ final class KVPeerHandler: ChannelInboundHandler {
         guard layers > 0, layers <= 4096, kvDim > 0, kvDim <= 65_536, !tokens.isEmpty, tokens.count <= 1 << 24 else {
             return refuse(context, id, "the transfer's shape is invalid")
         }
+        guard arriving[id] == nil else {
+            return refuse(context, id, "a second begin frame for a transfer already arriving")
+        }
         let bytes = layers * 2 * tokens.count * kvDim * 2
         // Beyond its first, the transfers still arriving from one host, over however many connections, may hold
         // only its share of the buffer (a peer that proved the cluster secret, all of it), so that begin frames

@@ -10,7 +10,8 @@ import Logging
 /// Two KV nodes in two processes (this one the producer, a child `tandem bench-kv --consumer` the consumer, as two
 /// instances would be) move a prompt's KV with PUT (frames, checksums, ack); a plain socket pair moves the same
 /// number of bytes with `send`/`recv` and nothing else. The consumer also times the decode's load: the received KV
-/// written into a paged cache's blocks. With `TANDEM_CLUSTER_SECRET` set, both nodes authenticate and MAC every frame.
+/// written into a paged cache's blocks. With `TANDEM_CLUSTER_SECRET` set, both nodes authenticate and MAC every frame;
+/// with `--tls-cert-file`, `--tls-key-file` and `--tls-ca-file`, the KV moves over mutual TLS (`KVTLS`).
 struct BenchKVCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-kv", abstract: "Measure KV transfer (PUT) on loopback against a plain TCP stream.")
@@ -20,7 +21,20 @@ struct BenchKVCommand: AsyncParsableCommand {
     @Option(help: "K (or V) values per token per layer (SmolLM2-135M: 3 KV heads × 64).") var kvDim = 192
     @Option(help: "Measured repetitions (after one warm-up).") var repetitions = 20
     @Flag(help: "Print one JSON line instead of a table.") var json = false
+    @Option(help: "TLS on the KV link: this PEM certificate (with --tls-key-file and --tls-ca-file).")
+    var tlsCertFile: String?
+    @Option(help: "TLS on the KV link: the certificate's PEM key.") var tlsKeyFile: String?
+    @Option(help: "TLS on the KV link: the PEM CA that peers' certificates must chain to.") var tlsCaFile: String?
     @Flag(help: .hidden) var consumer = false
+
+    /// The TLS settings, when all three files are given.
+    private func tls() throws -> KVTLS? {
+        switch (tlsCertFile, tlsKeyFile, tlsCaFile) {
+        case (nil, nil, nil): return nil
+        case (let cert?, let key?, let ca?): return try KVTLS(certificateFile: cert, keyFile: key, caFile: ca)
+        default: throw ValidationError("--tls-cert-file, --tls-key-file and --tls-ca-file go together")
+        }
+    }
 
     func validate() throws {
         guard tokens >= 1, layers >= 1, kvDim >= 1, repetitions >= 1 else {
@@ -51,6 +65,11 @@ struct BenchKVCommand: AsyncParsableCommand {
             "bench-kv", "--consumer", "--tokens", "\(tokens)", "--layers", "\(layers)", "--kv-dim", "\(kvDim)",
             "--repetitions", "\(repetitions)",
         ]
+        if let tlsCertFile, let tlsKeyFile, let tlsCaFile {
+            child.arguments! += [
+                "--tls-cert-file", tlsCertFile, "--tls-key-file", tlsKeyFile, "--tls-ca-file", tlsCaFile,
+            ]
+        }
         let out = Pipe()
         let input = Pipe()
         child.standardOutput = out
@@ -64,7 +83,7 @@ struct BenchKVCommand: AsyncParsableCommand {
         let producer = try await KVNode(
             bind: HostPort(host: "127.0.0.1", port: 0), fingerprint: Self.fingerprint,
             bufferBytes: 4 * payload.byteCount, ttl: 60, transferTimeout: 30,
-            clusterSecret: try ClusterSecret.load(file: nil), logger: logger)
+            clusterSecret: try ClusterSecret.load(file: nil), tls: try tls(), logger: logger)
         // Alternately, so that both see the same state of the machine.
         var put: [Double] = []
         var plain: [Double] = []
@@ -115,7 +134,7 @@ struct BenchKVCommand: AsyncParsableCommand {
         let node = try await KVNode(
             bind: HostPort(host: "127.0.0.1", port: 0), fingerprint: Self.fingerprint,
             bufferBytes: 4 * layers * 2 * tokens * kvDim * 2, ttl: 600, transferTimeout: 30,
-            clusterSecret: try ClusterSecret.load(file: nil), logger: logger)
+            clusterSecret: try ClusterSecret.load(file: nil), tls: try tls(), logger: logger)
         FileHandle.standardOutput.write(Data("port \(node.port)\n".utf8))
         let blocks = (tokens + 15) / 16
         let cache = PagedKVCache(layerCount: layers, blockCount: blocks, blockSize: 16, kvDim: kvDim)
