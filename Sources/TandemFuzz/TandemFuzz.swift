@@ -15,13 +15,18 @@ import Foundation
 struct TandemFuzz {
     static func main() {
         var args = CommandLine.arguments
-        guard args.count >= 2, let target = FuzzTarget(rawValue: args[1]) else {
+        // libFuzzer runs itself again for some jobs (-merge=1) without the target: it then comes from the
+        // environment this process set.
+        let named = args.count >= 2 ? FuzzTarget(rawValue: args[1]) : nil
+        let inherited = ProcessInfo.processInfo.environment["TANDEM_FUZZ_TARGET"].flatMap { FuzzTarget(rawValue: $0) }
+        guard let target = named ?? inherited else {
             let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
             FileHandle.standardError.write(
                 Data("usage: tandem-fuzz TARGET [ARGS...]; TARGET is one of \(names)\n".utf8))
             exit(2)
         }
-        args.remove(at: 1)
+        if named != nil { args.remove(at: 1) }
+        setenv("TANDEM_FUZZ_TARGET", target.rawValue, 1)
         #if TANDEM_LIBFUZZER
             fuzzTarget = target
             var argc = Int32(args.count)
