@@ -143,6 +143,8 @@ final class KVPeerHandler: ChannelInboundHandler {
     private static func bytes(_ transfers: [String: Assembly]) -> Int { transfers.values.reduce(0) { $0 + $1.bytes } }
     /// The peer's IP address, known from the first begin frame on.
     private var peerHost: String?
+    /// False once the connection closed: pulls still waiting for their KV then send nothing.
+    private let connectionOpen = NIOLockedValueBox(true)
     private var current: CurrentLayer?
     /// Transfers refused recently: their remaining frames are dropped quietly.
     private var refused: [String] = []
@@ -334,8 +336,12 @@ final class KVPeerHandler: ChannelInboundHandler {
     /// transfer deadline), or a refusal.
     private func serve(pull id: String, on channel: any Channel) {
         let node = node
+        let open = connectionOpen
         Task {
-            switch await node.outbox.wait(for: id, timeout: node.transferTimeout) {
+            let arrival = await node.outbox.wait(for: id, timeout: node.transferTimeout)
+            // A connection closed meanwhile gets nothing (and its channel is not touched again).
+            guard open.withLockedValue({ $0 }) else { return }
+            switch arrival {
             case .payload(let payload):
                 let start = ContinuousClock.now
                 do {
@@ -357,6 +363,7 @@ final class KVPeerHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        connectionOpen.withLockedValue { $0 = false }
         for id in arriving.keys { node.inbox.reject(id, reason: "the KV connection closed mid-transfer") }
         arriving = [:]
         node.acks.connectionClosed(ObjectIdentifier(context.channel), reason: "the KV connection closed")
