@@ -38,7 +38,15 @@ let package = Package(
         .target(name: "Engine", dependencies: ["GGUF", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
-            name: "Discovery", dependencies: ["CZMQ", .product(name: "Crypto", package: "swift-crypto")]),
+            name: "Discovery",
+            dependencies: [
+                "CZMQ", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]),
         .target(
             name: "KVTransfer",
             dependencies: [

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Tandem needs on a Debian/Ubuntu machine, skipping what is already there (safe to run again):
-# libzmq (discovery), pkg-config, Python's pip (model download) and venv (test peers), iproute2 (the test hosts of scripts/hosts.sh), openssl (test certificates).
+# libzmq (discovery), pkg-config, Python's pip (model download) and venv (test peers), iproute2 (the test hosts of scripts/hosts.sh), openssl (test certificates), etcd-server (fleet discovery tests).
 # Swift 6 must already be on PATH.
 set -euo pipefail
 
 need=()
-for pkg in libzmq3-dev pkg-config iproute2 openssl; do
+for pkg in libzmq3-dev pkg-config iproute2 openssl etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)

@@ -337,10 +337,11 @@ final class KVPeerHandler: ChannelInboundHandler {
     private func serve(pull id: String, on channel: any Channel) {
         let node = node
         let open = connectionOpen
-        Task {
+        // The channel is held weakly: a pull waiting on a connection that closed keeps nothing of it alive.
+        Task { [weak channel] in
             let arrival = await node.outbox.wait(for: id, timeout: node.transferTimeout)
             // A connection closed meanwhile gets nothing (and its channel is not touched again).
-            guard open.withLockedValue({ $0 }) else { return }
+            guard let channel, open.withLockedValue({ $0 }) else { return }
             switch arrival {
             case .payload(let payload):
                 let start = ContinuousClock.now

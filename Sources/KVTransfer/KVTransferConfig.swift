@@ -31,6 +31,8 @@ public struct KVTransferConfig: Sendable, Equatable {
     public var advertisedHost: String?
     /// TLS on the KV plane (`kv_tls_cert_file`, `kv_tls_key_file`, `kv_tls_ca_file`, all three or none): see `KVTLS`.
     public var tls: TLSFiles?
+    /// A fleet's etcd to register in (`"discovery": "etcd://…"`), as well as or instead of the proxy's ZMQ port.
+    public var discovery: EtcdEndpoints?
     /// The PEM files of `KVTLS`.
     public struct TLSFiles: Sendable, Equatable {
         public var cert, key, ca: String
@@ -133,6 +135,9 @@ extension KVTransferConfig {
         }
         failurePolicy = policy
         advertisedHost = try string("kv_host", in: extra)
+        if let url = try string("discovery", in: extra) {
+            do { discovery = try EtcdEndpoints(url: url) } catch { throw KVTransferConfigError("discovery: \(error)") }
+        }
         let tlsFiles = try ["kv_tls_cert_file", "kv_tls_key_file", "kv_tls_ca_file"].map { try string($0, in: extra) }
         switch (tlsFiles[0], tlsFiles[1], tlsFiles[2]) {
         case (let cert?, let key?, let ca?): tls = TLSFiles(cert: cert, key: key, ca: ca)

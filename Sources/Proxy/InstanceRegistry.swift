@@ -10,9 +10,17 @@ public struct KnownInstance: Sendable, Equatable {
     public var inFlight: Int
     /// A Tandem instance: it takes `tandem_handoff` and `tandem_resume`.
     public var resumable = false
+    /// Where the proxy learned of it (an instance may be in both).
+    public var sources: Set<DiscoverySource> = [.zmq]
 
     /// `[HTTP:…, ZMQ:…]`, as vLLM's proxy logs an instance.
     public var label: String { "[HTTP:\(http), ZMQ:\(zmq)]" }
+}
+
+/// How the proxy learned of an instance: vLLM's ZMQ pings, or a fleet's etcd.
+public enum DiscoverySource: String, Sendable, CaseIterable {
+    case zmq
+    case etcd
 }
 
 /// How the proxy picks among instances of a role.
@@ -21,8 +29,8 @@ public enum RoutingPolicy: String, Sendable, CaseIterable {
     case leastLoaded = "least_loaded"
 }
 
-/// The live instances by role, each with its own clock: added on its first ping, refreshed by each next one,
-/// removed when silent for `ttl` seconds. Thread-safe.
+/// The live instances by role. One pinging over ZMQ is added on its first ping, refreshed by each next one, and
+/// removed when silent for `ttl` seconds; one listed in etcd stays as long as its record does. Thread-safe.
 public final class InstanceRegistry: @unchecked Sendable {
     public let ttl: Double
     private let lock = NSLock()
@@ -31,37 +39,79 @@ public final class InstanceRegistry: @unchecked Sendable {
 
     public init(ttl: Double) { self.ttl = ttl }
 
-    /// Records a ping; returns the instance when it is new.
+    /// Records a ping (or an etcd record); returns the instance when it is new.
     @discardableResult
-    public func record(_ ping: RegistrationPing, now: Date = Date()) -> KnownInstance? {
+    public func record(_ ping: RegistrationPing, source: DiscoverySource = .zmq, now: Date = Date()) -> KnownInstance? {
         lock.lock()
         defer { lock.unlock() }
+        return insert(ping, source: source, now: now)
+    }
+
+    private func insert(_ ping: RegistrationPing, source: DiscoverySource, now: Date) -> KnownInstance? {
         if var known = instances[ping.role]?[ping.httpAddress] {
             known.lastSeen = now
             known.zmq = ping.zmqAddress
             known.resumable = ping.resumable
+            known.sources.insert(source)
             instances[ping.role]![ping.httpAddress] = known
             return nil
         }
         let added = KnownInstance(
             role: ping.role, http: ping.httpAddress, zmq: ping.zmqAddress, lastSeen: now, inFlight: 0,
-            resumable: ping.resumable)
+            resumable: ping.resumable, sources: [source])
         instances[ping.role, default: [:]][ping.httpAddress] = added
         return added
     }
 
-    /// Removes and returns the instances silent for longer than the TTL.
+    /// Removes and returns the instances known only from ZMQ pings and silent for longer than the TTL.
     public func expire(now: Date = Date()) -> [KnownInstance] {
         lock.lock()
         defer { lock.unlock() }
         var removed: [KnownInstance] = []
         for (role, byHTTP) in instances {
-            for (http, known) in byHTTP where now.timeIntervalSince(known.lastSeen) > ttl {
-                instances[role]![http] = nil
-                removed.append(known)
+            for (http, known) in byHTTP
+            where known.sources.contains(.zmq) && now.timeIntervalSince(known.lastSeen) > ttl {
+                if let gone = withdraw(role: role, http: http, source: .zmq) { removed.append(gone) }
             }
         }
         return removed
+    }
+
+    /// What etcd lists now replaces what the registry had from etcd: returns the instances added and removed.
+    public func syncEtcd(_ pings: [RegistrationPing], now: Date = Date()) -> (
+        added: [KnownInstance], removed: [KnownInstance]
+    ) {
+        lock.lock()
+        defer { lock.unlock() }
+        let listed = Set(pings.map { "\($0.role.rawValue) \($0.httpAddress)" })
+        var removed: [KnownInstance] = []
+        for (role, byHTTP) in instances {
+            for (http, known) in byHTTP
+            where known.sources.contains(.etcd) && !listed.contains("\(role.rawValue) \(http)") {
+                if let gone = withdraw(role: role, http: http, source: .etcd) { removed.append(gone) }
+            }
+        }
+        let added = pings.compactMap { insert($0, source: .etcd, now: now) }
+        return (added, removed)
+    }
+
+    /// Forgets that `source` lists the instance; returns it when no source lists it any more (it is removed).
+    @discardableResult
+    public func forget(role: RegistrationPing.Role, http: HostPort, source: DiscoverySource) -> KnownInstance? {
+        lock.lock()
+        defer { lock.unlock() }
+        return withdraw(role: role, http: http, source: source)
+    }
+
+    private func withdraw(role: RegistrationPing.Role, http: HostPort, source: DiscoverySource) -> KnownInstance? {
+        guard var known = instances[role]?[http] else { return nil }
+        known.sources.remove(source)
+        if known.sources.isEmpty {
+            instances[role]![http] = nil
+            return known
+        }
+        instances[role]![http] = known
+        return nil
     }
 
     /// Every known instance, prefill first, each role in address order.

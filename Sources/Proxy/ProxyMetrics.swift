@@ -6,9 +6,9 @@ public final class ProxyMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let outcomes: [String: Counter]
     private let retries: [String: Counter]
-    private let adds: Counter
+    private let adds: [DiscoverySource: Counter]
     private let migrations: Counter
-    private let removes: Counter
+    private let removes: [DiscoverySource: Counter]
     private let ttft: ValueHistogram
     private let e2e: ValueHistogram
 
@@ -37,9 +37,20 @@ public final class ProxyMetrics: Sendable {
         migrations = r.makeCounter(
             descriptor: d(
                 "tandem_proxy_migrations_total", "Streams resumed on another decode instance after theirs failed."))
-        adds = r.makeCounter(descriptor: d("tandem_proxy_discovery_adds_total", "Instances added by discovery."))
-        removes = r.makeCounter(
-            descriptor: d("tandem_proxy_discovery_removes_total", "Instances removed after their TTL."))
+        var adds: [DiscoverySource: Counter] = [:]
+        var removes: [DiscoverySource: Counter] = [:]
+        for source in DiscoverySource.allCases {
+            let labels = [("source", source.rawValue)]
+            adds[source] = r.makeCounter(
+                descriptor: d("tandem_proxy_discovery_adds_total", "Instances added by discovery."), labels: labels)
+            removes[source] = r.makeCounter(
+                descriptor: d(
+                    "tandem_proxy_discovery_removes_total",
+                    "Instances removed: silent past their TTL (zmq), their record deleted or its lease lost (etcd)."),
+                labels: labels)
+        }
+        self.adds = adds
+        self.removes = removes
         let buckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80, 160]
         ttft = r.makeValueHistogram(
             descriptor: d(
@@ -53,7 +64,7 @@ public final class ProxyMetrics: Sendable {
     func outcome(_ name: String) { outcomes[name]?.increment() }
     func retry(_ stage: String) { retries[stage]?.increment() }
     func migrated() { migrations.increment() }
-    func discovery(added: Bool) { (added ? adds : removes).increment() }
+    func discovery(added: Bool, source: DiscoverySource) { (added ? adds : removes)[source]?.increment() }
     func firstByte(_ seconds: Double) { ttft.record(seconds) }
     func finished(_ seconds: Double) { e2e.record(seconds) }
 

@@ -23,6 +23,8 @@ public struct ProxyOptions: Sendable {
     /// `allowUnauthenticatedDiscovery`).
     public var clusterSecret: [UInt8]?
     public var allowUnauthenticatedDiscovery = false
+    /// A fleet's etcd to watch as well as the ZMQ pings (`--discovery etcd://…`).
+    public var etcd: EtcdEndpoints?
     /// Seconds an instance may stay silent before it is removed.
     public var instanceTTL = 5.0
     public var connectTimeout = 5.0
@@ -64,7 +66,7 @@ public enum ProxyServer {
         let listener = try DiscoveryListener(
             bind: HostPort(host: options.discoveryHost, port: options.discoveryPort), registry: registry,
             logger: logger, secret: options.clusterSecret, allowUnsigned: options.allowUnauthenticatedDiscovery,
-            onChange: { metrics.discovery(added: $0) })
+            onChange: { metrics.discovery(added: $0, source: .zmq) })
         if options.clusterSecret == nil {
             logger.warning(
                 "Discovery is OPEN: no cluster secret, anyone who reaches the discovery port can register an instance (set TANDEM_CLUSTER_SECRET)"
@@ -96,7 +98,12 @@ public enum ProxyServer {
         }
         routes.get("/v1/models") { request, _ in try await models(registry: registry, client: client, request: request)
         }
-        routes.get("/health") { _, _ in health(registry) }
+        let etcd = options.etcd.map {
+            EtcdDiscovery(
+                client: EtcdClient(endpoints: $0), registry: registry, logger: logger, secret: options.clusterSecret,
+                onChange: { metrics.discovery(added: $0, source: .etcd) })
+        }
+        routes.get("/health") { _, _ in health(registry, etcd: etcd) }
         routes.get("/metrics") { _, _ -> Response in
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
@@ -116,7 +123,8 @@ public enum ProxyServer {
             },
             logger: logger)
         var groupConfiguration = ServiceGroupConfiguration(
-            services: [DiscoveryService(listener: listener), app], gracefulShutdownSignals: [.sigterm, .sigint],
+            services: [DiscoveryService(listener: listener)] + (etcd.map { [$0] } ?? []) + [app],
+            gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         // On SIGTERM the proxy stops taking requests and gives those in flight `shutdownGrace` seconds; then it
         // cuts them (their clients see the stream end), so that it exits and frees its ports promptly.
@@ -132,8 +140,9 @@ public enum ProxyServer {
         try await client.shutdown()
     }
 
-    /// Proxy health: the known instances with role, addresses, seconds since their last ping and in-flight count.
-    static func health(_ registry: InstanceRegistry) -> Response {
+    /// Proxy health: the known instances with role, addresses, seconds since their last ping, in-flight count and
+    /// where the proxy learned of them; with etcd, whether it is being watched.
+    static func health(_ registry: InstanceRegistry, etcd: EtcdDiscovery?) -> Response {
         let now = Date()
         let all = registry.all
         let entries: [JSONValue] = all.map { i in
@@ -143,11 +152,27 @@ public enum ProxyServer {
                 ("zmq_address", .string(i.zmq.description)),
                 ("last_seen_seconds_ago", .double((now.timeIntervalSince(i.lastSeen) * 1000).rounded() / 1000)),
                 ("in_flight", .int(i.inFlight)),
+                ("discovery", .array(i.sources.map(\.rawValue).sorted().map { .string($0) })),
             ])
         }
         let ready = all.contains { $0.role == .prefill } && all.contains { $0.role == .decode }
-        return InstanceAPI.json(
-            .object([("status", .string(ready ? "ok" : "waiting_for_instances")), ("instances", .array(entries))]))
+        var fields: [(String, JSONValue)] = [
+            ("status", .string(ready ? "ok" : "waiting_for_instances")), ("instances", .array(entries)),
+        ]
+        if let etcd {
+            let s = etcd.status
+            fields.append(
+                (
+                    "etcd",
+                    .object([
+                        ("endpoints", .string(etcd.client.endpoints.description)),
+                        ("state", .string(s.watching ? "watching" : "unreachable")),
+                        ("since_seconds_ago", .double((now.timeIntervalSince(s.since) * 1000).rounded() / 1000)),
+                        ("error", s.lastError.map { .string($0) } ?? .null),
+                    ])
+                ))
+        }
+        return InstanceAPI.json(.object(fields))
     }
 
     /// `/v1/models` from a live instance (decode first).

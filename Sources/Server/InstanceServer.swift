@@ -50,15 +50,19 @@ public struct RegistrationPlan: Sendable {
     public var host: String
     public var httpPort: Int?
     public var kvPort: Int
-    public var proxy: HostPort
-    /// With the cluster secret, pings are signed.
+    /// vLLM's registration: pings to the proxy's ZMQ port.
+    public var proxy: HostPort?
+    /// A fleet's etcd: the record under a lease.
+    public var etcd: EtcdEndpoints?
+    /// With the cluster secret, pings and records are signed.
     public var secret: [UInt8]?
 
     public init(
-        role: RegistrationPing.Role, host: String, httpPort: Int?, kvPort: Int, proxy: HostPort,
-        secret: [UInt8]? = nil
+        role: RegistrationPing.Role, host: String, httpPort: Int?, kvPort: Int, proxy: HostPort?,
+        etcd: EtcdEndpoints? = nil, secret: [UInt8]? = nil
     ) {
         self.secret = secret
+        self.etcd = etcd
         self.role = role
         self.host = host
         self.httpPort = httpPort
@@ -94,6 +98,7 @@ struct EngineService: Service {
         }
         host.setReady(LoadedModel(engine: engine))
         var registration: InstanceRegistration?
+        var etcdRegistration: EtcdRegistration?
         if let plan = options.registration {
             var port = plan.httpPort ?? boundPort.withLockedValue { $0 }
             while port == nil {
@@ -103,14 +108,27 @@ struct EngineService: Service {
             let ping = RegistrationPing(
                 role: plan.role, httpAddress: HostPort(host: plan.host, port: port!),
                 zmqAddress: HostPort(host: plan.host, port: plan.kvPort), resumable: true)
-            let r = InstanceRegistration(ping: ping, proxy: plan.proxy, secret: plan.secret)
-            try r.start()
-            registration = r
-            logger.info(
-                "Registering with the proxy at \(plan.proxy) every 3 s as \(ping.role.rawValue): http_address \(ping.httpAddress), zmq_address \(ping.zmqAddress)"
-            )
+            if let proxy = plan.proxy {
+                let r = InstanceRegistration(ping: ping, proxy: proxy, secret: plan.secret)
+                try r.start()
+                registration = r
+                logger.info(
+                    "Registering with the proxy at \(proxy) every 3 s as \(ping.role.rawValue): http_address \(ping.httpAddress), zmq_address \(ping.zmqAddress)"
+                )
+            }
+            if let etcd = plan.etcd {
+                let record = EtcdInstanceRecord(
+                    ping: ping, model: options.servedModelNames[0], fingerprint: engine.fingerprint, started: Date(),
+                    secret: plan.secret)
+                let r = EtcdRegistration(
+                    client: EtcdClient(endpoints: etcd), record: record, logger: Logger(label: "tandem.discovery"))
+                r.start()
+                etcdRegistration = r
+            }
         }
         try? await gracefulShutdown()
+        // Out of the fleet first (the lease revoked, so proxies stop routing here at once), then the requests.
+        await etcdRegistration?.stop()
         logger.info("Shutting down: aborting in-flight requests")
         registration?.stop()
         await options.kvConnector?.close()

@@ -45,6 +45,10 @@ struct ProxyCommand: AsyncParsableCommand {
         name: .customLong("shutdown-grace"),
         help: "Seconds requests in flight may still run after SIGTERM before they are cut.")
     var shutdownGrace = 1.0
+    @Option(
+        name: .customLong("discovery"),
+        help: "A fleet's etcd to watch as well as the ZMQ pings: etcd://HOST:PORT[,HOST:PORT…][/PREFIX].")
+    var discovery: String?
 
     static func seconds(_ text: String) -> Double? {
         let t = text.hasSuffix("s") ? String(text.dropLast()) : text
@@ -62,6 +66,9 @@ struct ProxyCommand: AsyncParsableCommand {
         guard PDFlow(rawValue: pdFlow) != nil else { throw ValidationError("--pd-flow must be overlap or sequential") }
         guard (0...100).contains(maxMigrations) else { throw ValidationError("--max-migrations must be in 0...100") }
         guard Self.seconds(instanceTTL) != nil else { throw ValidationError("--instance-ttl must be like 5s or 2.5") }
+        if let discovery {
+            do { _ = try EtcdEndpoints(url: discovery) } catch { throw ValidationError("--discovery: \(error)") }
+        }
         for (name, v) in [
             ("connect-timeout", connectTimeout), ("prefill-timeout", prefillTimeout),
             ("decode-timeout", decodeTimeout), ("read-timeout", readTimeout), ("shutdown-grace", shutdownGrace),
@@ -91,6 +98,7 @@ struct ProxyCommand: AsyncParsableCommand {
         options.maxMigrations = maxMigrations
         options.clusterSecret = try ClusterSecret.load(file: guards.clusterSecretFile)
         options.allowUnauthenticatedDiscovery = allowUnauthenticatedDiscovery
+        options.etcd = try discovery.map { try EtcdEndpoints(url: $0) }
         try await ProxyServer.run(options, logger: Logger(label: "tandem.proxy"))
     }
 }

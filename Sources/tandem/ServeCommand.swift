@@ -52,8 +52,21 @@ struct ServeCommand: AsyncParsableCommand {
         name: .customLong("kv-transfer-config"),
         help: "vLLM's KV-transfer JSON (kv_role, kv_port, kv_connector_extra_config with proxy_ip/proxy_port, ...).")
     var kvTransferConfig: String?
+    @Option(
+        name: .customLong("discovery"),
+        help:
+            "Register in a fleet's etcd (with --kv-transfer-config): etcd://HOST:PORT[,HOST:PORT…][/PREFIX]; overrides kv_connector_extra_config's \"discovery\"."
+    )
+    var discovery: String?
 
     func validate() throws {
+        if let discovery {
+            do { _ = try EtcdEndpoints(url: discovery) } catch { throw ValidationError("--discovery: \(error)") }
+            guard kvTransferConfig != nil else {
+                throw ValidationError(
+                    "--discovery registers a prefill or decode instance: give --kv-transfer-config too")
+            }
+        }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
         guard (maxTokensDefault ?? 1) >= 1, (maxTokensLimit ?? 1) >= 1 else {
             throw ValidationError("--max-tokens-default and --max-tokens-limit must be at least 1")
@@ -126,10 +139,11 @@ struct ServeCommand: AsyncParsableCommand {
             options.kvConnector = TandemKVConnector(
                 config: kv, kvAddress: zmq, bindHost: options.host, clusterSecret: secret,
                 logger: Logger(label: "tandem.kv"))
-            if let proxy = kv.proxy {
+            let etcd = try discovery.map { try EtcdEndpoints(url: $0) } ?? kv.discovery
+            if kv.proxy != nil || etcd != nil {
                 options.registration = RegistrationPlan(
                     role: kv.registrationRole, host: address, httpPort: kv.httpPort ?? (port == 0 ? nil : port),
-                    kvPort: kv.kvPort, proxy: proxy, secret: secret)
+                    kvPort: kv.kvPort, proxy: kv.proxy, etcd: etcd, secret: secret)
             }
         }
         try await InstanceServer.run(options, logger: logger)

@@ -1,0 +1,252 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A real etcd (Debian's `etcd-server`, installed by scripts/setup.sh) on free ports with its own data folder;
+/// `restart` brings it back on the same ports and data, as after an outage.
+final class EtcdProcess: @unchecked Sendable {
+    private var process = Process()
+    let clientPort: Int
+    let peerPort: Int
+    private(set) var dataDir: URL
+    private let log = LogBuffer()
+
+    init() async throws {
+        clientPort = freePort()
+        peerPort = freePort()
+        dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-etcd-\(UUID().uuidString)")
+        try await start()
+    }
+
+    var url: String { "etcd://127.0.0.1:\(clientPort)" }
+
+    private func start() async throws {
+        let executable = ["/usr/bin/etcd", "/usr/local/bin/etcd"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
+        guard let executable else { throw TestFailure("etcd is not installed (scripts/setup.sh installs etcd-server)") }
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        let client = "http://127.0.0.1:\(clientPort)"
+        let peer = "http://127.0.0.1:\(peerPort)"
+        process.arguments = [
+            "--name", "tandem-test", "--data-dir", dataDir.path, "--listen-client-urls", client,
+            "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", "tandem-test=\(peer)",
+        ]
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = err
+        let log = log
+        err.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if (try? await keys("/")) != nil { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("etcd did not start:\n\(log.text)")
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    /// Starts it again on the same ports; with `losingData`, on an empty data folder (etcd lost every lease).
+    func restart(losingData: Bool = false) async throws {
+        stop()
+        if losingData {
+            try? FileManager.default.removeItem(at: dataDir)
+            dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-etcd-\(UUID().uuidString)")
+        }
+        try await start()
+    }
+
+    /// The keys under `prefix`, straight from etcd's JSON gateway.
+    func keys(_ prefix: String) async throws -> [String] {
+        var end = Array(prefix.utf8)
+        end[end.count - 1] += 1
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(clientPort)/v3/kv/range")
+        request.method = .POST
+        let body: [String: Any] = [
+            "key": Data(prefix.utf8).base64EncodedString(), "range_end": Data(end).base64EncodedString(),
+            "keys_only": true,
+        ]
+        request.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: body)))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(2))
+        let data = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .ok,
+            let object = try JSONSerialization.jsonObject(with: Data(buffer: data)) as? [String: Any]
+        else { throw TestFailure("etcd range failed") }
+        return ((object["kvs"] as? [[String: Any]]) ?? []).compactMap {
+            ($0["key"] as? String).flatMap { Data(base64Encoded: $0) }.map { String(decoding: $0, as: UTF8.self) }
+        }
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: dataDir)
+    }
+}
+
+/// Fleet discovery on a real etcd: instances register under leases, several proxies watch one fleet, a stopped
+/// instance leaves at once and a killed one within its lease, and an etcd outage fails no request.
+@Suite(.serialized) struct EtcdDiscoveryTests {
+    static let prefix = "/tandem/instances"
+
+    /// A decode (or prefill) registered only in etcd (no ZMQ pings).
+    func instance(_ role: String, etcd: EtcdProcess) async throws -> ServerProcess {
+        try await onAFreePort { port in
+            try await ServerProcess.instance(
+                role: role, kvPort: port, sendType: "PUT_ASYNC", arguments: ["--discovery", etcd.url])
+        }
+    }
+
+    func proxy(etcd: EtcdProcess) async throws -> ServerProcess {
+        try await onAFreePort { port in
+            try await ServerProcess.proxy(discoveryPort: port, extra: ["--discovery", etcd.url])
+        }
+    }
+
+    /// Counts of prefill and decode instances a proxy lists now, and its etcd state.
+    func listed(_ proxy: ServerProcess) async -> (prefill: Int, decode: Int, etcd: String?) {
+        guard let health = try? await proxy.get("/health").json,
+            let instances = health["instances"] as? [[String: Any]]
+        else { return (-1, -1, nil) }
+        return (
+            instances.filter { $0["role"] as? String == "prefill" }.count,
+            instances.filter { $0["role"] as? String == "decode" }.count,
+            (health["etcd"] as? [String: Any])?["state"] as? String
+        )
+    }
+
+    /// Seconds until `condition` holds on every proxy, or nil after `timeout`.
+    func secondsUntil(
+        _ proxies: [ServerProcess], timeout: Double,
+        _ condition: @escaping ((prefill: Int, decode: Int, etcd: String?)) -> Bool
+    ) async -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < timeout {
+            var all = true
+            for p in proxies where !condition(await listed(p)) { all = false }
+            if all { return Date().timeIntervalSince(start) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    func complete(_ proxy: ServerProcess, _ prompt: String) async throws -> (status: Int, text: String?) {
+        let reply = try await proxy.post(
+            "/v1/completions", #"{"prompt":"\#(prompt)","max_tokens":8,"temperature":0}"#)
+        return (Int(reply.status.code), reply.json?.firstChoice?["text"] as? String)
+    }
+
+    @Test func twoProxiesServeTheFleetAndDropStoppedAndKilledInstances() async throws {
+        let etcd = try await EtcdProcess()
+        let first = try await proxy(etcd: etcd)
+        let prefill = try await instance("kv_producer", etcd: etcd)
+        let decodes = [try await instance("kv_consumer", etcd: etcd), try await instance("kv_consumer", etcd: etcd)]
+        defer { for p in [first, prefill] + decodes { p.stop() } }
+        #expect(await secondsUntil([first], timeout: 60) { $0.prefill == 1 && $0.decode == 2 } != nil)
+        #expect(try await etcd.keys(Self.prefix).count == 3)
+
+        // A proxy started after the instances knows them at once: from etcd's listing, not from pings.
+        let second = try await proxy(etcd: etcd)
+        defer { second.stop() }
+        let known = await secondsUntil([second], timeout: 10) { $0.prefill == 1 && $0.decode == 2 }
+        #expect(known != nil && known! < 1, "the late proxy listed the fleet \(known ?? -1) s after it listened")
+
+        // Both serve, with the same answers.
+        for prompt in ["The capital of France is", "def add(a, b):", "Once upon a time"] {
+            let a = try await complete(first, prompt)
+            let b = try await complete(second, prompt)
+            #expect(a.status == 200 && b.status == 200 && a.text != nil && a.text == b.text, "\(a) \(b)")
+        }
+
+        // SIGTERM: the lease is revoked, both proxies drop the decode within 2 s.
+        kill(decodes[0].process.processIdentifier, SIGTERM)
+        let stopped = await secondsUntil([first, second], timeout: 10) { $0.decode == 1 }
+        #expect(stopped != nil && stopped! < 2, "a stopped decode left both proxies after \(stopped ?? -1) s")
+        #expect(decodes[0].stop() == 0)
+        #expect(try await complete(second, "Hello").status == 200, "the other decode serves")
+
+        // kill -9: the lease runs out (TTL 5 s), both proxies drop it within TTL + 2 s.
+        decodes[1].kill9()
+        let killed = await secondsUntil([first, second], timeout: 15) { $0.decode == 0 }
+        #expect(killed != nil && killed! < 7, "a killed decode left both proxies after \(killed ?? -1) s")
+        print(
+            "etcd fleet: late proxy listed it in \(known ?? -1) s; stopped decode gone in \(stopped ?? -1) s, killed in \(killed ?? -1) s"
+        )
+        #expect(first.logText.contains("(etcd)") && second.logText.contains("Remove decode"))
+    }
+
+    @Test func anEtcdOutageFailsNoRequestAndRegistrationsComeBack() async throws {
+        let etcd = try await EtcdProcess()
+        let proxy = try await proxy(etcd: etcd)
+        let prefill = try await instance("kv_producer", etcd: etcd)
+        let decode = try await instance("kv_consumer", etcd: etcd)
+        defer { for p in [proxy, prefill, decode] { p.stop() } }
+        #expect(await secondsUntil([proxy], timeout: 60) { $0.prefill == 1 && $0.decode == 1 } != nil)
+
+        etcd.stop()
+        #expect(await secondsUntil([proxy], timeout: 10) { $0.etcd == "unreachable" } != nil)
+        // Longer than a lease (5 s) without etcd: the proxy keeps its instances and every request is answered.
+        let outage = Date()
+        var answered = 0
+        while Date().timeIntervalSince(outage) < 7 {
+            let reply = try await complete(proxy, "Count to three:")
+            #expect(reply.status == 200, "a request during the outage: \(reply)")
+            answered += 1
+        }
+        #expect(answered >= 3)
+        #expect(await listed(proxy).decode == 1)
+
+        try await etcd.restart()
+        let back = Date()
+        // Registrations return within one keep-alive (1.5 s) of etcd being up, and the proxy watches again.
+        while try await etcd.keys(Self.prefix).count < 2, Date().timeIntervalSince(back) < 10 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let returned = Date().timeIntervalSince(back)
+        #expect(try await etcd.keys(Self.prefix).count == 2)
+        #expect(returned < 1.5 + 1, "the records were back \(returned) s after etcd")
+        #expect(await secondsUntil([proxy], timeout: 5) { $0.etcd == "watching" } != nil)
+        #expect(try await complete(proxy, "After the outage").status == 200)
+        // The instances keep their leases alive again: the records outlast a lease's TTL after the restart.
+        let kept = Date()
+        var stayed = true
+        while Date().timeIntervalSince(kept) < 6 {
+            let count = try await etcd.keys(Self.prefix).count
+            stayed = stayed && count == 2
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(stayed, "the records stayed past a TTL after the restart")
+
+        // An etcd that lost its data: every instance registers again within a keep-alive, and the proxy lists them.
+        try await etcd.restart(losingData: true)
+        let empty = Date()
+        while try await etcd.keys(Self.prefix).count < 2, Date().timeIntervalSince(empty) < 10 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let reregistered = Date().timeIntervalSince(empty)
+        #expect(reregistered < 1.5 + 1, "records back \(reregistered) s after etcd lost them")
+        #expect(
+            await secondsUntil([proxy], timeout: 5) { $0.prefill == 1 && $0.decode == 1 && $0.etcd == "watching" }
+                != nil)
+        #expect(prefill.logText.contains("registered again") && decode.logText.contains("registered again"))
+        // The watch is live again: a stopped decode leaves at once.
+        kill(decode.process.processIdentifier, SIGTERM)
+        let left = await secondsUntil([proxy], timeout: 10) { $0.decode == 0 }
+        #expect(left != nil && left! < 2, "\(left ?? -1) s")
+        print(
+            "etcd outage: \(answered) requests answered in 7 s without etcd; records back \(returned) s after it, \(reregistered) s after it lost its data; a stopped decode gone in \(left ?? -1) s"
+        )
+    }
+}
