@@ -1,3 +1,4 @@
+import Discovery
 import Engine
 import Foundation
 import NIOConcurrencyHelpers
@@ -20,6 +21,8 @@ public final class InstanceMetrics: Sendable {
     private let interToken: ValueHistogram
     private let e2e: ValueHistogram
     private let lastTotals = NIOLockedValueBox<EngineStats?>(nil)
+    /// The instance's etcd registration, once it runs (its counts are rendered with the rest).
+    public let etcd = NIOLockedValueBox<EtcdRegistration?>(nil)
 
     public init(modelName: String) {
         let l = [("model_name", modelName)]
@@ -103,6 +106,23 @@ public final class InstanceMetrics: Sendable {
                 last = stats
             }
         }
-        return registry.emitToString()
+        var text = registry.emitToString()
+        if let etcd = etcd.withLockedValue({ $0 }) {
+            for (name, kind, help, value) in [
+                (
+                    "tandem_etcd_registrations_total", "counter",
+                    "Times the instance put its record in etcd (more than 1 after a lease was lost).",
+                    etcd.registrations
+                ),
+                (
+                    "tandem_etcd_lease_losses_total", "counter", "Leases etcd no longer knew when kept alive.",
+                    etcd.leaseLosses
+                ),
+                ("tandem_etcd_reachable", "gauge", "1 when the last call to etcd succeeded.", etcd.isReachable ? 1 : 0),
+            ] {
+                text += "# HELP \(name) \(help)\n# TYPE \(name) \(kind)\n\(name) \(value)\n"
+            }
+        }
+        return text
     }
 }

@@ -83,6 +83,7 @@ struct EngineService: Service {
     let host: EngineHost
     let logger: Logger
     let boundPort: NIOLockedValueBox<Int?>
+    let metrics: InstanceMetrics
 
     func run() async throws {
         let options = options
@@ -124,6 +125,7 @@ struct EngineService: Service {
                     client: EtcdClient(endpoints: etcd), record: record, logger: Logger(label: "tandem.discovery"))
                 r.start()
                 etcdRegistration = r
+                metrics.etcd.withLockedValue { $0 = r }
             }
         }
         try? await gracefulShutdown()
@@ -207,7 +209,8 @@ public enum InstanceServer {
             },
             logger: logger
         )
-        let engine = EngineService(options: options, host: host, logger: logger, boundPort: boundPort)
+        let engine = EngineService(
+            options: options, host: host, logger: logger, boundPort: boundPort, metrics: metrics)
         // Services stop in reverse order: the engine first (ending every stream), then the HTTP server.
         let group = ServiceGroup(
             configuration: .init(

@@ -40,11 +40,12 @@ final class ProcessSupervisor: @unchecked Sendable {
     /// The signal received, if any.
     var signalReceived: Int32? { received.withLockedValue { $0 } }
 
-    func start(name: String, arguments: [String], log: String) throws {
+    /// Starts `program` (else this `tandem`) with `arguments`, its output to `log`.
+    func start(name: String, program: String? = nil, arguments: [String], log: String) throws {
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
+        process.executableURL = URL(fileURLWithPath: program ?? executable)
         process.arguments = arguments
         process.standardOutput = handle
         process.standardError = handle

@@ -41,7 +41,50 @@ struct UpCommand: AsyncParsableCommand {
             throw ValidationError("--send-type must be PUT, PUT_ASYNC or GET")
         }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let discovery, discovery != "etcd" {
+            do { _ = try EtcdEndpoints(url: discovery) } catch {
+                throw ValidationError("--discovery must be etcd or an etcd://HOST:PORT URL: \(error)")
+            }
+        }
     }
+
+    /// Starts a local etcd (Debian's etcd-server) on free ports with its data in the log folder; its URL.
+    private func startEtcd(_ supervisor: ProcessSupervisor, host: String, reach: String, taken: inout Set<Int>) throws
+        -> String
+    {
+        guard let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"].first(where: FileManager.default.isExecutableFile)
+        else {
+            throw UpError(
+                "--discovery etcd needs etcd (Debian/Ubuntu: apt-get install etcd-server), or give etcd://HOST:PORT")
+        }
+        var port = 2379
+        while taken.contains(port) || taken.contains(port + 1) || !portIsFree(port, host: host)
+            || !portIsFree(port + 1, host: host)
+        {
+            port += 2
+        }
+        taken.formUnion([port, port + 1])
+        // A demo's etcd starts empty: records left by an earlier run would list instances that are gone.
+        try? FileManager.default.removeItem(atPath: "\(logDir)/etcd-data")
+        let client = "http://\(HostPort(host: reach, port: port))"
+        let peer = "http://\(HostPort(host: reach, port: port + 1))"
+        try supervisor.start(
+            name: "etcd", program: etcd,
+            arguments: [
+                "--name", "tandem-up", "--data-dir", "\(logDir)/etcd-data", "--listen-client-urls", client,
+                "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "tandem-up=\(peer)",
+            ], log: "\(logDir)/etcd.log")
+        say("started etcd: \(client) (data in \(logDir)/etcd-data)")
+        return "etcd://\(HostPort(host: reach, port: port))"
+    }
+
+    @Option(
+        name: .customLong("discovery"),
+        help:
+            "etcd: register the instances in etcd (a local one started here, or etcd://HOST:PORT[,…] of a running one) and put two proxies in front, on --proxy-port and the next port."
+    )
+    var discovery: String?
 
     @Option(
         name: .customLong("cluster-secret-file"),
@@ -82,20 +125,34 @@ struct UpCommand: AsyncParsableCommand {
             + Array(repeating: "decode", count: decode - 1)
 
         do {
-            try supervisor.start(
-                name: "proxy",
-                arguments: [
-                    "proxy", "--host", bindHost, "--port", "\(proxyPort)", "--discovery-host", bindHost,
-                    "--discovery-port", "\(discoveryPort)",
-                ], log: "\(logDir)/proxy.log")
+            let etcd = try discovery.map {
+                $0 == "etcd" ? try startEtcd(supervisor, host: bindHost, reach: reach, taken: &taken) : $0
+            }
+            // With etcd, two proxies watch one fleet: the second on the next ports.
+            let proxies =
+                etcd == nil
+                ? [(proxyPort, discoveryPort)] : [(proxyPort, discoveryPort), (proxyPort + 1, discoveryPort + 1)]
+            taken.formUnion(proxies.flatMap { [$0.0, $0.1] })
+            for (i, (port, zmq)) in proxies.enumerated() {
+                try supervisor.start(
+                    name: i == 0 ? "proxy" : "proxy\(i + 1)",
+                    arguments: [
+                        "proxy", "--host", bindHost, "--port", "\(port)", "--discovery-host", bindHost,
+                        "--discovery-port", "\(zmq)",
+                    ] + (etcd.map { ["--discovery", $0] } ?? []),
+                    log: "\(logDir)/\(i == 0 ? "proxy" : "proxy\(i + 1)").log")
+            }
             var counts = ["prefill": 0, "decode": 0]
             for role in roles {
                 counts[role]! += 1
                 let (http, kv) = freePair()
+                // With etcd, instances register there only (so a stopped one leaves at once, not after a TTL).
+                let registration =
+                    etcd.map { #""discovery":"\#($0)""# } ?? #""proxy_ip":"\#(reach)","proxy_port":"\#(discoveryPort)""#
                 let config = """
                     {"kv_connector":"P2pNcclConnector","kv_role":"\(role == "prefill" ? "kv_producer" : "kv_consumer")",\
-                    "kv_buffer_size":"1e9","kv_port":"\(kv)","kv_connector_extra_config":{"proxy_ip":"\(reach)",\
-                    "proxy_port":"\(discoveryPort)","http_port":"\(http)","send_type":"\(sendType)"}}
+                    "kv_buffer_size":"1e9","kv_port":"\(kv)","kv_connector_extra_config":{\(registration),\
+                    "http_port":"\(http)","send_type":"\(sendType)"}}
                     """
                 let name = "\(role)\(counts[role]!)"
                 try supervisor.start(
@@ -109,12 +166,17 @@ struct UpCommand: AsyncParsableCommand {
             let proxyURL = "http://\(HostPort(host: reach, port: proxyPort))"
             // A dual-stack proxy answers on both loopbacks.
             let alsoURL = bindHost == "::" ? "   (also http://\(HostPort(host: "127.0.0.1", port: proxyPort)))" : ""
-            try await waitUntilRegistered(proxyURL, supervisor: supervisor)
+            let secondURL = "http://\(HostPort(host: reach, port: proxyPort + 1))"
+            for url in etcd == nil ? [proxyURL] : [proxyURL, secondURL] {
+                try await waitUntilRegistered(url, supervisor: supervisor)
+            }
+            let fleet =
+                etcd.map { "\n  second proxy: \(secondURL) (both watch \($0))" } ?? ""
             say(
                 """
 
                 Tandem is up: \(prefill) prefill and \(decode) decode instance(s) behind the proxy.
-                  proxy:   \(proxyURL)\(alsoURL)
+                  proxy:   \(proxyURL)\(alsoURL)\(fleet)
                   health:  \(proxyURL)/health   metrics: \(proxyURL)/metrics
                   logs:    \(logDir)/
                 Try:

@@ -241,6 +241,9 @@ final class EtcdProcess: @unchecked Sendable {
             await secondsUntil([proxy], timeout: 5) { $0.prefill == 1 && $0.decode == 1 && $0.etcd == "watching" }
                 != nil)
         #expect(prefill.logText.contains("registered again") && decode.logText.contains("registered again"))
+        let metrics = try await decode.get("/metrics").body
+        #expect(metrics.contains("tandem_etcd_registrations_total 2"), "\(metrics)")
+        #expect(metrics.contains("tandem_etcd_lease_losses_total 1") && metrics.contains("tandem_etcd_reachable 1"))
         // The watch is live again: a stopped decode leaves at once.
         kill(decode.process.processIdentifier, SIGTERM)
         let left = await secondsUntil([proxy], timeout: 10) { $0.decode == 0 }
@@ -248,5 +251,36 @@ final class EtcdProcess: @unchecked Sendable {
         print(
             "etcd outage: \(answered) requests answered in 7 s without etcd; records back \(returned) s after it, \(reregistered) s after it lost its data; a stopped decode gone in \(left ?? -1) s"
         )
+    }
+
+    /// `tandem up --discovery etcd`: a local etcd, the instances registered there, two proxies serving one fleet.
+    @Test func upWithEtcdRunsTwoProxiesOverOneFleet() async throws {
+        let logs = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-up-etcd-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: logs) }
+        let proxyPort = freePort()
+        let (up, log) = try await startUp([
+            "--host", "127.0.0.1", "--discovery", "etcd", "--proxy-port", "\(proxyPort)", "--discovery-port",
+            "\(freePort())", "--first-port", "\(freePort())", "--log-dir", logs.path,
+        ])
+        defer { if up.isRunning { up.terminate() } }
+        #expect(log.text.contains("Tandem is up") && log.text.contains("started etcd"), "\(log.text)")
+        var texts: [String] = []
+        for port in [proxyPort, proxyPort + 1] {
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/completions")
+            request.method = .POST
+            request.body = .bytes(
+                ByteBuffer(string: #"{"prompt":"The capital of France is","max_tokens":8,"temperature":0}"#))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            #expect(response.status == .ok, "\(body)")
+            let object = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+            texts.append(object?.firstChoice?["text"] as? String ?? "?")
+        }
+        #expect(texts[0] == texts[1] && texts[0] != "?", "\(texts)")
+        kill(up.processIdentifier, SIGINT)
+        up.waitUntilExit()
+        #expect(up.terminationStatus == 0, "\(log.text)")
+        let proxyLog = try String(contentsOf: logs.appendingPathComponent("proxy2.log"), encoding: .utf8)
+        #expect(proxyLog.contains("Add decode") && proxyLog.contains("(etcd)"), "\(proxyLog)")
     }
 }
