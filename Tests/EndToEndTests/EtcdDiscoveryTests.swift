@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Discovery
 import Foundation
 import NIOCore
 import Testing
@@ -67,6 +68,16 @@ final class EtcdProcess: @unchecked Sendable {
             dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-etcd-\(UUID().uuidString)")
         }
         try await start()
+    }
+
+    /// Puts `value` at `key` (no lease), straight through etcd's JSON gateway.
+    func put(_ key: String, _ value: Data) async throws {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(clientPort)/v3/kv/put")
+        request.method = .POST
+        let body = ["key": Data(key.utf8).base64EncodedString(), "value": value.base64EncodedString()]
+        request.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: body)))
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(2))
+        guard response.status == .ok else { throw TestFailure("etcd put failed: \(response.status)") }
     }
 
     /// The keys under `prefix`, straight from etcd's JSON gateway.
@@ -251,6 +262,37 @@ final class EtcdProcess: @unchecked Sendable {
         print(
             "etcd outage: \(answered) requests answered in 7 s without etcd; records back \(returned) s after it, \(reregistered) s after it lost its data; a stopped decode gone in \(left ?? -1) s"
         )
+    }
+
+    /// With the cluster secret, a proxy lists only records that prove it: one put by someone without the secret
+    /// (an unsigned record, or one signed with another secret) is ignored and logged.
+    @Test func aProxyWithTheSecretListsOnlySignedRecords() async throws {
+        let etcd = try await EtcdProcess()
+        let secret = Array("the fleet's secret, 32 bytes long".utf8)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-secret-\(UUID().uuidString)")
+        try Data(secret).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let proxy = try await onAFreePort { port in
+            try await ServerProcess.proxy(
+                discoveryPort: port, extra: ["--discovery", etcd.url, "--cluster-secret-file", file.path])
+        }
+        defer { proxy.stop() }
+        func record(_ port: Int, secret: [UInt8]?) throws -> (String, Data) {
+            let ping = RegistrationPing(
+                role: .decode, httpAddress: HostPort(host: "127.0.0.1", port: port),
+                zmqAddress: HostPort(host: "127.0.0.1", port: port + 1), resumable: true)
+            let r = EtcdInstanceRecord(ping: ping, model: "default", fingerprint: 42, started: Date(), secret: secret)
+            return (r.key(prefix: Self.prefix), try JSONEncoder().encode(r))
+        }
+        for (key, value) in [try record(9001, secret: nil), try record(9003, secret: Array("another secret".utf8))] {
+            try await etcd.put(key, value)
+        }
+        let (key, value) = try record(9005, secret: secret)
+        try await etcd.put(key, value)
+        #expect(await secondsUntil([proxy], timeout: 10) { $0.decode == 1 } != nil)
+        let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]]
+        #expect(instances?.map { $0["http_address"] as? String } == ["127.0.0.1:9005"])
+        #expect(proxy.logText.contains("its MAC does not match the cluster secret"), "\(proxy.logText)")
     }
 
     /// `tandem up --discovery etcd`: a local etcd, the instances registered there, two proxies serving one fleet.
