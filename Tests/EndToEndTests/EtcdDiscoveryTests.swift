@@ -264,6 +264,30 @@ final class EtcdProcess: @unchecked Sendable {
         )
     }
 
+    /// Both at once: one proxy serves a prefill found in etcd and a decode that pings its ZMQ port (as a vLLM
+    /// instance would), and `/health` says where each came from.
+    @Test func aProxyTakesEtcdAndZMQRegistrationsTogether() async throws {
+        let etcd = try await EtcdProcess()
+        var zmq = 0
+        let proxy = try await onAFreePort { port in
+            zmq = port
+            return try await ServerProcess.proxy(discoveryPort: port, extra: ["--discovery", etcd.url])
+        }
+        let prefill = try await instance("kv_producer", etcd: etcd)
+        let decode = try await onAFreePort { port in
+            try await ServerProcess.instance(
+                role: "kv_consumer", kvPort: port, discoveryPort: zmq, sendType: "PUT_ASYNC")
+        }
+        defer { for p in [proxy, prefill, decode] { p.stop() } }
+        #expect(await secondsUntil([proxy], timeout: 60) { $0.prefill == 1 && $0.decode == 1 } != nil)
+        let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]] ?? []
+        let sources = instances.map { ($0["role"] as? String ?? "?", ($0["discovery"] as? [String]) ?? []) }
+        #expect(sources.contains { $0.0 == "prefill" && $0.1 == ["etcd"] }, "\(sources)")
+        #expect(sources.contains { $0.0 == "decode" && $0.1 == ["zmq"] }, "\(sources)")
+        let reply = try await complete(proxy, "The capital of France is")
+        #expect(reply.status == 200 && reply.text?.isEmpty == false, "\(reply)")
+    }
+
     /// With the cluster secret, a proxy lists only records that prove it: one put by someone without the secret
     /// (an unsigned record, or one signed with another secret) is ignored and logged.
     @Test func aProxyWithTheSecretListsOnlySignedRecords() async throws {
