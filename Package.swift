@@ -35,7 +35,9 @@ let package = Package(
         .target(name: "CKernels", cSettings: optimizedC),
         .target(name: "GGUF"),
         .target(name: "Kernels", dependencies: ["CKernels", "GGUF"]),
-        .target(name: "Engine", dependencies: ["GGUF", "Kernels"]),
+        // JSON values and string literals, with no dependency: shared by the engine (chat templates) and the HTTP API.
+        .target(name: "JSON"),
+        .target(name: "Engine", dependencies: ["GGUF", "JSON", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Discovery",
@@ -47,6 +49,22 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ]),
+        // The OpenAI surface shared by instances and proxy: errors, access and body checks, client-gone
+        // cancellation, the HTTP/1 connection guards, JSON and event-stream responses.
+        .target(
+            name: "OpenAIAPI",
+            dependencies: [
+                "Discovery", "JSON",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+            ]
+        ),
         .target(
             name: "KVTransfer",
             dependencies: [
@@ -64,7 +82,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "GGUF", "Discovery", "KVTransfer", "Kernels",
+                "Engine", "GGUF", "Discovery", "JSON", "KVTransfer", "Kernels", "OpenAIAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -79,7 +97,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "Server", "Discovery",
+                "Discovery", "JSON", "OpenAIAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -120,7 +138,7 @@ let package = Package(
             ],
             path: "Sources/TandemFuzz"),
         .target(name: "CFuzzDriver"),
-        .testTarget(name: "FuzzCorpusTests", dependencies: ["KVTransfer", "Server", "Discovery"]),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["KVTransfer", "Server", "Discovery", "JSON"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF"]),
         .testTarget(
@@ -134,7 +152,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(name: "ProxyUnitTests", dependencies: ["Proxy", "Discovery"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "ModelStore"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "JSON", "ModelStore"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

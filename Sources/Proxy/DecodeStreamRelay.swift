@@ -1,8 +1,9 @@
 import AsyncHTTPClient
 import Discovery
 import Hummingbird
+import JSON
 import NIOCore
-import Server
+import OpenAIAPI
 
 /// Relays a decode instance's stream to the client after the tokens the client already has, and moves the request
 /// to another decode instance when its own fails before the end (see `OverlappedRequest`).

@@ -2,8 +2,9 @@ import AsyncHTTPClient
 import Discovery
 import Foundation
 import Hummingbird
+import JSON
 import NIOCore
-import Server
+import OpenAIAPI
 
 /// How the proxy runs a request over a prefill and a decode instance (`tandem proxy --pd-flow`).
 public enum PDFlow: String, Sendable, CaseIterable {
@@ -226,7 +227,7 @@ struct OverlappedRequest: Sendable {
             return .handedOff(first: nil, tokens: chunk.tokenIds)
         }
         chunk.edit(id: nil, created: nil, keepTokenIds: wantsTokenIds, keepRole: true)
-        return .answered(InstanceAPI.json(chunk.value), success: true)
+        return .answered(Response.json(chunk.value), success: true)
     }
 
     // MARK: - Decode
@@ -284,7 +285,7 @@ struct OverlappedRequest: Sendable {
                             metrics.firstByte(seconds(since: start))
                             metrics.outcome("success")
                             metrics.finished(seconds(since: start))
-                            return InstanceAPI.json(chunk.value)
+                            return Response.json(chunk.value)
                         }
                         why = "it computed other first tokens than the prefill"
                     } else {

@@ -2,9 +2,10 @@ import AsyncHTTPClient
 import Discovery
 import Foundation
 import Hummingbird
+import JSON
 import Logging
 import NIOCore
-import Server
+import OpenAIAPI
 import ServiceLifecycle
 
 /// How the proxy is configured (`tandem proxy` flags; defaults from the runbook).
@@ -172,7 +173,7 @@ public enum ProxyServer {
                     ])
                 ))
         }
-        return InstanceAPI.json(.object(fields))
+        return Response.json(.object(fields))
     }
 
     /// `/v1/models` from a live instance (decode first).

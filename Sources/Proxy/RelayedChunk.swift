@@ -1,4 +1,5 @@
-import Server
+import JSON
+import OpenAIAPI
 
 /// One completion or chat-completion stream chunk on its way through the proxy: read for its token ids and finish
 /// reason, and edited so that a stream stitched from a prefill and one or more decode instances reads as one stream

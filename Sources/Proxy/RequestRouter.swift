@@ -2,11 +2,12 @@ import AsyncHTTPClient
 import Discovery
 import Foundation
 import Hummingbird
+import JSON
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
-import Server
+import OpenAIAPI
 
 /// Routes one OpenAI request through a prefill and a decode instance, as vLLM's P2P proxy does, with the failures
 /// it lacks handled: no instance → 503 at once; a failed prefill or a decode that fails before its first byte is

@@ -1,7 +1,9 @@
 import Engine
 import Foundation
 import Hummingbird
+import JSON
 import NIOConcurrencyHelpers
+import OpenAIAPI
 
 /// What a loaded instance serves with: the engine, its tokenizer and the model's chat template.
 public struct LoadedModel: Sendable {

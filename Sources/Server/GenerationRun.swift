@@ -2,6 +2,8 @@ import Discovery
 import Engine
 import Foundation
 import Hummingbird
+import JSON
+import OpenAIAPI
 
 /// One submitted request on its way back to the client: collected into one response, or streamed as server-sent
 /// events. Records the request's latencies when it ends, and aborts it if the client goes away.
@@ -49,7 +51,7 @@ struct GenerationRun: Sendable {
                 if finish == .abort {
                     throw APIError(.serviceUnavailable, "the request was aborted: the server is shutting down")
                 }
-                return InstanceAPI.json(
+                return Response.json(
                     formatter.response(
                         text: text, tokenIds: ids, logprobs: logprobs, finish: out.handedOff ? nil : finish,
                         usage: usage,
@@ -134,14 +136,4 @@ private final class OutputIterator: @unchecked Sendable {
     init(_ stream: AsyncStream<GenerationOutput>) { iterator = stream.makeAsyncIterator() }
 
     func next() async -> GenerationOutput? { await iterator.next() }
-}
-
-extension HTTPFields {
-    /// The headers of a server-sent-event response.
-    public static var eventStream: HTTPFields {
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
-        return headers
-    }
 }

@@ -1,7 +1,9 @@
 import Discovery
 import Engine
 import Foundation
+import JSON
 import NIOConcurrencyHelpers
+import OpenAIAPI
 import Prometheus
 
 /// The instance's Prometheus metrics, named as vLLM names them so existing dashboards work.

@@ -2,10 +2,12 @@ import Discovery
 import Engine
 import Foundation
 import Hummingbird
+import JSON
 import KVTransfer
 import Kernels
 import Logging
 import NIOConcurrencyHelpers
+import OpenAIAPI
 import ServiceLifecycle
 
 /// How an instance is configured (`tandem serve` flags, named as `vllm serve` names them).
@@ -168,22 +170,6 @@ struct EngineService: Service {
         config.maxBatchedTokens = o.maxBatchedTokens
         config.prefixCaching = o.prefixCaching
         return EngineCore(model: model, tokenizer: tokenizer, config: config, connector: o.kvConnector)
-    }
-}
-
-/// Runs blocking work on its own thread, off Swift's cooperative pool.
-public func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try work() }) }.start()
-    }
-}
-
-public func onThread(_ work: @escaping @Sendable () -> Void) async {
-    await withCheckedContinuation { continuation in
-        Thread {
-            work()
-            continuation.resume()
-        }.start()
     }
 }
 

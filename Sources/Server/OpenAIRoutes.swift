@@ -3,7 +3,9 @@ import Engine
 import Foundation
 import HTTPTypes
 import Hummingbird
+import JSON
 import KVTransfer
+import OpenAIAPI
 
 /// The instance's HTTP API: OpenAI's completions and chat completions, with vLLM's extras.
 public final class InstanceAPI: Sendable {
@@ -59,7 +61,7 @@ public final class InstanceAPI: Sendable {
             _ = try self.host.ready()
             return Response(status: .ok)
         }
-        router.get("/version") { _, _ in Self.json(.object([("version", .string(tandemVersion))])) }
+        router.get("/version") { _, _ in Response.json(.object([("version", .string(tandemVersion))])) }
         router.post("/tokenize") { request, _ in try await self.tokenize(request) }
         router.post("/detokenize") { request, _ in try await self.detokenize(request) }
         router.get("/metrics") { _, _ -> Response in
@@ -70,13 +72,6 @@ public final class InstanceAPI: Sendable {
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
         return router
-    }
-
-    public static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
-        var headers = HTTPFields()
-        headers[.contentType] = "application/json"
-        return Response(
-            status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: value.serialized)))
     }
 
     private func readFields(_ request: Request) async throws -> RequestFields {

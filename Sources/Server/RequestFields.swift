@@ -1,4 +1,6 @@
 import Engine
+import JSON
+import OpenAIAPI
 
 /// Reads typed, range-checked fields from a JSON request object; each wrong value is an `APIError` that names the
 /// field. A field that is absent or `null` reads as nil.

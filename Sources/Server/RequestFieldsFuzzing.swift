@@ -1,3 +1,6 @@
+import JSON
+import OpenAIAPI
+
 /// A request body run through every field reader that needs no model (JSON parsing, sampling fields, streaming,
 /// resume, KV transfer parameters, prompt token ids), for the libFuzzer harness (`tandem-fuzz request-fields`) and
 /// the test that replays its corpus. Whatever the bytes, it must not crash, every wrong field must come back as an

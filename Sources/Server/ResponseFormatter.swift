@@ -1,4 +1,6 @@
 import Engine
+import JSON
+import OpenAIAPI
 
 /// Builds OpenAI-shaped bodies (whole responses and stream chunks) for one completion or chat completion.
 struct ResponseFormatter: Sendable {

@@ -1,5 +1,7 @@
 import Engine
 import Hummingbird
+import JSON
+import OpenAIAPI
 
 /// `/v1/models`, `/tokenize` and `/detokenize`, in vLLM's shapes.
 extension InstanceAPI {
@@ -12,7 +14,7 @@ extension InstanceAPI {
                 ("max_model_len", .int(loaded.engine.config.maxModelLength)), ("permission", .array([])),
             ])
         }
-        return Self.json(.object([("object", "list"), ("data", .array(entries))]))
+        return Response.json(.object([("object", "list"), ("data", .array(entries))]))
     }
 
     func tokenize(_ request: Request) async throws -> Response {
@@ -28,7 +30,7 @@ extension InstanceAPI {
         } else {
             throw APIError.badRequest("give 'prompt' (a string) or 'messages'", param: "prompt")
         }
-        return Self.json(
+        return Response.json(
             .object([
                 ("count", .int(tokens.count)), ("max_model_len", .int(loaded.engine.config.maxModelLength)),
                 ("tokens", .array(tokens.map { .int(Int($0)) })), ("token_strs", .null),
@@ -47,6 +49,6 @@ extension InstanceAPI {
             throw APIError.badRequest(
                 "token id \(bad) is out of vocabulary (valid ids are 0..<\(vocab))", param: "tokens")
         }
-        return Self.json(.object([("prompt", .string(loaded.tokenizer.decode(tokens)))]))
+        return Response.json(.object([("prompt", .string(loaded.tokenizer.decode(tokens)))]))
     }
 }

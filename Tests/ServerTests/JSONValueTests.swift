@@ -1,4 +1,4 @@
-import Server
+import JSON
 import Testing
 
 @Suite struct JSONValueTests {

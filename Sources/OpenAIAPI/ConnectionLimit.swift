@@ -1,5 +1,6 @@
 import Hummingbird
 import HummingbirdCore
+import JSON
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

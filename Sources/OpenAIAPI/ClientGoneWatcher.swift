@@ -1,4 +1,5 @@
 import Hummingbird
+import JSON
 import NIOCore
 
 /// A request context that keeps the client's connection, so that a handler can notice the client leaving.

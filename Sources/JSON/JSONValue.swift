@@ -1,4 +1,3 @@
-import Engine
 import Foundation
 
 /// A JSON document as a value: parsed from request bodies (so every field's type can be checked and reported by
@@ -130,7 +129,7 @@ extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
 
 extension JSONValue {
     /// A human name for the value's type, for error messages.
-    var typeName: String {
+    public var typeName: String {
         switch self {
         case .null: return "null"
         case .bool: return "boolean"
@@ -143,5 +142,5 @@ extension JSONValue {
     }
 
     /// An optional string: nil when null.
-    init(_ s: String?) { self = s.map { .string($0) } ?? .null }
+    public init(_ s: String?) { self = s.map { .string($0) } ?? .null }
 }

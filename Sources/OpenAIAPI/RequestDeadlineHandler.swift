@@ -1,3 +1,4 @@
+import JSON
 import NIOCore
 
 /// What `HTTPExchangeTracker` tells the `RequestDeadlineHandler` at the head of the pipeline (as outbound user

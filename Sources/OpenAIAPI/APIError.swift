@@ -1,6 +1,7 @@
 import Discovery
 import Foundation
 import Hummingbird
+import JSON
 
 /// An error answered to an HTTP client as OpenAI's error object
 /// `{"error": {"message", "type", "param", "code"}}` with a matching status.
