@@ -48,6 +48,12 @@ struct UpCommand: AsyncParsableCommand {
         }
     }
 
+    /// The sample request `up` prints: a chat request, which an instruct model answers (a raw completion of a
+    /// question often gets nothing but the end of the turn).
+    static func sampleRequest(model: String) -> String {
+        #"{"model":"\#(model)","messages":[{"role":"user","content":"What is the capital of France? Answer in one sentence."}],"max_tokens":32,"temperature":0}"#
+    }
+
     /// Starts a local etcd (Debian's etcd-server) on free ports with its data in the log folder; its URL.
     private func startEtcd(_ supervisor: ProcessSupervisor, host: String, reach: String, taken: inout Set<Int>) throws
         -> String
@@ -180,8 +186,8 @@ struct UpCommand: AsyncParsableCommand {
                   health:  \(proxyURL)/health   metrics: \(proxyURL)/metrics
                   logs:    \(logDir)/
                 Try:
-                  curl -s \(proxyURL)/v1/completions -H 'Content-Type: application/json' \\
-                    -d '{"model":"\(model)","prompt":"What is the capital of France?","max_tokens":16,"temperature":0}'
+                  curl -s \(proxyURL)/v1/chat/completions -H 'Content-Type: application/json' \\
+                    -d '\(Self.sampleRequest(model: model))'
                 Ctrl-C stops everything.
                 """)
             let reason = await supervisor.waitForStop()

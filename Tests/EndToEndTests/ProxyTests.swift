@@ -356,6 +356,28 @@ func startUp(_ arguments: [String]) async throws -> (Process, LogBuffer) {
             let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
             #expect(object?.firstChoice?["text"] as? String == want, "\(b)")
         }
+        // The sample `up` prints, and the README's, are answered with text (a new user's first request).
+        let readme = try String(
+            contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+                "../../README.md"), encoding: .utf8)
+        for (source, text) in [("up", log.text), ("README", readme)] {
+            guard let start = text.range(of: "/v1/chat/completions -H 'Content-Type: application/json'"),
+                let body = text[start.upperBound...].range(of: #"-d '(\{[^']*\})'"#, options: .regularExpression)
+            else {
+                Issue.record("\(source) prints no sample chat request")
+                continue
+            }
+            let json = String(text[body].dropFirst(4).dropLast())
+            var request = HTTPClientRequest(url: bases[0] + "/v1/chat/completions")
+            request.method = .POST
+            request.body = .bytes(ByteBuffer(string: json))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            let reply = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            let object = try JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any]
+            let message = object?.firstChoice?["message"] as? [String: Any]
+            let content = (message?["content"] as? String ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(response.status == .ok && !content.isEmpty, "\(source)'s sample got: \(reply)")
+        }
         kill(up.processIdentifier, SIGINT)
         up.waitUntilExit()
         #expect(up.terminationStatus == 0, "\(log.text)")
