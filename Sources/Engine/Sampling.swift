@@ -22,6 +22,8 @@ public struct SamplingParams: Sendable, Equatable {
     public var ignoreEOS = false
     /// Return this many most likely alternatives per token (nil: no logprobs).
     public var logprobs: Int?
+    /// OpenAI's `logit_bias`: added to a token's logit before sampling (greedy too), after the penalties.
+    public var logitBias: [Int32: Float] = [:]
 
     public init() {}
 
@@ -127,6 +129,7 @@ public struct Sampler: Sendable {
             }
         }
         applyPenalties(&logits)
+        for (id, bias) in params.logitBias where Int(id) < logits.count { logits[Int(id)] += bias }
         let chosen: Int32
         if params.temperature <= 0 {
             chosen = Int32(Self.argmax(logits))

@@ -35,10 +35,16 @@ public final class InstanceAPI: Sendable {
     }
 
     /// Refuses a request that asks for more tokens than `--max-tokens-limit`.
-    private func limited(_ params: SamplingParams) throws -> SamplingParams {
+    /// `params` checked against this server's limits and its model's vocabulary.
+    private func limited(_ params: SamplingParams, loaded: LoadedModel) throws -> SamplingParams {
         if let limit = maxTokensLimit, params.maxTokens > limit {
             throw APIError.badRequest(
                 "max_tokens is \(params.maxTokens), more than this server's limit of \(limit)", param: "max_tokens")
+        }
+        let vocabulary = loaded.tokenizer.vocabularySize
+        if let id = params.logitBias.keys.first(where: { Int($0) >= vocabulary }) {
+            throw APIError.badRequest(
+                "'logit_bias' names token \(id), outside the vocabulary of \(vocabulary) tokens", param: "logit_bias")
         }
         return params
     }
@@ -95,7 +101,8 @@ public final class InstanceAPI: Sendable {
         let fields = try await readFields(request)
         try checkModel(fields)
         let prompt = try completionPrompt(fields, loaded: loaded)
-        var params = try limited(fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)))
+        var params = try limited(
+            fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), loaded: loaded)
         params.logprobs = try fields.int("logprobs", in: 0...20)
         return try await run(
             kind: .completion, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
@@ -135,7 +142,8 @@ public final class InstanceAPI: Sendable {
         let text = try chatPrompt(fields, loaded: loaded)
         let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
         var params = try limited(
-            fields.samplingParams(defaultMaxTokens: maxTokensDefault ?? maxTokensLimit ?? Int(Int32.max)))
+            fields.samplingParams(defaultMaxTokens: maxTokensDefault ?? maxTokensLimit ?? Int(Int32.max)),
+            loaded: loaded)
         if try fields.bool("logprobs") == true {
             params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
         }

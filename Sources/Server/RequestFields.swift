@@ -133,7 +133,42 @@ struct RequestFields {
             throw APIError.badRequest("only n = 1 is supported", param: "n")
         }
         if try bool("echo") == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
+        if let bias = value("logit_bias") { p.logitBias = try Self.logitBias(bias) }
+        if let suffix = value("suffix"), suffix != .string("") {
+            throw APIError.badRequest("'suffix' is not supported (no fill-in-the-middle)", param: "suffix")
+        }
+        if let bestOf = try int("best_of", in: 1...Int.max), bestOf != 1 {
+            throw APIError.badRequest("only best_of = 1 is supported", param: "best_of")
+        }
         return p
+    }
+
+    /// OpenAI's `logit_bias`: an object from token ids (as strings) to a bias in [-100, 100].
+    static func logitBias(_ value: JSONValue) throws -> [Int32: Float] {
+        guard case .object(let pairs) = value else {
+            throw APIError.badRequest("'logit_bias' must be an object of token ids to biases", param: "logit_bias")
+        }
+        guard pairs.count <= 1024 else {
+            throw APIError.badRequest("'logit_bias' may name at most 1024 tokens", param: "logit_bias")
+        }
+        var bias: [Int32: Float] = [:]
+        for (key, v) in pairs {
+            guard let id = Int32(key), id >= 0 else {
+                throw APIError.badRequest("'logit_bias' keys must be token ids, not '\(key)'", param: "logit_bias")
+            }
+            let number: Double
+            switch v {
+            case .int(let i): number = Double(i)
+            case .double(let d): number = d
+            default: throw APIError.badRequest("'logit_bias' values must be numbers", param: "logit_bias")
+            }
+            guard (-100...100).contains(number) else {
+                throw APIError.badRequest(
+                    "'logit_bias' values must be in [-100, 100], not \(number)", param: "logit_bias")
+            }
+            bias[id] = Float(number)
+        }
+        return bias
     }
 
     /// Whether to stream, and whether the stream ends with a usage chunk.
