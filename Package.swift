@@ -152,6 +152,13 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(name: "ProxyUnitTests", dependencies: ["Proxy", "Discovery"]),
+        .testTarget(
+            name: "OpenAIAPITests",
+            dependencies: [
+                "JSON", "OpenAIAPI", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "JSON", "ModelStore"]),
         .testTarget(
             name: "EndToEndTests",
