@@ -9,7 +9,7 @@ import OpenAIAPI
 /// events. Records the request's latencies when it ends, and aborts it if the client goes away.
 struct GenerationRun: Sendable {
     let handle: GenerationHandle
-    let formatter: ResponseFormatter
+    var formatter: ResponseFormatter
     let metrics: InstanceMetrics
 
     /// Latency bookkeeping for one request.
@@ -35,6 +35,11 @@ struct GenerationRun: Sendable {
     }
 
     func collectedResponse() async throws -> Response {
+        Response.json(try await collectedBody().body)
+    }
+
+    /// The whole response body, and the request's usage.
+    func collectedBody() async throws -> (body: JSONValue, usage: GenerationUsage) {
         defer { handle.abort() }
         var timing = Timing()
         var text = ""
@@ -51,11 +56,10 @@ struct GenerationRun: Sendable {
                 if finish == .abort {
                     throw APIError(.serviceUnavailable, "the request was aborted: the server is shutting down")
                 }
-                return Response.json(
-                    formatter.response(
-                        text: text, tokenIds: ids, logprobs: logprobs, finish: out.handedOff ? nil : finish,
-                        usage: usage,
-                        kvTransferParams: out.kvTransferParams))
+                let body = formatter.response(
+                    text: text, tokenIds: ids, logprobs: logprobs, finish: out.handedOff ? nil : finish, usage: usage,
+                    kvTransferParams: out.kvTransferParams)
+                return (body, usage)
             }
         }
         throw APIError(.internalServerError, "the engine ended the request without a result")

@@ -100,37 +100,44 @@ public final class InstanceAPI: Sendable {
         let loaded = try host.ready()
         let fields = try await readFields(request)
         try checkModel(fields)
-        let prompt = try completionPrompt(fields, loaded: loaded)
+        let prompts = try completionPrompts(fields, loaded: loaded)
         var params = try limited(
             fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), loaded: loaded)
         params.logprobs = try fields.int("logprobs", in: 0...20)
         return try await run(
-            kind: .completion, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
+            kind: .completion, request: request, fields: fields, prompts: prompts, params: params, loaded: loaded)
     }
 
-    private func completionPrompt(_ fields: RequestFields, loaded: LoadedModel) throws -> [Int32] {
+    /// The prompts of a completion request: a string, an array of token ids, or an array of either (a prompt list,
+    /// one choice per prompt).
+    private func completionPrompts(_ fields: RequestFields, loaded: LoadedModel) throws -> [[Int32]] {
         let addSpecial = try fields.bool("add_special_tokens") ?? true
         guard let value = fields.value("prompt") else {
             throw APIError.badRequest("'prompt' is required", param: "prompt")
         }
         switch value {
         case .string(let text):
-            return loaded.tokenizer.encode(text, addSpecial: addSpecial)
+            return [loaded.tokenizer.encode(text, addSpecial: addSpecial)]
         case .array(let items):
             guard !items.isEmpty else { throw APIError.badRequest("'prompt' is empty", param: "prompt") }
-            if case .int = items[0] { return try items.map { try RequestFields.tokenId($0, key: "prompt") } }
-            guard items.count == 1 else {
-                throw APIError.badRequest("batched prompts are not supported; send one prompt", param: "prompt")
+            if case .int = items[0] { return [try items.map { try RequestFields.tokenId($0, key: "prompt") }] }
+            guard items.count <= 64 else {
+                throw APIError.badRequest("'prompt' lists at most 64 prompts", param: "prompt")
             }
-            switch items[0] {
-            case .string(let text): return loaded.tokenizer.encode(text, addSpecial: addSpecial)
-            case .array(let inner): return try inner.map { try RequestFields.tokenId($0, key: "prompt") }
-            default: break
+            return try items.map { item in
+                switch item {
+                case .string(let text): return loaded.tokenizer.encode(text, addSpecial: addSpecial)
+                case .array(let inner) where !inner.isEmpty:
+                    return try inner.map { try RequestFields.tokenId($0, key: "prompt") }
+                default:
+                    throw APIError.badRequest(
+                        "a prompt list holds strings or non-empty arrays of token ids", param: "prompt")
+                }
             }
-        default: break
+        default:
+            throw APIError.badRequest(
+                "'prompt' must be a string, an array of token ids, or a list of either", param: "prompt")
         }
-        throw APIError.badRequest(
-            "'prompt' must be a string, an array of token ids, or a one-element array of either", param: "prompt")
     }
 
     // MARK: - Chat
@@ -148,7 +155,7 @@ public final class InstanceAPI: Sendable {
             params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
         }
         return try await run(
-            kind: .chat, request: request, fields: fields, prompt: prompt, params: params, loaded: loaded)
+            kind: .chat, request: request, fields: fields, prompts: [prompt], params: params, loaded: loaded)
     }
 
     func chatPrompt(_ fields: RequestFields, loaded: LoadedModel) throws -> String {
@@ -183,13 +190,78 @@ public final class InstanceAPI: Sendable {
 
     // MARK: - Running a request
 
+    /// Runs a request's choices: one per prompt and per `n`, numbered prompt by prompt.
     private func run(
-        kind: ResponseFormatter.Kind, request: Request, fields: RequestFields, prompt: [Int32],
+        kind: ResponseFormatter.Kind, request: Request, fields: RequestFields, prompts: [[Int32]],
         params: SamplingParams, loaded: LoadedModel
     ) async throws -> Response {
-        let (stream, includeUsage) = try fields.streaming()
-        let returnTokenIds = try fields.bool("return_token_ids") ?? false
+        let n = try fields.choiceCount()
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        guard prompts.count * n > 1 else {
+            let run = try start(
+                kind: kind, requestId: requestId, fields: fields, prompt: prompts[0], params: params, loaded: loaded)
+            let (stream, includeUsage) = try fields.streaming()
+            if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
+            return try await run.collectedResponse()
+        }
+        if try fields.streaming().stream {
+            throw APIError.badRequest(
+                "streaming several choices (a prompt list or n > 1) is not supported yet; send \"stream\": false",
+                param: "stream")
+        }
+        // Disaggregated, a request's KV moves under its one id: several choices are not split across instances yet.
+        let transfers = kvConnector.map { c in
+            fields.value("kv_transfer_params") != nil
+                || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
+        }
+        if transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil {
+            throw APIError.badRequest(
+                "a disaggregated or resumed request carries one prompt and n = 1 (send several choices to a colocated instance)",
+                param: n > 1 ? "n" : "prompt")
+        }
+        // Choice j of a prompt samples with seed + j (as vLLM's parallel sampling does), so a seeded run repeats.
+        var runs: [GenerationRun] = []
+        do {
+            for (p, prompt) in prompts.enumerated() {
+                for j in 0..<n {
+                    var choiceParams = params
+                    choiceParams.seed = params.seed.map { $0 &+ UInt64(j) }
+                    var run = try start(
+                        kind: kind, requestId: "\(requestId)-\(p * n + j)", fields: fields, prompt: prompt,
+                        params: choiceParams, loaded: loaded, responseId: requestId)
+                    run.formatter.index = p * n + j
+                    runs.append(run)
+                }
+            }
+        } catch {
+            for r in runs { r.handle.abort() }
+            throw error
+        }
+        let parts = try await withThrowingTaskGroup(of: (Int, JSONValue, GenerationUsage).self) { group in
+            for (i, run) in runs.enumerated() {
+                group.addTask {
+                    let (body, usage) = try await run.collectedBody()
+                    return (i, body, usage)
+                }
+            }
+            var parts: [(Int, JSONValue, GenerationUsage)] = []
+            do {
+                for try await part in group { parts.append(part) }
+            } catch {
+                for r in runs { r.handle.abort() }
+                throw error
+            }
+            return parts.sorted { $0.0 < $1.0 }.map { (body: $0.1, usage: $0.2) }
+        }
+        return Response.json(runs[0].formatter.merged(parts, promptTokenTotal: prompts.reduce(0) { $0 + $1.count }))
+    }
+
+    /// Submits one choice to the engine; its run, not yet read.
+    private func start(
+        kind: ResponseFormatter.Kind, requestId: String, fields: RequestFields, prompt: [Int32],
+        params: SamplingParams, loaded: LoadedModel, responseId: String? = nil
+    ) throws -> GenerationRun {
+        let returnTokenIds = try fields.bool("return_token_ids") ?? false
         var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
         generation.resume = try fields.resume()
         generation.handOffAfterFirstToken = try fields.bool("tandem_handoff") ?? false
@@ -215,14 +287,13 @@ public final class InstanceAPI: Sendable {
             default: throw APIError.badRequest(error.description, param: kind == .chat ? "messages" : "prompt")
             }
         }
+        let id = responseId ?? requestId
         var formatter = ResponseFormatter(
-            kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + requestId, created: created,
+            kind: kind, id: (kind == .completion ? "cmpl-" : "chatcmpl-") + id, created: created,
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
         formatter.textOffsetBase = handle.resumedText.count
-        let run = GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
-        if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
-        return try await run.collectedResponse()
+        return GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
     }
 }
 

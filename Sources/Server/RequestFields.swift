@@ -129,9 +129,6 @@ struct RequestFields {
         if let v = try number("repetition_penalty", in: 0...100, openLow: true) { p.repetitionPenalty = Float(v) }
         if let v = try bool("ignore_eos") { p.ignoreEOS = v }
         if let v = try int("min_tokens", in: 0...Int(Int32.max)) { p.minTokens = v }
-        if let n = try int("n", in: 1...Int.max), n != 1 {
-            throw APIError.badRequest("only n = 1 is supported", param: "n")
-        }
         if try bool("echo") == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
         if let bias = value("logit_bias") { p.logitBias = try Self.logitBias(bias) }
         if let suffix = value("suffix"), suffix != .string("") {
@@ -170,6 +167,9 @@ struct RequestFields {
         }
         return bias
     }
+
+    /// OpenAI's `n`: how many choices per prompt (1 to 128).
+    func choiceCount() throws -> Int { try int("n", in: 1...128) ?? 1 }
 
     /// Whether to stream, and whether the stream ends with a usage chunk.
     func streaming() throws -> (stream: Bool, includeUsage: Bool) {

@@ -10,6 +10,7 @@ public enum RequestFieldsFuzzing {
         guard let fields = try? RequestFields(body: bytes) else { return }
         _ = try? fields.samplingParams(defaultMaxTokens: 16)
         _ = try? fields.streaming()
+        _ = try? fields.choiceCount()
         _ = try? fields.resume()
         _ = try? fields.kvTransferParams()
         _ = try? fields.tokenIds("prompt")

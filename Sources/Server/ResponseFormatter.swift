@@ -17,6 +17,8 @@ struct ResponseFormatter: Sendable {
     let wantsLogprobs: Bool
     /// Characters of text before this answer's (a resumed request's earlier text): where `text_offset` starts.
     var textOffsetBase = 0
+    /// The choice's `index` (a prompt list's or `n`'s choices are numbered prompt by prompt, as OpenAI does).
+    var index = 0
 
     var object: String { kind == .completion ? "text_completion" : "chat.completion" }
     var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
@@ -26,7 +28,7 @@ struct ResponseFormatter: Sendable {
         text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, usage: GenerationUsage,
         kvTransferParams: [(String, KVParamValue)]? = nil
     ) -> JSONValue {
-        var choice: [(String, JSONValue)] = [("index", 0)]
+        var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
         case .completion: choice.append(("text", .string(text)))
         case .chat:
@@ -52,7 +54,7 @@ struct ResponseFormatter: Sendable {
         text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, first: Bool,
         textOffset: Int, includeUsageField: Bool
     ) -> JSONValue {
-        var choice: [(String, JSONValue)] = [("index", 0)]
+        var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
         case .completion: choice.append(("text", .string(text)))
         case .chat:
@@ -73,6 +75,22 @@ struct ResponseFormatter: Sendable {
         ]
         if includeUsageField { body.append(("usage", .null)) }
         return .object(body)
+    }
+
+    /// One response of several choices from their own responses (each with one choice): the choices in index
+    /// order, and the usage of the whole request (each prompt counted once however many choices it has).
+    func merged(_ parts: [(body: JSONValue, usage: GenerationUsage)], promptTokenTotal: Int) -> JSONValue {
+        let choices = parts.flatMap { part -> [JSONValue] in
+            if case .array(let items)? = part.body["choices"] { return items }
+            return []
+        }
+        let usage = GenerationUsage(
+            promptTokens: promptTokenTotal, completionTokens: parts.reduce(0) { $0 + $1.usage.completionTokens },
+            cachedTokens: parts.reduce(0) { $0 + $1.usage.cachedTokens })
+        return .object([
+            ("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
+            ("choices", .array(choices)), ("usage", usageJSON(usage)),
+        ])
     }
 
     /// The last chunk of a stream with `stream_options.include_usage`: no choices, only usage.

@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+
+/// Several choices in one request: `n` (choice j of a seeded request samples with seed + j) and prompt lists (one
+/// choice per prompt, numbered prompt by prompt), each choice what the same request alone would give.
+@Suite struct ChoicesTests {
+    struct Choice: Equatable {
+        var index: Int
+        var text: String
+    }
+
+    func choices(_ server: ServerProcess, _ body: String) async throws -> (choices: [Choice], usage: [String: Any]) {
+        let reply = try await server.post("/v1/completions", body)
+        #expect(reply.status == .ok, "\(body): \(reply.body)")
+        let list = (reply.json?["choices"] as? [[String: Any]] ?? []).map {
+            Choice(index: $0["index"] as? Int ?? -1, text: $0["text"] as? String ?? "?")
+        }
+        return (list, reply.json?["usage"] as? [String: Any] ?? [:])
+    }
+
+    @Test func nAndPromptListsGiveWhatTheRequestsAloneWould() async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        let prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+        var alone: [String] = []
+        for p in prompts {
+            alone.append(
+                try await choices(server, #"{"prompt":"\#(p)","max_tokens":8,"temperature":0}"#).choices[0].text)
+        }
+        // A prompt list: one choice per prompt, in order, equal to the prompts sent one by one.
+        let list = try await choices(
+            server, #"{"prompt":["\#(prompts[0])","\#(prompts[1])","\#(prompts[2])"],"max_tokens":8,"temperature":0}"#)
+        #expect(list.choices == alone.enumerated().map { Choice(index: $0.offset, text: $0.element) })
+        #expect(list.usage["completion_tokens"] as? Int == 24)
+
+        // n = 3, seeded at temperature 0.9: choice j is the request alone with seed 7 + j.
+        let sampled = try await choices(
+            server, #"{"prompt":"\#(prompts[2])","max_tokens":12,"temperature":0.9,"seed":7,"n":3}"#)
+        #expect(sampled.choices.map(\.index) == [0, 1, 2])
+        for j in 0..<3 {
+            let one = try await choices(
+                server, #"{"prompt":"\#(prompts[2])","max_tokens":12,"temperature":0.9,"seed":\#(7 + j)}"#)
+            #expect(sampled.choices[j].text == one.choices[0].text, "choice \(j)")
+        }
+        #expect(Set(sampled.choices.map(\.text)).count > 1, "different seeds, different samples: \(sampled.choices)")
+        let again = try await choices(
+            server, #"{"prompt":"\#(prompts[2])","max_tokens":12,"temperature":0.9,"seed":7,"n":3}"#)
+        #expect(again.choices == sampled.choices, "a seeded n > 1 request repeats")
+        let single = try await choices(server, #"{"prompt":"\#(prompts[2])","max_tokens":12,"seed":7}"#)
+        #expect(
+            sampled.usage["prompt_tokens"] as? Int == single.usage["prompt_tokens"] as? Int, "the prompt counted once")
+        #expect(sampled.usage["completion_tokens"] as? Int == 36)
+
+        // A list of token-id lists with n = 2: four choices, prompt by prompt.
+        let ids = try await server.post("/tokenize", #"{"prompt":"\#(prompts[0])"}"#).json?["tokens"] as? [Int] ?? []
+        let both = try await choices(
+            server, #"{"prompt":[\#(ids),\#(ids.prefix(3).map { $0 })],"max_tokens":4,"temperature":0,"n":2}"#)
+        #expect(both.choices.map(\.index) == [0, 1, 2, 3])
+        #expect(both.choices[0].text == both.choices[1].text && both.choices[2].text == both.choices[3].text)
+        #expect(both.usage["prompt_tokens"] as? Int == ids.count + 3, "each prompt counted once: \(both.usage)")
+
+        // Chat with n = 2: two messages.
+        let chat = try await server.post(
+            "/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":4,"n":2}"#)
+        #expect((chat.json?["choices"] as? [[String: Any]])?.count == 2, "\(chat.body)")
+
+        // Not yet: several choices streamed; and n out of range.
+        for (body, param) in [
+            (#"{"prompt":"x","n":2,"stream":true}"#, "stream"), (#"{"prompt":"x","n":0}"#, "n"),
+            (#"{"prompt":"x","n":129}"#, "n"), (#"{"prompt":[]}"#, "prompt"), (#"{"prompt":["a",[]]}"#, "prompt"),
+        ] {
+            let reply = try await server.post("/v1/completions", body)
+            let error = reply.json?["error"] as? [String: Any]
+            #expect(reply.status == .badRequest && error?["param"] as? String == param, "\(body): \(reply.body)")
+        }
+    }
+
+    /// Through the proxy (disaggregated), several choices are not split across instances yet: a clear 400, at once.
+    @Test func theProxyRefusesSeveralChoicesWithA400() async throws {
+        let cluster = try await ResumeTests.Cluster.start(decodes: 1, colocated: false)
+        defer { cluster.stop() }
+        for body in [#"{"prompt":"x","n":2,"max_tokens":4}"#, #"{"prompt":["a","b"],"max_tokens":4}"#] {
+            let reply = try await cluster.proxy.post("/v1/completions", body)
+            let error = reply.json?["error"] as? [String: Any]
+            #expect(reply.status == .badRequest && error?["message"] as? String != nil, "\(body): \(reply.body)")
+        }
+        let fine = try await cluster.proxy.post("/v1/completions", #"{"prompt":"x","max_tokens":4}"#)
+        #expect(fine.status == .ok)
+    }
+}
