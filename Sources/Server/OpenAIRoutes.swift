@@ -104,6 +104,10 @@ public final class InstanceAPI: Sendable {
         var params = try limited(
             fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), loaded: loaded)
         params.logprobs = try fields.int("logprobs", in: 0...20)
+        if try fields.bool("echo") == true, params.logprobs != nil {
+            throw APIError.badRequest(
+                "'echo' with 'logprobs' (the prompt's logprobs) is not supported yet", param: "echo")
+        }
         return try await run(
             kind: .completion, request: request, fields: fields, prompts: prompts, params: params, loaded: loaded)
     }
@@ -146,6 +150,9 @@ public final class InstanceAPI: Sendable {
         let loaded = try host.ready()
         let fields = try await readFields(request)
         try checkModel(fields)
+        if try fields.bool("echo") == true {
+            throw APIError.badRequest("'echo' is served for completions, not chat", param: "echo")
+        }
         let text = try chatPrompt(fields, loaded: loaded)
         let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
         var params = try limited(
@@ -197,6 +204,17 @@ public final class InstanceAPI: Sendable {
     ) async throws -> Response {
         let n = try fields.choiceCount()
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        // Disaggregated, a request's KV moves under its one id and its answer is split between instances: several
+        // choices and an echoed prompt are served by colocated instances for now.
+        let transfers = kvConnector.map { c in
+            fields.value("kv_transfer_params") != nil
+                || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
+        }
+        let split = transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil
+        if split, try fields.bool("echo") == true {
+            throw APIError.badRequest(
+                "'echo' is served by a colocated instance, not in a disaggregated or resumed request", param: "echo")
+        }
         guard prompts.count * n > 1 else {
             let run = try start(
                 kind: kind, requestId: requestId, fields: fields, prompt: prompts[0], params: params, loaded: loaded)
@@ -209,12 +227,7 @@ public final class InstanceAPI: Sendable {
                 "streaming several choices (a prompt list or n > 1) is not supported yet; send \"stream\": false",
                 param: "stream")
         }
-        // Disaggregated, a request's KV moves under its one id: several choices are not split across instances yet.
-        let transfers = kvConnector.map { c in
-            fields.value("kv_transfer_params") != nil
-                || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
-        }
-        if transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil {
+        if split {
             throw APIError.badRequest(
                 "a disaggregated or resumed request carries one prompt and n = 1 (send several choices to a colocated instance)",
                 param: n > 1 ? "n" : "prompt")
@@ -293,6 +306,7 @@ public final class InstanceAPI: Sendable {
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
         formatter.textOffsetBase = handle.resumedText.count
+        if kind == .completion, try fields.bool("echo") == true { formatter.echoText = loaded.tokenizer.decode(prompt) }
         return GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
     }
 }

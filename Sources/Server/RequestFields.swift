@@ -129,7 +129,6 @@ struct RequestFields {
         if let v = try number("repetition_penalty", in: 0...100, openLow: true) { p.repetitionPenalty = Float(v) }
         if let v = try bool("ignore_eos") { p.ignoreEOS = v }
         if let v = try int("min_tokens", in: 0...Int(Int32.max)) { p.minTokens = v }
-        if try bool("echo") == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
         if let bias = value("logit_bias") { p.logitBias = try Self.logitBias(bias) }
         if let suffix = value("suffix"), suffix != .string("") {
             throw APIError.badRequest("'suffix' is not supported (no fill-in-the-middle)", param: "suffix")

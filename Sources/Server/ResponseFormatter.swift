@@ -17,6 +17,8 @@ struct ResponseFormatter: Sendable {
     let wantsLogprobs: Bool
     /// Characters of text before this answer's (a resumed request's earlier text): where `text_offset` starts.
     var textOffsetBase = 0
+    /// The prompt's text, put before the answer's (`echo`, completions only).
+    var echoText = ""
     /// The choice's `index` (a prompt list's or `n`'s choices are numbered prompt by prompt, as OpenAI does).
     var index = 0
 
@@ -30,7 +32,7 @@ struct ResponseFormatter: Sendable {
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
-        case .completion: choice.append(("text", .string(text)))
+        case .completion: choice.append(("text", .string(echoText + text)))
         case .chat:
             choice.append(("message", .object([("role", "assistant"), ("content", .string(text))])))
         }
@@ -56,7 +58,7 @@ struct ResponseFormatter: Sendable {
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
-        case .completion: choice.append(("text", .string(text)))
+        case .completion: choice.append(("text", .string(first ? echoText + text : text)))
         case .chat:
             var delta: [(String, JSONValue)] = []
             if first { delta.append(("role", "assistant")) }

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// Several choices in one request: `n` (choice j of a seeded request samples with seed + j) and prompt lists (one
-/// choice per prompt, numbered prompt by prompt), each choice what the same request alone would give.
+/// choice per prompt, numbered prompt by prompt), each choice what the same request alone would give; and `echo`.
 @Suite struct ChoicesTests {
     struct Choice: Equatable {
         var index: Int
@@ -79,12 +79,42 @@ import Testing
     @Test func theProxyRefusesSeveralChoicesWithA400() async throws {
         let cluster = try await ResumeTests.Cluster.start(decodes: 1, colocated: false)
         defer { cluster.stop() }
-        for body in [#"{"prompt":"x","n":2,"max_tokens":4}"#, #"{"prompt":["a","b"],"max_tokens":4}"#] {
+        for body in [
+            #"{"prompt":"x","n":2,"max_tokens":4}"#, #"{"prompt":["a","b"],"max_tokens":4}"#,
+            #"{"prompt":"x","echo":true,"max_tokens":4}"#,
+        ] {
             let reply = try await cluster.proxy.post("/v1/completions", body)
             let error = reply.json?["error"] as? [String: Any]
             #expect(reply.status == .badRequest && error?["message"] as? String != nil, "\(body): \(reply.body)")
         }
         let fine = try await cluster.proxy.post("/v1/completions", #"{"prompt":"x","max_tokens":4}"#)
         #expect(fine.status == .ok)
+    }
+
+    /// `echo`: a completion's text starts with its prompt, whole or streamed, for each prompt of a list.
+    @Test func echoStartsEachTextWithItsPrompt() async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        let prompt = "The capital of France is"
+        let alone = try await choices(server, #"{"prompt":"\#(prompt)","max_tokens":8,"temperature":0}"#).choices[0]
+            .text
+        let echoed = try await choices(
+            server, #"{"prompt":"\#(prompt)","max_tokens":8,"temperature":0,"echo":true}"#)
+        #expect(echoed.choices[0].text == prompt + alone)
+        let stream = try await server.post(
+            "/v1/completions", #"{"prompt":"\#(prompt)","max_tokens":8,"temperature":0,"echo":true,"stream":true}"#)
+        let pieces = stream.events.compactMap { ($0["choices"] as? [[String: Any]])?.first?["text"] as? String }
+        #expect(pieces.first?.hasPrefix(prompt) == true && pieces.joined() == prompt + alone, "\(pieces)")
+        let list = try await choices(
+            server, #"{"prompt":["\#(prompt)","Once upon a time"],"max_tokens":4,"temperature":0,"echo":true}"#)
+        #expect(list.choices[0].text.hasPrefix(prompt) && list.choices[1].text.hasPrefix("Once upon a time"))
+        for (path, body) in [
+            ("/v1/completions", #"{"prompt":"x","echo":true,"logprobs":1}"#),
+            ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"echo":true}"#),
+        ] {
+            let reply = try await server.post(path, body)
+            let error = reply.json?["error"] as? [String: Any]
+            #expect(reply.status == .badRequest && error?["param"] as? String == "echo", "\(body): \(reply.body)")
+        }
     }
 }
