@@ -1,0 +1,88 @@
+"""Everyday calls of the real openai client (3.57, PyPI) against a Tandem server: prints one JSON line of results.
+
+Usage: python openai_client_checks.py BASE_URL MODE, MODE `colocated` (every check) or `proxy` (what a
+disaggregated deployment serves: several choices and echo are refused there for now, and that is checked too).
+"""
+
+import json
+import sys
+
+import openai
+
+base, mode = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+results = {}
+
+
+def check(name, ok, detail=""):
+    results[name] = {"ok": bool(ok), "detail": str(detail)[:300]}
+
+
+models = client.models.list()
+check("models", any(m.id == "default" for m in models.data), [m.id for m in models.data])
+
+c = client.completions.create(model="default", prompt="The capital of France is", max_tokens=8, temperature=0)
+check("completion", c.choices[0].text.strip() != "" and c.usage.completion_tokens == 8, c.choices[0].text)
+
+chat = client.chat.completions.create(
+    model="default",
+    messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+    max_tokens=32,
+    temperature=0,
+)
+check("chat", "Paris" in (chat.choices[0].message.content or ""), chat.choices[0].message.content)
+
+pieces = []
+for chunk in client.chat.completions.create(
+    model="default", messages=[{"role": "user", "content": "Name three primary colors."}], max_tokens=24,
+    temperature=0, stream=True, stream_options={"include_usage": True},
+):
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+    usage = chunk.usage or None
+check("chat_stream", "".join(pieces).strip() != "" and usage is not None, "".join(pieces))
+
+forced = client.completions.create(
+    model="default", prompt="Hello", max_tokens=3, temperature=0.9, seed=1, logit_bias={"1234": 100}
+)
+check("logit_bias", forced.usage.completion_tokens == 3, forced.choices[0].text)
+
+if mode == "colocated":
+    three = client.completions.create(
+        model="default", prompt="Once upon a time", max_tokens=8, temperature=0.9, seed=5, n=3
+    )
+    check("n3", sorted(ch.index for ch in three.choices) == [0, 1, 2], [ch.text for ch in three.choices])
+
+    echo = client.completions.create(
+        model="default", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True
+    )
+    check("echo", echo.choices[0].text.startswith("The capital of France is"), echo.choices[0].text)
+
+    prompts = ["The capital of France is", "def add(a, b):"]
+    batch = client.completions.create(model="default", prompt=prompts, max_tokens=6, temperature=0)
+    alone = [
+        client.completions.create(model="default", prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in prompts
+    ]
+    ordered = [ch.text for ch in sorted(batch.choices, key=lambda ch: ch.index)]
+    check("prompt_list", ordered == alone, {"batch": ordered, "alone": alone})
+else:
+    try:
+        client.completions.create(model="default", prompt="x", max_tokens=4, n=2)
+        check("n_refused", False, "n=2 was accepted")
+    except openai.BadRequestError as error:
+        check("n_refused", error.status_code == 400, error.message)
+
+try:
+    client.completions.create(model="default", prompt="x", max_tokens=4, best_of=2)
+    check("best_of_refused", False, "best_of=2 was accepted")
+except openai.BadRequestError as error:
+    check("best_of_refused", "best_of" in str(error.body), error.body)
+
+try:
+    client.completions.create(model="nope", prompt="x", max_tokens=4)
+    check("unknown_model", False, "accepted")
+except openai.NotFoundError as error:
+    check("unknown_model", error.status_code == 404, error.body)
+
+print(json.dumps(results))
