@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import Hummingbird
 import JSON
+import NIOConcurrencyHelpers
 import OpenAIAPI
 
 /// One submitted request on its way back to the client: collected into one response, or streamed as server-sent
@@ -125,6 +126,65 @@ struct GenerationRun: Sendable {
                         }
                     }
                     next = await outputs.next()
+                }
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.finish(nil)
+            })
+    }
+}
+
+extension GenerationRun {
+    /// Several choices streamed as one stream of server-sent events: each run's chunks carry its choice's index and
+    /// go out as they come, interleaved; then the usage of the whole request (each prompt counted once) when asked,
+    /// and `[DONE]`. A client that leaves aborts every choice.
+    static func streamingResponse(of runs: [GenerationRun], includeUsage: Bool, promptTokenTotal: Int) -> Response {
+        Response(
+            status: .ok, headers: HTTPFields.eventStream,
+            body: ResponseBody { writer in
+                let (lines, continuation) = AsyncStream<String>.makeStream()
+                let usages = NIOLockedValueBox<[GenerationUsage]>([])
+                let tasks = runs.map { run in
+                    Task {
+                        var timing = Timing()
+                        var first = true
+                        var textOffset = 0
+                        for await out in run.handle.outputs {
+                            if !out.tokenIds.isEmpty { timing.tokenArrived() }
+                            if first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
+                                || run.formatter.wantsLogprobs
+                            {
+                                let chunk = run.formatter.chunk(
+                                    text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
+                                    finish: out.finishReason, first: first, textOffset: textOffset,
+                                    includeUsageField: includeUsage)
+                                continuation.yield("data: \(chunk.serialized)\n\n")
+                                first = false
+                                textOffset += out.text.count
+                            }
+                            if let finish = out.finishReason, let usage = out.usage {
+                                run.record(timing, finish, usage)
+                                usages.withLockedValue { $0.append(usage) }
+                            }
+                        }
+                    }
+                }
+                let all = Task {
+                    for task in tasks { await task.value }
+                    continuation.finish()
+                }
+                defer {
+                    for task in tasks { task.cancel() }
+                    for run in runs { run.handle.abort() }
+                    all.cancel()
+                }
+                for await line in lines { try await writer.write(ByteBuffer(string: line)) }
+                if includeUsage {
+                    let parts = usages.withLockedValue { $0 }
+                    let usage = GenerationUsage(
+                        promptTokens: promptTokenTotal, completionTokens: parts.reduce(0) { $0 + $1.completionTokens },
+                        cachedTokens: parts.reduce(0) { $0 + $1.cachedTokens })
+                    try await writer.write(
+                        ByteBuffer(string: "data: \(runs[0].formatter.usageChunk(usage).serialized)\n\n"))
                 }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 try await writer.finish(nil)

@@ -222,11 +222,6 @@ public final class InstanceAPI: Sendable {
             if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
             return try await run.collectedResponse()
         }
-        if try fields.streaming().stream {
-            throw APIError.badRequest(
-                "streaming several choices (a prompt list or n > 1) is not supported yet; send \"stream\": false",
-                param: "stream")
-        }
         if split {
             throw APIError.badRequest(
                 "a disaggregated or resumed request carries one prompt and n = 1 (send several choices to a colocated instance)",
@@ -250,6 +245,12 @@ public final class InstanceAPI: Sendable {
             for r in runs { r.handle.abort() }
             throw error
         }
+        let promptTokenTotal = prompts.reduce(0) { $0 + $1.count }
+        let (stream, includeUsage) = try fields.streaming()
+        if stream {
+            return GenerationRun.streamingResponse(
+                of: runs, includeUsage: includeUsage, promptTokenTotal: promptTokenTotal)
+        }
         let parts = try await withThrowingTaskGroup(of: (Int, JSONValue, GenerationUsage).self) { group in
             for (i, run) in runs.enumerated() {
                 group.addTask {
@@ -266,7 +267,7 @@ public final class InstanceAPI: Sendable {
             }
             return parts.sorted { $0.0 < $1.0 }.map { (body: $0.1, usage: $0.2) }
         }
-        return Response.json(runs[0].formatter.merged(parts, promptTokenTotal: prompts.reduce(0) { $0 + $1.count }))
+        return Response.json(runs[0].formatter.merged(parts, promptTokenTotal: promptTokenTotal))
     }
 
     /// Submits one choice to the engine; its run, not yet read.

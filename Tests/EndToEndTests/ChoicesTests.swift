@@ -2,7 +2,8 @@ import Foundation
 import Testing
 
 /// Several choices in one request: `n` (choice j of a seeded request samples with seed + j) and prompt lists (one
-/// choice per prompt, numbered prompt by prompt), each choice what the same request alone would give; and `echo`.
+/// choice per prompt, numbered prompt by prompt), whole or streamed, each choice what the same request alone would
+/// give; and `echo`.
 @Suite struct ChoicesTests {
     struct Choice: Equatable {
         var index: Int
@@ -64,9 +65,24 @@ import Testing
             "/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":4,"n":2}"#)
         #expect((chat.json?["choices"] as? [[String: Any]])?.count == 2, "\(chat.body)")
 
-        // Not yet: several choices streamed; and n out of range.
+        // Streamed, the same choices arrive interleaved, each chunk with its index, then the whole usage.
+        let streamed = try await server.post(
+            "/v1/completions",
+            #"{"prompt":"\#(prompts[2])","max_tokens":12,"temperature":0.9,"seed":7,"n":3,"stream":true,"stream_options":{"include_usage":true}}"#
+        )
+        var texts = ["", "", ""]
+        for event in streamed.events {
+            for choice in event["choices"] as? [[String: Any]] ?? [] {
+                if let i = choice["index"] as? Int, (0..<3).contains(i) { texts[i] += choice["text"] as? String ?? "" }
+            }
+        }
+        #expect(texts == sampled.choices.map(\.text), "\(texts)")
+        let usage = streamed.events.last?["usage"] as? [String: Any]
+        #expect(usage?["completion_tokens"] as? Int == 36 && streamed.body.hasSuffix("data: [DONE]\n\n"))
+
+        // Out of range.
         for (body, param) in [
-            (#"{"prompt":"x","n":2,"stream":true}"#, "stream"), (#"{"prompt":"x","n":0}"#, "n"),
+            (#"{"prompt":"x","n":0}"#, "n"),
             (#"{"prompt":"x","n":129}"#, "n"), (#"{"prompt":[]}"#, "prompt"), (#"{"prompt":["a",[]]}"#, "prompt"),
         ] {
             let reply = try await server.post("/v1/completions", body)

@@ -42,7 +42,7 @@ import Testing
         let server = try await ServerProcess()
         defer { #expect(server.stop() == 0) }
         let results = try checks(server.baseURL, mode: "colocated")
-        #expect(results.count == 10, "\(results.keys.sorted())")
+        #expect(results.count == 11, "\(results.keys.sorted())")
         for (name, result) in results.sorted(by: { $0.key < $1.key }) {
             #expect(result.ok, "\(name): \(result.detail)")
         }

@@ -53,6 +53,13 @@ if mode == "colocated":
     )
     check("n3", sorted(ch.index for ch in three.choices) == [0, 1, 2], [ch.text for ch in three.choices])
 
+    indexes = set()
+    for chunk in client.completions.create(
+        model="default", prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=5, n=2, stream=True
+    ):
+        indexes.update(ch.index for ch in chunk.choices)
+    check("n2_stream", indexes == {0, 1}, sorted(indexes))
+
     echo = client.completions.create(
         model="default", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True
     )
