@@ -20,6 +20,8 @@ final class EtcdDiscovery: Service, Sendable {
     /// Which instance each key stands for, to remove it when its key is deleted.
     private let keys = NIOLockedValueBox<[String: RegistrationPing]>([:])
     private let refused = NIOLockedValueBox<Set<String>>([])
+    /// The revision of a listing made before the proxy began to serve (`prime`), for the first watch.
+    private let primed = NIOLockedValueBox<Int64?>(nil)
 
     /// What `/health` says of etcd.
     struct Status: Sendable {
@@ -46,12 +48,33 @@ final class EtcdDiscovery: Service, Sendable {
         await cancelWhenGracefulShutdown { await self.follow() }
     }
 
+    /// Lists the fleet once, before the proxy serves, so that a proxy started after its instances knows them from
+    /// its first request; an etcd that does not answer within `timeout` seconds is left to `run`'s retries.
+    func prime(timeout: Double) async {
+        let client = EtcdClient(endpoints: self.client.endpoints, timeout: timeout)
+        guard let (kvs, revision) = try? await client.range(prefix: client.endpoints.prefix) else { return }
+        sync(kvs)
+        primed.withLockedValue { $0 = revision }
+    }
+
     private func follow() async {
         var backoff = 0.25
         while !Task.isCancelled {
             do {
-                let (kvs, revision) = try await client.range(prefix: client.endpoints.prefix)
-                sync(kvs)
+                let revision: Int64
+                // The listing made before the proxy served, once; a fresh one after each outage.
+                let listed = primed.withLockedValue { value -> Int64? in
+                    let taken = value
+                    value = nil
+                    return taken
+                }
+                if let listed {
+                    revision = listed
+                } else {
+                    let (kvs, now) = try await client.range(prefix: client.endpoints.prefix)
+                    sync(kvs)
+                    revision = now
+                }
                 let first = state.withLockedValue { s -> Bool in
                     s.watching = true
                     s.since = Date()

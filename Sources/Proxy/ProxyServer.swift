@@ -104,6 +104,7 @@ public enum ProxyServer {
                 client: EtcdClient(endpoints: $0), registry: registry, logger: logger, secret: options.clusterSecret,
                 onChange: { metrics.discovery(added: $0, source: .etcd) })
         }
+        await etcd?.prime(timeout: 2)
         routes.get("/health") { _, _ in health(registry, etcd: etcd) }
         routes.get("/metrics") { _, _ -> Response in
             var headers = HTTPFields()
