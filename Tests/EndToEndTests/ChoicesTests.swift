@@ -4,7 +4,7 @@ import Testing
 /// Several choices in one request: `n` (choice j of a seeded request samples with seed + j) and prompt lists (one
 /// choice per prompt, numbered prompt by prompt), whole or streamed, each choice what the same request alone would
 /// give; and `echo`.
-@Suite struct ChoicesTests {
+@Suite(.serialized) struct ChoicesTests {
     struct Choice: Equatable {
         var index: Int
         var text: String

@@ -3,7 +3,7 @@ import Testing
 
 /// OpenAI's `logit_bias`, on an instance and through the proxy's overlapped flow (prefill and decode both apply it),
 /// and the fields Tandem does not serve refused by name.
-@Suite struct LogitBiasTests {
+@Suite(.serialized) struct LogitBiasTests {
     func tokens(_ server: ServerProcess, _ extra: String) async throws -> [Int] {
         let reply = try await server.post(
             "/v1/completions",
