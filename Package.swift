@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "KVTransfer",
             dependencies: [
-                "CKernels", "Discovery", "Engine",
+                "CKernels", "Discovery", "Engine", "JSON",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import Discovery
 import Foundation
+import JSON
 
 /// The `--kv-transfer-config` JSON of `vllm serve`, read so that the runbook's configuration works unchanged.
 ///
@@ -53,38 +54,37 @@ public struct KVTransferConfigError: Error, CustomStringConvertible, Equatable {
 extension KVTransferConfig {
     /// Parses the JSON text; every problem names its key.
     public init(json: String) throws {
-        guard let data = json.data(using: .utf8),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { throw KVTransferConfigError("--kv-transfer-config must be a JSON object") }
-        let extra: [String: Any]
-        switch object["kv_connector_extra_config"] {
-        case nil, is NSNull: extra = [:]
-        case let e as [String: Any]: extra = e
-        default: throw KVTransferConfigError("kv_connector_extra_config must be a JSON object")
+        guard let object = JSONValue.parse(Array(json.utf8)), case .object = object else {
+            throw KVTransferConfigError("--kv-transfer-config must be a JSON object")
+        }
+        var extra = object["kv_connector_extra_config"] ?? .null
+        if extra == .null { extra = .object([]) }
+        guard case .object(let extraPairs) = extra else {
+            throw KVTransferConfigError("kv_connector_extra_config must be a JSON object")
         }
 
-        func string(_ key: String, in o: [String: Any]) throws -> String? {
+        func string(_ key: String, in o: JSONValue) throws -> String? {
             switch o[key] {
-            case nil, is NSNull: return nil
-            case let s as String: return s
+            case nil, .null?: return nil
+            case .string(let s)?: return s
             default: throw KVTransferConfigError("\(key) must be a string")
             }
         }
         /// A number given as a JSON number or a string ("1e9", "8082").
-        func number(_ key: String, in o: [String: Any]) throws -> Double? {
+        func number(_ key: String, in o: JSONValue) throws -> Double? {
             switch o[key] {
-            case nil, is NSNull: return nil
-            case let s as String:
+            case nil, .null?: return nil
+            case .string(let s)?:
                 guard let d = Double(s.trimmingCharacters(in: .whitespaces)), d.isFinite else {
                     throw KVTransferConfigError("\(key) must be a number, got \"\(s)\"")
                 }
                 return d
-            case let n as NSNumber:
-                return n.doubleValue
+            case .int(let i)?: return Double(i)
+            case .double(let d)?: return d
             default: throw KVTransferConfigError("\(key) must be a number or a numeric string")
             }
         }
-        func port(_ key: String, in o: [String: Any]) throws -> Int? {
+        func port(_ key: String, in o: JSONValue) throws -> Int? {
             guard let d = try number(key, in: o) else { return nil }
             guard d == d.rounded(), (1...65535).contains(d) else {
                 throw KVTransferConfigError("\(key) must be a port number in 1...65535, got \(d)")
@@ -145,6 +145,6 @@ extension KVTransferConfig {
         default:
             throw KVTransferConfigError("kv_tls_cert_file, kv_tls_key_file and kv_tls_ca_file must be given together")
         }
-        ignoredKeys = extra.keys.filter { $0 == "nccl_num_channels" }.sorted()
+        ignoredKeys = extraPairs.map(\.0).filter { $0 == "nccl_num_channels" }.sorted()
     }
 }
