@@ -153,6 +153,16 @@ final class EtcdProcess: @unchecked Sendable {
         return nil
     }
 
+    /// Whether `process`'s log shows `text` within 10 s (its output reaches the test a little after the fact).
+    func logs(_ process: ServerProcess, contain text: String) async -> Bool {
+        let start = Date()
+        while !process.logText.contains(text) {
+            guard Date().timeIntervalSince(start) < 10 else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
     func complete(_ proxy: ServerProcess, _ prompt: String) async throws -> (status: Int, text: String?) {
         let reply = try await proxy.post(
             "/v1/completions", #"{"prompt":"\#(prompt)","max_tokens":8,"temperature":0}"#)
@@ -195,7 +205,7 @@ final class EtcdProcess: @unchecked Sendable {
         print(
             "etcd fleet: late proxy listed it in \(known ?? -1) s; stopped decode gone in \(stopped ?? -1) s, killed in \(killed ?? -1) s"
         )
-        #expect(first.logText.contains("(etcd)") && second.logText.contains("Remove decode"))
+        #expect(await logs(first, contain: "(etcd)") && logs(second, contain: "Remove decode"))
     }
 
     @Test func anEtcdOutageFailsNoRequestAndRegistrationsComeBack() async throws {
@@ -254,8 +264,19 @@ final class EtcdProcess: @unchecked Sendable {
         #expect(
             await secondsUntil([proxy], timeout: 5) { $0.prefill == 1 && $0.decode == 1 && $0.etcd == "watching" }
                 != nil)
+        // The log lines and counters follow the put that the listing above saw: wait for them.
+        var metrics = ""
+        let settled = Date()
+        while Date().timeIntervalSince(settled) < 10 {
+            metrics = try await decode.get("/metrics").body
+            if prefill.logText.contains("registered again") && decode.logText.contains("registered again")
+                && metrics.contains("tandem_etcd_registrations_total 2")
+            {
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
         #expect(prefill.logText.contains("registered again") && decode.logText.contains("registered again"))
-        let metrics = try await decode.get("/metrics").body
         #expect(metrics.contains("tandem_etcd_registrations_total 2"), "\(metrics)")
         #expect(metrics.contains("tandem_etcd_lease_losses_total 1") && metrics.contains("tandem_etcd_reachable 1"))
         // The watch is live again: a stopped decode leaves at once.
@@ -319,7 +340,7 @@ final class EtcdProcess: @unchecked Sendable {
         #expect(await secondsUntil([proxy], timeout: 10) { $0.decode == 1 } != nil)
         let instances = try await proxy.get("/health").json?["instances"] as? [[String: Any]]
         #expect(instances?.map { $0["http_address"] as? String } == ["127.0.0.1:9005"])
-        #expect(proxy.logText.contains("its MAC does not match the cluster secret"), "\(proxy.logText)")
+        #expect(await logs(proxy, contain: "its MAC does not match the cluster secret"), "\(proxy.logText)")
     }
 
     /// `tandem up --discovery etcd`: a local etcd, the instances registered there, two proxies serving one fleet.
