@@ -66,6 +66,13 @@ struct GenerationRun: Sendable {
         throw APIError(.internalServerError, "the engine ended the request without a result")
     }
 
+    /// Whether an output makes a stream chunk: the first, any text, the end, or anything with token ids or
+    /// logprobs asked for; never a hand-off's end, which carries no token (the stream then ends with [DONE]).
+    func worthSending(_ out: GenerationOutput, first: Bool) -> Bool {
+        (first || !out.text.isEmpty || out.finishReason != nil || formatter.returnTokenIds || formatter.wantsLogprobs)
+            && !(out.handedOff && out.tokenIds.isEmpty)
+    }
+
     static func kvFailure(_ why: String) -> APIError {
         APIError(.serviceUnavailable, why, code: "kv_transfer_failed")
     }
@@ -103,11 +110,7 @@ struct GenerationRun: Sendable {
                 while let out = next {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }
                     generated += out.tokenIds.count
-                    // A hand-off's end carries no token: nothing to send but [DONE].
-                    let worthSending =
-                        (first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
-                            || run.formatter.wantsLogprobs) && !(out.handedOff && out.tokenIds.isEmpty)
-                    if worthSending {
+                    if run.worthSending(out, first: first) {
                         let chunk = run.formatter.chunk(
                             text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
                             finish: out.handedOff ? nil : out.finishReason,
@@ -150,9 +153,7 @@ extension GenerationRun {
                         var textOffset = 0
                         for await out in run.handle.outputs {
                             if !out.tokenIds.isEmpty { timing.tokenArrived() }
-                            if first || !out.text.isEmpty || out.finishReason != nil || run.formatter.returnTokenIds
-                                || run.formatter.wantsLogprobs
-                            {
+                            if run.worthSending(out, first: first) {
                                 let chunk = run.formatter.chunk(
                                     text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
                                     finish: out.finishReason, first: first, textOffset: textOffset,

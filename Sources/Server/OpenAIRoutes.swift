@@ -206,12 +206,16 @@ public final class InstanceAPI: Sendable {
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
         // Disaggregated, a request's KV moves under its one id and its answer is split between instances: several
         // choices and an echoed prompt are served by colocated instances for now.
-        let transfers = kvConnector.map { c in
-            fields.value("kv_transfer_params") != nil
-                || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
+        // Asked only when it matters (an echo or several choices): a single request parses its transfer once, in
+        // `start`.
+        func split() -> Bool {
+            let transfers = kvConnector.map { c in
+                fields.value("kv_transfer_params") != nil
+                    || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
+            }
+            return transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil
         }
-        let split = transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil
-        if split, try fields.bool("echo") == true {
+        if try fields.bool("echo") == true, split() {
             throw APIError.badRequest(
                 "'echo' is served by a colocated instance, not in a disaggregated or resumed request", param: "echo")
         }
@@ -222,7 +226,7 @@ public final class InstanceAPI: Sendable {
             if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
             return try await run.collectedResponse()
         }
-        if split {
+        if split() {
             throw APIError.badRequest(
                 "a disaggregated or resumed request carries one prompt and n = 1 (send several choices to a colocated instance)",
                 param: n > 1 ? "n" : "prompt")

@@ -4,14 +4,15 @@ import KVTransfer
 import NIOCore
 import Testing
 
-/// A self-signed certificate and its key, made with the openssl command line in a fresh folder; used as its own
-/// CA, so the nodes holding it form one cluster.
-struct TestCertificate {
+/// A self-signed certificate and its key, made with the openssl command line in a fresh folder (removed with it);
+/// used as its own CA, so the nodes holding it form one cluster.
+final class TestCertificate {
     let cert: String
     let key: String
+    private let dir: URL
 
     init(name: String) throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-tls-\(UUID().uuidString)")
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-tls-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         cert = dir.appendingPathComponent("cert.pem").path
         key = dir.appendingPathComponent("key.pem").path
@@ -28,6 +29,9 @@ struct TestCertificate {
     }
 
     func tls() throws -> KVTLS { try KVTLS(certificateFile: cert, keyFile: key, caFile: cert) }
+
+    /// The folder goes with the certificate, however the test ended.
+    deinit { try? FileManager.default.removeItem(at: dir) }
 }
 
 struct CertificateError: Error {}
