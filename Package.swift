@@ -37,7 +37,9 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["CKernels", "GGUF"]),
         // JSON values and string literals, with no dependency: shared by the engine (chat templates) and the HTTP API.
         .target(name: "JSON"),
-        .target(name: "Engine", dependencies: ["GGUF", "JSON", "Kernels"]),
+        // Structured outputs: grammars (GBNF, regular expressions, JSON Schema) and the token masks they allow.
+        .target(name: "Grammar", dependencies: ["JSON"]),
+        .target(name: "Engine", dependencies: ["GGUF", "Grammar", "JSON", "Kernels"]),
         .target(name: "ModelStore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Discovery",
@@ -140,6 +142,7 @@ let package = Package(
         .target(name: "CFuzzDriver"),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["KVTransfer", "Server", "Discovery", "JSON"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
+        .testTarget(name: "GrammarTests", dependencies: ["Grammar", "JSON"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF"]),
         .testTarget(
             name: "EngineTests", dependencies: ["Engine", "GGUF", "ModelStore"], resources: [.copy("Fixtures")]),

@@ -34,9 +34,9 @@ public enum JSONValue: Sendable, Equatable {
         return pairs.first { $0.0 == key }?.1
     }
 
-    /// Parses a JSON text; nil when it is not valid JSON.
+    /// Parses a JSON text, members in the order written; nil when it is not valid JSON.
     public static func parse(_ bytes: some Collection<UInt8>) -> JSONValue? {
-        try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        JSONParser.parse(bytes)
     }
 
     /// The compact JSON text.

@@ -1,0 +1,106 @@
+/// A vocabulary's tokens as byte strings in a trie, so that finding the tokens a grammar allows walks each shared
+/// prefix once and stops at the first byte the grammar refuses.
+public final class TokenTrie: Sendable {
+    public let vocabularySize: Int
+    /// Each token's bytes; empty for tokens a grammar never allows (control tokens).
+    public let tokenBytes: [[UInt8]]
+    /// Node `n`'s children are `childByte/childNode[childStart[n]..<childStart[n + 1]]`; node 0 is the root.
+    let childStart: [Int32]
+    let childByte: [UInt8]
+    let childNode: [Int32]
+    /// The tokens spelled by node `n` are `tokenIds[tokenStart[n]..<tokenStart[n + 1]]`.
+    let tokenStart: [Int32]
+    let tokenIds: [Int32]
+
+    /// `tokens[i]` is token i's bytes, or nil for a token no grammar may produce.
+    public init(tokens: [[UInt8]?]) {
+        vocabularySize = tokens.count
+        tokenBytes = tokens.map { $0 ?? [] }
+        // Sorted order makes every node's subtree a contiguous run; build the nodes in depth-first order.
+        let order = tokens.indices.filter { !(tokens[$0] ?? []).isEmpty }
+            .sorted { tokens[$0]!.lexicographicallyPrecedes(tokens[$1]!) }
+        var children: [[(UInt8, Int32)]] = [[]]
+        var ending: [[Int32]] = [[]]
+        var path: [Int32] = [0]  // path[d] is the node at depth d of the previous token
+        var previous: [UInt8] = []
+        for id in order {
+            let bytes = tokens[id]!
+            var common = 0
+            while common < bytes.count, common < previous.count, bytes[common] == previous[common] { common += 1 }
+            path.removeSubrange((common + 1)...)
+            for d in common..<bytes.count {
+                let node = Int32(children.count)
+                children.append([])
+                ending.append([])
+                children[Int(path[d])].append((bytes[d], node))
+                path.append(node)
+            }
+            ending[Int(path[bytes.count])].append(Int32(id))
+            previous = bytes
+        }
+        var cs: [Int32] = [0]
+        var cb: [UInt8] = []
+        var cn: [Int32] = []
+        var ts: [Int32] = [0]
+        var ti: [Int32] = []
+        for n in children.indices {
+            for (b, c) in children[n] {
+                cb.append(b)
+                cn.append(c)
+            }
+            cs.append(Int32(cb.count))
+            ti += ending[n]
+            ts.append(Int32(ti.count))
+        }
+        childStart = cs
+        childByte = cb
+        childNode = cn
+        tokenStart = ts
+        tokenIds = ti
+    }
+
+    public var nodeCount: Int { childStart.count - 1 }
+
+    /// The tokens whose every byte the matcher accepts from its state, as a bit per token id.
+    public func allowedTokens(from matcher: GrammarMatcher) -> TokenMask {
+        var mask = TokenMask(count: vocabularySize)
+        visit(0, matcher.stacks, matcher.grammar, &mask)
+        return mask
+    }
+
+    private func visit(_ node: Int, _ stacks: [[Int32]], _ g: CompiledGrammar, _ mask: inout TokenMask) {
+        var next = ByteSet()
+        for s in stacks {
+            if let top = s.last { next.formUnion(g.byteSets[Int(g.codes[Int(top)])]) }
+        }
+        for k in Int(childStart[node])..<Int(childStart[node + 1]) where next.contains(childByte[k]) {
+            let after = GrammarMatcher.advance(stacks, childByte[k], g)
+            if after.isEmpty { continue }
+            let child = Int(childNode[k])
+            for t in Int(tokenStart[child])..<Int(tokenStart[child + 1]) { mask.insert(tokenIds[t]) }
+            visit(child, after, g, &mask)
+        }
+    }
+}
+
+/// A set of token ids as bits.
+public struct TokenMask: Sendable, Equatable {
+    public private(set) var words: [UInt64]
+    public let count: Int
+
+    public init(count: Int) {
+        self.count = count
+        words = [UInt64](repeating: 0, count: (count + 63) / 64)
+    }
+
+    @inline(__always) public mutating func insert(_ id: Int32) {
+        words[Int(id) >> 6] |= UInt64(1) << UInt64(id & 63)
+    }
+
+    @inline(__always) public func contains(_ id: Int32) -> Bool {
+        id >= 0 && Int(id) < count && words[Int(id) >> 6] & (UInt64(1) << UInt64(id & 63)) != 0
+    }
+
+    public var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
+    public var population: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
+}
