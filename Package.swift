@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "GGUF", "Discovery", "JSON", "KVTransfer", "Kernels", "OpenAIAPI",
+                "Engine", "GGUF", "Discovery", "Grammar", "JSON", "KVTransfer", "Kernels", "OpenAIAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import Foundation
+import Grammar
 
 /// How to pick each next token, with OpenAI/vLLM field meanings.
 public struct SamplingParams: Sendable, Equatable {
@@ -24,6 +25,9 @@ public struct SamplingParams: Sendable, Equatable {
     public var logprobs: Int?
     /// OpenAI's `logit_bias`: added to a token's logit before sampling (greedy too), after the penalties.
     public var logitBias: [Int32: Float] = [:]
+    /// Structured output: every token must keep the text inside this grammar; end of generation only where the
+    /// grammar's text is complete.
+    public var constraint: GrammarConstraint?
 
     public init() {}
 
@@ -93,9 +97,12 @@ public struct Sampler: Sendable {
     /// Output token counts for presence/frequency penalties.
     private var outputCounts: [Int32: Int] = [:]
     private var seen: Set<Int32>
+    /// Where the output stands in `params.constraint`'s grammar.
+    public private(set) var matcher: GrammarMatcher?
 
     public init(params: SamplingParams, promptTokens: [Int32]) {
         self.params = params
+        matcher = params.constraint?.start()
         rng = SeededGenerator(seed: params.seed ?? UInt64.random(in: 0...UInt64.max))
         seen = params.repetitionPenalty != 1 ? Set(promptTokens) : []
     }
@@ -111,6 +118,7 @@ public struct Sampler: Sendable {
         for id in tokens {
             if params.repetitionPenalty != 1 { seen.insert(id) }
             outputCounts[id, default: 0] += 1
+            advanceMatcher(id)
         }
         for _ in 0..<max(0, draws) { _ = rng.next() }
         self.draws = max(0, draws)
@@ -130,16 +138,46 @@ public struct Sampler: Sendable {
         }
         applyPenalties(&logits)
         for (id, bias) in params.logitBias where Int(id) < logits.count { logits[Int(id)] += bias }
-        let chosen: Int32
-        if params.temperature <= 0 {
-            chosen = Int32(Self.argmax(logits))
+        var chosen: Int32
+        if let constraint = params.constraint, let matcher,
+            params.temperature <= 0, case let best = Int32(Self.argmax(logits)), logits[Int(best)] > -.infinity,
+            endTokens.contains(best) ? matcher.canEnd : constraint.allows(best, in: matcher)
+        {
+            // Greedy and the most likely token fits: the masked argmax is the same token, without the mask.
+            chosen = best
         } else {
-            chosen = sampleFromDistribution(logits)
+            if let constraint = params.constraint, let matcher {
+                Self.mask(&logits, constraint.allowedTokens(matcher), endAllowed: matcher.canEnd, endTokens: endTokens)
+            }
+            if params.temperature <= 0 {
+                chosen = Int32(Self.argmax(logits))
+            } else {
+                chosen = sampleFromDistribution(logits)
+            }
+            if params.constraint != nil, logits[Int(chosen)] == -.infinity, let end = endTokens.min() {
+                chosen = end  // the grammar allows no token at all: end here rather than break it
+            }
         }
         if params.repetitionPenalty != 1 { seen.insert(chosen) }
         outputCounts[chosen, default: 0] += 1
+        advanceMatcher(chosen)
         let logprob = params.logprobs.map { Self.logprob(of: chosen, in: raw, top: $0) }
         return (chosen, logprob)
+    }
+
+    private mutating func advanceMatcher(_ id: Int32) {
+        guard let constraint = params.constraint, matcher != nil, Int(id) < constraint.trie.vocabularySize else {
+            return
+        }
+        matcher?.accept(constraint.trie.tokenBytes[Int(id)])
+    }
+
+    /// Sets to -infinity every token the grammar does not allow next.
+    static func mask(_ logits: inout [Float], _ allowed: TokenMask, endAllowed: Bool, endTokens: Set<Int32>) {
+        for i in logits.indices where !allowed.contains(Int32(i)) {
+            if endAllowed, endTokens.contains(Int32(i)) { continue }
+            logits[i] = -.infinity
+        }
     }
 
     private func applyPenalties(_ logits: inout [Float]) {

@@ -40,3 +40,8 @@ public final class GrammarConstraint: Sendable {
 
     public var cachedStates: Int { masks.withLock { $0.count } }
 }
+
+extension GrammarConstraint: Equatable {
+    /// Constraints are the same when they are the same compiled object.
+    public static func == (a: GrammarConstraint, b: GrammarConstraint) -> Bool { a === b }
+}

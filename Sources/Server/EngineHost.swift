@@ -10,10 +10,13 @@ public struct LoadedModel: Sendable {
     public let engine: EngineCore
     public let tokenizer: Tokenizer
     public let chatTemplate: ChatTemplate?
+    /// Compiled structured-output grammars for this model's vocabulary.
+    let grammars: GrammarCache
 
     public init(engine: EngineCore) {
         self.engine = engine
         tokenizer = engine.tokenizer
+        grammars = GrammarCache(tokenizer: engine.tokenizer)
         chatTemplate = engine.model.file.metadata["tokenizer.chat_template"]?.stringValue.flatMap {
             try? ChatTemplate($0)
         }

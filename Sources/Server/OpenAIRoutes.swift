@@ -36,7 +36,11 @@ public final class InstanceAPI: Sendable {
 
     /// Refuses a request that asks for more tokens than `--max-tokens-limit`.
     /// `params` checked against this server's limits and its model's vocabulary.
-    private func limited(_ params: SamplingParams, loaded: LoadedModel) throws -> SamplingParams {
+    private func limited(_ params: SamplingParams, fields: RequestFields, loaded: LoadedModel) throws
+        -> SamplingParams
+    {
+        var params = params
+        if let spec = try fields.structuredOutput() { params.constraint = try loaded.grammars.constraint(for: spec) }
         if let limit = maxTokensLimit, params.maxTokens > limit {
             throw APIError.badRequest(
                 "max_tokens is \(params.maxTokens), more than this server's limit of \(limit)", param: "max_tokens")
@@ -102,7 +106,7 @@ public final class InstanceAPI: Sendable {
         try checkModel(fields)
         let prompts = try completionPrompts(fields, loaded: loaded)
         var params = try limited(
-            fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), loaded: loaded)
+            fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), fields: fields, loaded: loaded)
         params.logprobs = try fields.int("logprobs", in: 0...20)
         if try fields.bool("echo") == true, params.logprobs != nil {
             throw APIError.badRequest(
@@ -157,7 +161,7 @@ public final class InstanceAPI: Sendable {
         let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
         var params = try limited(
             fields.samplingParams(defaultMaxTokens: maxTokensDefault ?? maxTokensLimit ?? Int(Int32.max)),
-            loaded: loaded)
+            fields: fields, loaded: loaded)
         if try fields.bool("logprobs") == true {
             params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
         }
