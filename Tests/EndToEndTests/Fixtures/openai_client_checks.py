@@ -5,6 +5,7 @@ disaggregated deployment serves: several choices and echo are refused there for 
 """
 
 import json
+import re
 import sys
 
 import openai
@@ -79,6 +80,101 @@ else:
         check("n_refused", False, "n=2 was accepted")
     except openai.BadRequestError as error:
         check("n_refused", error.status_code == 400, error.message)
+
+def valid(value, schema):
+    """The JSON Schema subset the schemas below use: type, properties, required, enum, bounds, items, lengths."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema.get("type")
+    if kind == "object":
+        if not isinstance(value, dict) or not set(schema.get("required", [])) <= value.keys():
+            return False
+        if not set(value) <= set(schema.get("properties", {})):
+            return False
+        return all(valid(value[k], schema["properties"][k]) for k in value)
+    if kind == "array":
+        return (isinstance(value, list) and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", 10**9)
+                and all(valid(v, schema["items"]) for v in value))
+    if kind == "string":
+        return isinstance(value, str) and len(value) <= schema.get("maxLength", 10**9)
+    if kind == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and schema.get("minimum", -10**18) <= value <= schema.get("maximum", 10**18))
+    if kind == "number":
+        return isinstance(value, (int, float)) and schema.get("minimum", -1e18) <= value <= schema.get("maximum", 1e18)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return False
+
+
+SCHEMAS = {
+    "person": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "email": {"type": "string", "maxLength": 40}}, "required": ["name", "age"]},
+    "order": {"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "sku": {"type": "string", "maxLength": 12}, "qty": {"type": "integer", "minimum": 1, "maximum": 99}},
+            "required": ["sku", "qty"]}, "minItems": 1, "maxItems": 3},
+        "express": {"type": "boolean"}}, "required": ["items", "express"]},
+    "weather": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 20}, "celsius": {"type": "number", "minimum": -60, "maximum": 60},
+        "sky": {"enum": ["clear", "cloudy", "rain", "snow"]}}, "required": ["city", "celsius", "sky"]},
+}
+bad = []
+for name, schema in SCHEMAS.items():
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": f"Give me a {name} as JSON."}], max_tokens=200,
+            temperature=0.9, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}},
+        )
+        text = r.choices[0].message.content
+        try:
+            ok = valid(json.loads(text), schema) and r.choices[0].finish_reason == "stop"
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append({name: text})
+check("json_schema", not bad, bad)
+
+bad = []
+for seed in range(3):
+    r = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Describe a cat as JSON."}], max_tokens=200,
+        temperature=0.9, seed=seed, response_format={"type": "json_object"},
+    )
+    try:
+        ok = isinstance(json.loads(r.choices[0].message.content), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        bad.append(r.choices[0].message.content)
+check("json_object", not bad, bad)
+
+bad = []
+for seed in range(3):
+    r = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Is the sea wet?"}], max_tokens=10, temperature=0.9,
+        seed=seed, extra_body={"guided_choice": ["yes", "no", "maybe"]},
+    )
+    if r.choices[0].message.content not in ("yes", "no", "maybe"):
+        bad.append(r.choices[0].message.content)
+    r = client.completions.create(
+        model="default", prompt="My phone number is", max_tokens=20, temperature=0.9, seed=seed,
+        extra_body={"guided_regex": r"\(\d{3}\) \d{3}-\d{4}"},
+    )
+    if not re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", r.choices[0].text):
+        bad.append(r.choices[0].text)
+check("guided_choice_regex", not bad, bad)
+
+try:
+    client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "x"}], max_tokens=4,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "ipv9"}}},
+    )
+    check("schema_refused", False, "accepted")
+except openai.BadRequestError as error:
+    check("schema_refused", error.status_code == 400 and "format" in error.message, error.message)
 
 try:
     client.completions.create(model="default", prompt="x", max_tokens=4, best_of=2)
