@@ -174,6 +174,9 @@ public final class CompiledGrammar: Sendable {
                 }
                 if max == 0 { return [] }
                 let one = try atoms(of: inner)
+                guard one.count * min <= CompiledGrammar.maxCodes else {
+                    throw GrammarError("the grammar is too large (over \(CompiledGrammar.maxCodes) positions)")
+                }
                 var out: [Int32] = []
                 for _ in 0..<min { out += one }
                 if max == min { return out }

@@ -9,6 +9,8 @@
 public struct GBNFParser {
     private let text: [UInt8]
     private var i = 0
+    private var depth = 0
+    static let maxDepth = 200
 
     public static func parse(_ source: String) throws -> Grammar {
         var p = GBNFParser(text: Array(source.utf8))
@@ -98,6 +100,9 @@ public struct GBNFParser {
             return .characters(negated ? set.inverted : set)
         case UInt8(ascii: "("):
             i += 1
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maxDepth else { throw error("groups nested deeper than \(Self.maxDepth)") }
             let inner = try alternatives(nested: true)
             skipSpace()
             guard consume(")") else { throw error("expected ')'") }

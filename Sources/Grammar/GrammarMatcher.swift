@@ -83,7 +83,7 @@ public struct GrammarMatcher: Sendable, Hashable {
 
     /// Adds to `out` every stack `stack` stands for once the rule references on its top are opened, until each top
     /// is a byte set (or the stack is empty). `stack` is restored on return.
-    static func expand(_ stack: inout [Int32], _ g: CompiledGrammar, into out: inout [[Int32]]) {
+    static func expand(_ stack: inout [Int32], _ g: CompiledGrammar, into out: inout [[Int32]], depth: Int = 0) {
         guard let top = stack.last else {
             out.append(stack)
             return
@@ -93,17 +93,18 @@ public struct GrammarMatcher: Sendable, Hashable {
             out.append(stack)
             return
         }
-        guard out.count < maxStacks * 4, stack.count < 10_000 else { return }
+        // Bounds for hostile grammars (long chains of rules that match nothing): such paths are dropped.
+        guard out.count < maxStacks * 4, stack.count < 10_000, depth < 2_000 else { return }
         let rule = Int(-code - 2)
         stack.removeLast()
         let continues = g.codes[Int(top) + 1] != CompiledGrammar.endOfAlternative
         if continues { stack.append(top + 1) }
         for alt in g.alternatives[rule] {
             if g.codes[Int(alt)] == CompiledGrammar.endOfAlternative {
-                expand(&stack, g, into: &out)
+                expand(&stack, g, into: &out, depth: depth + 1)
             } else {
                 stack.append(alt)
-                expand(&stack, g, into: &out)
+                expand(&stack, g, into: &out, depth: depth + 1)
                 stack.removeLast()
             }
         }

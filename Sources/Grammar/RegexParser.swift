@@ -8,6 +8,7 @@
 public struct RegexParser {
     private let scalars: [UInt32]
     private var i = 0
+    private var depth = 0
     /// Characters the expression may never produce (e.g. `"` and `\` inside a JSON string).
     private let excluded: CodepointSet
 
@@ -58,6 +59,9 @@ public struct RegexParser {
                 }
                 i += 2
             }
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= 200 else { throw error("groups nested deeper than 200") }
             let inner = try alternation()
             guard peek() == ascii(")") else { throw error("missing ')'") }
             i += 1

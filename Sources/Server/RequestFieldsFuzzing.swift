@@ -1,8 +1,9 @@
+import Grammar
 import JSON
 import OpenAIAPI
 
 /// A request body run through every field reader that needs no model (JSON parsing, sampling fields, streaming,
-/// resume, KV transfer parameters, prompt token ids), for the libFuzzer harness (`tandem-fuzz request-fields`) and
+/// resume, KV transfer parameters, prompt token ids, structured-output grammars), for the libFuzzer harness (`tandem-fuzz request-fields`) and
 /// the test that replays its corpus. Whatever the bytes, it must not crash, every wrong field must come back as an
 /// `APIError`, and JSON the server writes must read back as what it wrote.
 public enum RequestFieldsFuzzing {
@@ -15,6 +16,13 @@ public enum RequestFieldsFuzzing {
         _ = try? fields.kvTransferParams()
         _ = try? fields.tokenIds("prompt")
         _ = try? fields.number("tandem_kv_wait_s", in: 0...3600)
+        // Structured outputs: a schema, pattern or grammar either compiles or is a GrammarError; a matcher starts.
+        if let spec = try? fields.structuredOutput(), let grammar = try? spec.build(),
+            let compiled = try? CompiledGrammar(grammar)
+        {
+            var matcher = GrammarMatcher(compiled)
+            _ = matcher.accept(Array("{\"a\": [1, \"x\"]}".utf8))
+        }
         if case .array(let items)? = fields.value("prompt") {
             for item in items { _ = try? RequestFields.tokenId(item, key: "prompt") }
         }
