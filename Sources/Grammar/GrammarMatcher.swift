@@ -34,10 +34,12 @@ public struct GrammarMatcher: Sendable, Hashable {
     public var isDead: Bool { stacks.isEmpty }
 
     /// The bytes that may come next.
-    public var nextBytes: ByteSet {
+    public var nextBytes: ByteSet { Self.nextBytes(stacks, grammar) }
+
+    static func nextBytes(_ stacks: [[Int32]], _ g: CompiledGrammar) -> ByteSet {
         var set = ByteSet()
         for s in stacks {
-            if let top = s.last { set.formUnion(grammar.byteSets[Int(grammar.codes[Int(top)])]) }
+            if let top = s.last { set.formUnion(g.byteSets[Int(g.codes[Int(top)])]) }
         }
         return set
     }

@@ -69,10 +69,7 @@ public final class TokenTrie: Sendable {
     }
 
     private func visit(_ node: Int, _ stacks: [[Int32]], _ g: CompiledGrammar, _ mask: inout TokenMask) {
-        var next = ByteSet()
-        for s in stacks {
-            if let top = s.last { next.formUnion(g.byteSets[Int(g.codes[Int(top)])]) }
-        }
+        let next = GrammarMatcher.nextBytes(stacks, g)
         for k in Int(childStart[node])..<Int(childStart[node + 1]) where next.contains(childByte[k]) {
             let after = GrammarMatcher.advance(stacks, childByte[k], g)
             if after.isEmpty { continue }
