@@ -24,13 +24,38 @@ public struct LoadedModel: Sendable {
 
     /// The prompt text for chat `messages`, rendered with the model's template.
     public func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> String {
+        try render(addGenerationPrompt: addGenerationPrompt) { template, bos, eos in
+            try template.render(
+                messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
+        }
+    }
+
+    /// The prompt text for a chat request's turns and the tools shown to the model (nil: none): with the model's
+    /// template when it renders tools, else in Tandem's `DefaultToolFormat`.
+    func renderChat(_ turns: [ChatTurn], tools: [JSONValue]?, addGenerationPrompt: Bool) throws -> String {
+        let hasToolFields = tools != nil || turns.contains { !$0.toolCalls.isEmpty || $0.role == "tool" }
+        guard hasToolFields, chatTemplate?.handlesTools == true else {
+            return try renderChat(
+                hasToolFields
+                    ? DefaultToolFormat.messages(turns, tools: tools)
+                    : turns.map { ChatMessage(role: $0.role, content: $0.content) },
+                addGenerationPrompt: addGenerationPrompt)
+        }
+        return try render(addGenerationPrompt: addGenerationPrompt) { template, bos, eos in
+            try template.render(
+                messageValues: turns.map(\.templateValue), addGenerationPrompt: addGenerationPrompt, bosToken: bos,
+                eosToken: eos, extra: tools.map { ["tools": JinjaValue(.array($0))] } ?? [:])
+        }
+    }
+
+    private func render(
+        addGenerationPrompt: Bool, _ body: (ChatTemplate, String, String) throws -> String
+    ) throws -> String {
         guard let chatTemplate else {
             throw APIError.badRequest("this model has no chat template; use /v1/completions", param: "messages")
         }
         do {
-            return try chatTemplate.render(
-                messages: messages, addGenerationPrompt: addGenerationPrompt,
-                bosToken: tokenizer.tokenText(tokenizer.bosId), eosToken: tokenizer.tokenText(tokenizer.eosId))
+            return try body(chatTemplate, tokenizer.tokenText(tokenizer.bosId), tokenizer.tokenText(tokenizer.eosId))
         } catch {
             throw APIError.badRequest("the chat template failed on these messages: \(error)", param: "messages")
         }

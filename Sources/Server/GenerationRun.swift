@@ -66,10 +66,11 @@ struct GenerationRun: Sendable {
         throw APIError(.internalServerError, "the engine ended the request without a result")
     }
 
-    /// Whether an output makes a stream chunk: the first, any text, the end, or anything with token ids or
+    /// Whether an output makes a stream chunk: the first, any text or call, the end, or anything with token ids or
     /// logprobs asked for; never a hand-off's end, which carries no token (the stream then ends with [DONE]).
-    func worthSending(_ out: GenerationOutput, first: Bool) -> Bool {
-        (first || !out.text.isEmpty || out.finishReason != nil || formatter.returnTokenIds || formatter.wantsLogprobs)
+    func worthSending(_ out: GenerationOutput, text: String, calls: Int, first: Bool) -> Bool {
+        (first || !text.isEmpty || calls > 0 || out.finishReason != nil || formatter.returnTokenIds
+            || formatter.wantsLogprobs)
             && !(out.handedOff && out.tokenIds.isEmpty)
     }
 
@@ -104,20 +105,13 @@ struct GenerationRun: Sendable {
                         run.record(timing, .abort, usage)
                     }
                 }
-                var first = true
-                var textOffset = run.formatter.textOffsetBase
+                var chunker = ChoiceChunker(run: run, includeUsage: includeUsage)
                 var next = head
                 while let out = next {
                     if !out.tokenIds.isEmpty { timing.tokenArrived() }
                     generated += out.tokenIds.count
-                    if run.worthSending(out, first: first) {
-                        let chunk = run.formatter.chunk(
-                            text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
-                            finish: out.handedOff ? nil : out.finishReason,
-                            first: first, textOffset: textOffset, includeUsageField: includeUsage)
+                    if let chunk = chunker.chunk(for: out) {
                         try await writer.write(ByteBuffer(string: "data: \(chunk.serialized)\n\n"))
-                        first = false
-                        textOffset += out.text.count
                     }
                     if let finish = out.finishReason, let usage = out.usage {
                         ended = true
@@ -149,18 +143,11 @@ extension GenerationRun {
                 let tasks = runs.map { run in
                     Task {
                         var timing = Timing()
-                        var first = true
-                        var textOffset = 0
+                        var chunker = ChoiceChunker(run: run, includeUsage: includeUsage)
                         for await out in run.handle.outputs {
                             if !out.tokenIds.isEmpty { timing.tokenArrived() }
-                            if run.worthSending(out, first: first) {
-                                let chunk = run.formatter.chunk(
-                                    text: out.text, tokenIds: out.tokenIds, logprobs: out.logprobs,
-                                    finish: out.finishReason, first: first, textOffset: textOffset,
-                                    includeUsageField: includeUsage)
+                            if let chunk = chunker.chunk(for: out) {
                                 continuation.yield("data: \(chunk.serialized)\n\n")
-                                first = false
-                                textOffset += out.text.count
                             }
                             if let finish = out.finishReason, let usage = out.usage {
                                 run.record(timing, finish, usage)
@@ -190,6 +177,47 @@ extension GenerationRun {
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 try await writer.finish(nil)
             })
+    }
+}
+
+/// Turns one choice's engine outputs into its stream chunks, in order: text as it comes (through a
+/// `ToolCallStreamer` when the answer is read for calls, so that a call goes out as a `tool_calls` delta).
+struct ChoiceChunker {
+    let run: GenerationRun
+    let includeUsage: Bool
+    private var first = true
+    private var textOffset: Int
+    private var tools: ToolCallStreamer?
+
+    init(run: GenerationRun, includeUsage: Bool) {
+        self.run = run
+        self.includeUsage = includeUsage
+        textOffset = run.formatter.textOffsetBase
+        tools = run.formatter.parsesToolCalls ? ToolCallStreamer() : nil
+    }
+
+    /// The chunk for `out`, or nil when it makes none.
+    mutating func chunk(for out: GenerationOutput) -> JSONValue? {
+        var text = out.text
+        var calls: [ParsedToolCall] = []
+        if var streamer = tools {
+            (text, calls) = streamer.feed(out.text)
+            if out.finishReason != nil, !out.handedOff {
+                let rest = streamer.finish()
+                text += rest.content
+                calls += rest.calls
+            }
+            tools = streamer
+        }
+        guard run.worthSending(out, text: text, calls: calls.count, first: first) else { return nil }
+        let callCount = tools?.callCount ?? 0
+        let chunk = run.formatter.chunk(
+            text: text, tokenIds: out.tokenIds, logprobs: out.logprobs, finish: out.handedOff ? nil : out.finishReason,
+            first: first, textOffset: textOffset, includeUsageField: includeUsage, toolCalls: calls,
+            firstCallIndex: callCount - calls.count, calledTools: callCount > 0)
+        first = false
+        textOffset += out.text.count
+        return chunk
     }
 }
 

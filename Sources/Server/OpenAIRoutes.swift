@@ -36,11 +36,17 @@ public final class InstanceAPI: Sendable {
 
     /// Refuses a request that asks for more tokens than `--max-tokens-limit`.
     /// `params` checked against this server's limits and its model's vocabulary.
-    private func limited(_ params: SamplingParams, fields: RequestFields, loaded: LoadedModel) throws
-        -> SamplingParams
-    {
+    /// A forced tool call (`forcedCall`) is a constraint too, and cannot be combined with another.
+    private func limited(
+        _ params: SamplingParams, fields: RequestFields, loaded: LoadedModel, forcedCall: StructuredOutputSpec? = nil
+    ) throws -> SamplingParams {
         var params = params
-        if let spec = try fields.structuredOutput() { params.constraint = try loaded.grammars.constraint(for: spec) }
+        let format = try fields.structuredOutput()
+        if let format, forcedCall != nil {
+            throw APIError.badRequest(
+                "'\(format.param)' cannot be combined with a tool_choice that forces a call", param: format.param)
+        }
+        if let spec = format ?? forcedCall { params.constraint = try loaded.grammars.constraint(for: spec) }
         if let limit = maxTokensLimit, params.maxTokens > limit {
             throw APIError.badRequest(
                 "max_tokens is \(params.maxTokens), more than this server's limit of \(limit)", param: "max_tokens")
@@ -157,11 +163,12 @@ public final class InstanceAPI: Sendable {
         if try fields.bool("echo") == true {
             throw APIError.badRequest("'echo' is served for completions, not chat", param: "echo")
         }
-        let text = try chatPrompt(fields, loaded: loaded)
+        let tools = try fields.toolRequest()
+        let text = try chatPrompt(fields, tools: tools, loaded: loaded)
         let prompt = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
         var params = try limited(
             fields.samplingParams(defaultMaxTokens: maxTokensDefault ?? maxTokensLimit ?? Int(Int32.max)),
-            fields: fields, loaded: loaded)
+            fields: fields, loaded: loaded, forcedCall: tools?.forcedCall)
         if try fields.bool("logprobs") == true {
             params.logprobs = try fields.int("top_logprobs", in: 0...20) ?? 0
         }
@@ -169,34 +176,17 @@ public final class InstanceAPI: Sendable {
             kind: .chat, request: request, fields: fields, prompts: [prompt], params: params, loaded: loaded)
     }
 
-    func chatPrompt(_ fields: RequestFields, loaded: LoadedModel) throws -> String {
+    func chatPrompt(_ fields: RequestFields, tools: ToolRequest?, loaded: LoadedModel) throws -> String {
         guard let value = fields.value("messages") else {
             throw APIError.badRequest("'messages' is required", param: "messages")
         }
         guard case .array(let items) = value, !items.isEmpty else {
             throw APIError.badRequest("'messages' must be a non-empty array of messages", param: "messages")
         }
-        let messages = try items.map { item -> ChatMessage in
-            guard case .object = item, case .string(let role)? = item["role"] else {
-                throw APIError.badRequest("each message needs a string 'role'", param: "messages")
-            }
-            switch item["content"] {
-            case .string(let s)?: return ChatMessage(role: role, content: s)
-            case .null?, nil: return ChatMessage(role: role, content: "")
-            case .array(let parts)?:
-                let texts = try parts.map { part -> String in
-                    guard case .string(let t)? = part["text"] else {
-                        throw APIError.badRequest("only text content parts are supported", param: "messages")
-                    }
-                    return t
-                }
-                return ChatMessage(role: role, content: texts.joined(separator: "\n"))
-            default:
-                throw APIError.badRequest(
-                    "a message's 'content' must be a string or an array of text parts", param: "messages")
-            }
-        }
-        return try loaded.renderChat(messages, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
+        let turns = try items.enumerated().map { try ChatTurn($1, index: $0) }
+        return try loaded.renderChat(
+            turns, tools: tools?.parsesCalls == true ? tools?.tools : nil,
+            addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
     }
 
     // MARK: - Running a request
@@ -315,6 +305,7 @@ public final class InstanceAPI: Sendable {
             model: (try? fields.string("model")) ?? servedModelNames[0], tokenizer: loaded.tokenizer,
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
         formatter.textOffsetBase = handle.resumedText.count
+        formatter.parsesToolCalls = try kind == .chat && fields.toolRequest()?.parsesCalls == true
         if kind == .completion, try fields.bool("echo") == true { formatter.echoText = loaded.tokenizer.decode(prompt) }
         return GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
     }

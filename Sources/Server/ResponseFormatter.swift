@@ -21,6 +21,8 @@ struct ResponseFormatter: Sendable {
     var echoText = ""
     /// The choice's `index` (a prompt list's or `n`'s choices are numbered prompt by prompt, as OpenAI does).
     var index = 0
+    /// Whether the answer is read for function calls (a chat request with tools, `tool_choice` not `none`).
+    var parsesToolCalls = false
 
     var object: String { kind == .completion ? "text_completion" : "chat.completion" }
     var chunkObject: String { kind == .completion ? "text_completion" : "chat.completion.chunk" }
@@ -31,13 +33,22 @@ struct ResponseFormatter: Sendable {
         kvTransferParams: [(String, KVParamValue)]? = nil
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
+        var calledTools = false
         switch kind {
         case .completion: choice.append(("text", .string(echoText + text)))
         case .chat:
-            choice.append(("message", .object([("role", "assistant"), ("content", .string(text))])))
+            let (content, calls) = parsesToolCalls ? ToolCallParser.parse(text) : (text, [])
+            var message: [(String, JSONValue)] = [
+                ("role", "assistant"), ("content", calls.isEmpty || !content.isEmpty ? .string(content) : .null),
+            ]
+            if !calls.isEmpty {
+                message.append(("tool_calls", .array(calls.enumerated().map { toolCallJSON($1, index: nil) })))
+            }
+            choice.append(("message", .object(message)))
+            calledTools = !calls.isEmpty
         }
         choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffsetBase) : .null))
-        choice.append(("finish_reason", finish.map { .string($0.rawValue) } ?? .null))
+        choice.append(("finish_reason", finishJSON(finish, calledTools: calledTools)))
         choice.append(("stop_reason", .null))
         if returnTokenIds {
             choice.append(("prompt_token_ids", ids(promptTokens)))
@@ -52,9 +63,12 @@ struct ResponseFormatter: Sendable {
     }
 
     /// A stream chunk with a text delta; `first` adds the chat role and, when asked, the prompt's token ids.
+    /// `toolCalls` are whole calls that went out in this chunk, numbered from `firstCallIndex`; `calledTools` says
+    /// whether the answer called any (its end is then `tool_calls`).
     func chunk(
         text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, first: Bool,
-        textOffset: Int, includeUsageField: Bool
+        textOffset: Int, includeUsageField: Bool, toolCalls: [ParsedToolCall] = [], firstCallIndex: Int = 0,
+        calledTools: Bool = false
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
@@ -62,11 +76,18 @@ struct ResponseFormatter: Sendable {
         case .chat:
             var delta: [(String, JSONValue)] = []
             if first { delta.append(("role", "assistant")) }
-            if !text.isEmpty || first { delta.append(("content", .string(text))) }
+            if !text.isEmpty || first && toolCalls.isEmpty { delta.append(("content", .string(text))) }
+            if !toolCalls.isEmpty {
+                delta.append(
+                    (
+                        "tool_calls",
+                        .array(toolCalls.enumerated().map { toolCallJSON($1, index: firstCallIndex + $0) })
+                    ))
+            }
             choice.append(("delta", .object(delta)))
         }
         choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffset) : .null))
-        choice.append(("finish_reason", finish.map { .string($0.rawValue) } ?? .null))
+        choice.append(("finish_reason", finishJSON(finish, calledTools: calledTools)))
         if returnTokenIds {
             if first { choice.append(("prompt_token_ids", ids(promptTokens))) }
             choice.append(("token_ids", ids(tokenIds)))
@@ -77,6 +98,23 @@ struct ResponseFormatter: Sendable {
         ]
         if includeUsageField { body.append(("usage", .null)) }
         return .object(body)
+    }
+
+    /// An answer that called tools and ended on its own ends with `tool_calls`, as OpenAI's do.
+    private func finishJSON(_ finish: FinishReason?, calledTools: Bool) -> JSONValue {
+        guard let finish else { return .null }
+        return .string(calledTools && finish == .stop ? "tool_calls" : finish.rawValue)
+    }
+
+    /// A call as OpenAI's `tool_calls` entries carry it; a stream's deltas also carry its `index`.
+    private func toolCallJSON(_ call: ParsedToolCall, index: Int?) -> JSONValue {
+        var pairs: [(String, JSONValue)] = []
+        if let index { pairs.append(("index", .int(index))) }
+        pairs += [
+            ("id", .string(ToolCallID.make())), ("type", "function"),
+            ("function", .object([("name", .string(call.name)), ("arguments", .string(call.arguments))])),
+        ]
+        return .object(pairs)
     }
 
     /// One response of several choices from their own responses (each with one choice): the choices in index

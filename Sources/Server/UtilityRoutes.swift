@@ -23,7 +23,7 @@ extension InstanceAPI {
         let fields = try RequestFields(body: try await request.collectRequestBody().readableBytesView)
         let tokens: [Int32]
         if fields.value("messages") != nil {
-            let text = try chatPrompt(fields, loaded: loaded)
+            let text = try chatPrompt(fields, tools: try fields.toolRequest(), loaded: loaded)
             tokens = loaded.tokenizer.encode(text, addSpecial: try fields.bool("add_special_tokens") ?? false)
         } else if let prompt = try fields.string("prompt") {
             tokens = loaded.tokenizer.encode(prompt, addSpecial: try fields.bool("add_special_tokens") ?? true)

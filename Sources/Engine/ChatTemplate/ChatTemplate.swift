@@ -20,14 +20,27 @@ public struct ChatTemplate: Sendable {
         template = try JinjaTemplate(source)
     }
 
+    /// Whether the template renders a `tools` list (Hugging Face's convention for function tools).
+    public var handlesTools: Bool { source.contains("tools") }
+
     /// The prompt text for `messages`; `addGenerationPrompt` appends the assistant turn's opening.
     public func render(
         messages: [ChatMessage], addGenerationPrompt: Bool = true, bosToken: String = "", eosToken: String = "",
         extra: [String: JinjaValue] = [:]
     ) throws -> String {
+        try render(
+            messageValues: messages.map { .object([("role", .string($0.role)), ("content", .string($0.content))]) },
+            addGenerationPrompt: addGenerationPrompt, bosToken: bosToken, eosToken: eosToken, extra: extra)
+    }
+
+    /// The prompt text for messages given as template values (with fields beyond role and content, such as
+    /// `tool_calls` and `tool_call_id`).
+    public func render(
+        messageValues: [JinjaValue], addGenerationPrompt: Bool = true, bosToken: String = "", eosToken: String = "",
+        extra: [String: JinjaValue] = [:]
+    ) throws -> String {
         var context = extra
-        context["messages"] = .array(
-            messages.map { .object([("role", .string($0.role)), ("content", .string($0.content))]) })
+        context["messages"] = .array(messageValues)
         context["add_generation_prompt"] = .bool(addGenerationPrompt)
         context["bos_token"] = .string(bosToken)
         context["eos_token"] = .string(eosToken)

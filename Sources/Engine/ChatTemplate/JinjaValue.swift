@@ -68,9 +68,24 @@ public indirect enum JinjaValue: Sendable, Equatable {
         case .double(let d): return String(d)
         case .string(let s): return JSONString.quoted(s)
         case .array(let a): return "[" + a.map(\.json).joined(separator: ", ") + "]"
-        case .dict(let d, let keys): return "{" + keys.map { "\"\($0)\": \(d[$0]!.json)" }.joined(separator: ", ") + "}"
+        case .dict(let d, let keys):
+            return "{" + keys.map { "\(JSONString.quoted($0)): \(d[$0]!.json)" }.joined(separator: ", ") + "}"
         case .namespace(let ns):
             return JinjaValue.object(ns.values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }).json
+        }
+    }
+
+    /// The Jinja form of a JSON value (objects keep their member order).
+    public init(_ json: JSONValue) {
+        switch json {
+        case .null: self = .none
+        case .bool(let b): self = .bool(b)
+        case .int(let i): self = .int(i)
+        case .double(let d): self = .double(d)
+        case .float(let f): self = .double(Double(f))
+        case .string(let s): self = .string(s)
+        case .array(let items): self = .array(items.map(JinjaValue.init))
+        case .object(let pairs): self = .object(pairs.map { ($0.0, JinjaValue($0.1)) })
         }
     }
 
