@@ -73,8 +73,23 @@ final class RequestRouter: Sendable {
             throw APIError.badRequest("the request body must be a JSON object")
         }
         let auth = Self.authorization(request)
+        if let prompts = PromptListRequest.prompts(of: body), path.hasSuffix("/v1/completions") {
+            return try await PromptListRequest(body: body, prompts: prompts) { one in
+                try await self.handle(path: path, body: one, auth: auth, start: start)
+            }.run()
+        }
+        return try await handle(path: path, body: body, auth: auth, start: start)
+    }
+
+    /// Whether a request runs the overlapped way when the flow allows: not when it asks for several choices, which
+    /// the decode instance alone serves (sharing the KV that came), after vLLM's order.
+    static func overlaps(_ body: JSONValue) -> Bool { (body.integer("n") ?? 1) <= 1 }
+
+    private func handle(path: String, body: JSONValue, auth: String?, start: ContinuousClock.Instant) async throws
+        -> Response
+    {
         let uuid = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        if flow == .overlap, let d = registry.acquire(.decode, policy: policy) {
+        if flow == .overlap, Self.overlaps(body), let d = registry.acquire(.decode, policy: policy) {
             // Overlapped only between Tandem instances; otherwise vLLM's order, below.
             if d.resumable, let p = registry.acquire(.prefill, policy: policy) {
                 if p.resumable {

@@ -193,7 +193,13 @@ struct ChoiceChunker {
         self.run = run
         self.includeUsage = includeUsage
         textOffset = run.formatter.textOffsetBase
-        tools = run.formatter.parsesToolCalls ? ToolCallStreamer() : nil
+        if run.formatter.parsesToolCalls {
+            // A resumed answer's earlier text went out from another instance, read by the same rules: reading it
+            // again (and dropping what it gives) leaves this stream where that one stopped.
+            var streamer = ToolCallStreamer()
+            _ = streamer.feed(run.handle.resumedText)
+            tools = streamer
+        }
     }
 
     /// The chunk for `out`, or nil when it makes none.

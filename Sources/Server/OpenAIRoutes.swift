@@ -198,32 +198,27 @@ public final class InstanceAPI: Sendable {
     ) async throws -> Response {
         let n = try fields.choiceCount()
         let requestId = request.headers[.xRequestID] ?? UUID().uuidString.replacingOccurrences(of: "-", with: "")
-        // Disaggregated, a request's KV moves under its one id and its answer is split between instances: several
-        // choices and an echoed prompt are served by colocated instances for now.
-        // Asked only when it matters (an echo or several choices): a single request parses its transfer once, in
-        // `start`.
-        func split() -> Bool {
-            let transfers = kvConnector.map { c in
-                fields.value("kv_transfer_params") != nil
-                    || ((try? c.parse(requestId: requestId, params: try fields.kvTransferParams())) ?? nil) != nil
+        let role = try transferRole(fields, requestId: requestId)
+        let resumed = fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil
+        if role != nil || resumed {
+            // Disaggregated or resumed, a request's KV moves under its one id: one prompt (the proxy sends a prompt
+            // list's prompts one by one), and several choices only on the decode side, sharing the KV that came.
+            if prompts.count > 1 {
+                throw APIError.badRequest(
+                    "a disaggregated or resumed request carries one prompt (send a prompt list to the proxy or to a colocated instance)",
+                    param: "prompt")
             }
-            return transfers == true || fields.value("tandem_resume") != nil || fields.value("tandem_handoff") != nil
+            if n > 1, resumed {
+                throw APIError.badRequest("a resumed or handed-off request has n = 1", param: "n")
+            }
         }
-        if try fields.bool("echo") == true, split() {
-            throw APIError.badRequest(
-                "'echo' is served by a colocated instance, not in a disaggregated or resumed request", param: "echo")
-        }
-        guard prompts.count * n > 1 else {
+        // A prefill for several choices computes the prompt once: its KV is all the decode needs.
+        guard prompts.count * n > 1, role != .produce else {
             let run = try start(
                 kind: kind, requestId: requestId, fields: fields, prompt: prompts[0], params: params, loaded: loaded)
             let (stream, includeUsage) = try fields.streaming()
             if stream { return try await run.streamingResponse(includeUsage: includeUsage) }
             return try await run.collectedResponse()
-        }
-        if split() {
-            throw APIError.badRequest(
-                "a disaggregated or resumed request carries one prompt and n = 1 (send several choices to a colocated instance)",
-                param: n > 1 ? "n" : "prompt")
         }
         // Choice j of a prompt samples with seed + j (as vLLM's parallel sampling does), so a seeded run repeats.
         var runs: [GenerationRun] = []
@@ -232,9 +227,13 @@ public final class InstanceAPI: Sendable {
                 for j in 0..<n {
                     var choiceParams = params
                     choiceParams.seed = params.seed.map { $0 &+ UInt64(j) }
+                    // A decode's first choice takes the KV that comes (under the request's id); the others wait
+                    // for it in the prefix cache.
+                    let consumes = role == .consume
                     var run = try start(
-                        kind: kind, requestId: "\(requestId)-\(p * n + j)", fields: fields, prompt: prompt,
-                        params: choiceParams, loaded: loaded, responseId: requestId)
+                        kind: kind, requestId: consumes && j == 0 ? requestId : "\(requestId)-\(p * n + j)",
+                        fields: fields, prompt: prompt, params: choiceParams, loaded: loaded, responseId: requestId,
+                        transfers: consumes && j == 0, sharesPromptWith: consumes && j > 0 ? requestId : nil)
                     run.formatter.index = p * n + j
                     runs.append(run)
                 }
@@ -268,16 +267,28 @@ public final class InstanceAPI: Sendable {
         return Response.json(runs[0].formatter.merged(parts, promptTokenTotal: promptTokenTotal))
     }
 
+    /// Whether the request moves KV, and which way: nil when it moves none (or this instance has no connector).
+    private func transferRole(_ fields: RequestFields, requestId: String) throws -> KVTransferParams.Role? {
+        guard let kvConnector else { return nil }
+        do {
+            return try kvConnector.parse(requestId: requestId, params: try fields.kvTransferParams())?.role
+        } catch let error as KVTransferParamsError {
+            throw APIError.badRequest(error.description, param: "kv_transfer_params")
+        }
+    }
+
     /// Submits one choice to the engine; its run, not yet read.
     private func start(
         kind: ResponseFormatter.Kind, requestId: String, fields: RequestFields, prompt: [Int32],
-        params: SamplingParams, loaded: LoadedModel, responseId: String? = nil
+        params: SamplingParams, loaded: LoadedModel, responseId: String? = nil, transfers: Bool = true,
+        sharesPromptWith: String? = nil
     ) throws -> GenerationRun {
         let returnTokenIds = try fields.bool("return_token_ids") ?? false
         var generation = GenerationRequest(id: requestId, promptTokens: prompt, params: params)
         generation.resume = try fields.resume()
         generation.handOffAfterFirstToken = try fields.bool("tandem_handoff") ?? false
-        if let kvConnector {
+        generation.sharesPromptWith = sharesPromptWith
+        if let kvConnector, transfers {
             do {
                 generation.kvTransfer = try kvConnector.parse(
                     requestId: requestId, params: try fields.kvTransferParams())
@@ -306,7 +317,10 @@ public final class InstanceAPI: Sendable {
             promptTokens: prompt, returnTokenIds: returnTokenIds, wantsLogprobs: params.logprobs != nil)
         formatter.textOffsetBase = handle.resumedText.count
         formatter.parsesToolCalls = try kind == .chat && fields.toolRequest()?.parsesCalls == true
-        if kind == .completion, try fields.bool("echo") == true { formatter.echoText = loaded.tokenizer.decode(prompt) }
+        // A resumed answer's echo went out with its start, from another instance.
+        if kind == .completion, try fields.bool("echo") == true, generation.resume == nil {
+            formatter.echoText = loaded.tokenizer.decode(prompt)
+        }
         return GenerationRun(handle: handle, formatter: formatter, metrics: metrics)
     }
 }

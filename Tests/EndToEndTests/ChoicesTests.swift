@@ -91,20 +91,67 @@ import Testing
         }
     }
 
-    /// Through the proxy (disaggregated), several choices are not split across instances yet: a clear 400, at once.
-    @Test func theProxyRefusesSeveralChoicesWithA400() async throws {
-        let cluster = try await ResumeTests.Cluster.start(decodes: 1, colocated: false)
-        defer { cluster.stop() }
-        for body in [
-            #"{"prompt":"x","n":2,"max_tokens":4}"#, #"{"prompt":["a","b"],"max_tokens":4}"#,
-            #"{"prompt":"x","echo":true,"max_tokens":4}"#,
-        ] {
-            let reply = try await cluster.proxy.post("/v1/completions", body)
-            let error = reply.json?["error"] as? [String: Any]
-            #expect(reply.status == .badRequest && error?["message"] as? String != nil, "\(body): \(reply.body)")
+    /// Each choice's text by index, from a whole response or a stream.
+    func texts(_ reply: HTTPReply, stream: Bool) -> [Int: String] {
+        var out: [Int: String] = [:]
+        let objects = stream ? reply.events : [reply.json ?? [:]]
+        for object in objects {
+            for choice in object["choices"] as? [[String: Any]] ?? [] {
+                if let i = choice["index"] as? Int { out[i, default: ""] += choice["text"] as? String ?? "" }
+            }
         }
-        let fine = try await cluster.proxy.post("/v1/completions", #"{"prompt":"x","max_tokens":4}"#)
-        #expect(fine.status == .ok)
+        return out
+    }
+
+    /// Through the proxy (disaggregated), several choices and prompt lists answer as a colocated instance does, and
+    /// each prompt's KV moves once: the prefill computes each prompt once (`n` > 1 too), the decode loads it once
+    /// and its other choices reuse it from the prefix cache.
+    @Test func throughTheProxyEachPromptsKVMovesOnceAndTheAnswersAreTheColocatedOnes() async throws {
+        let cluster = try await ResumeTests.Cluster.start(decodes: 1, colocated: true)
+        defer { cluster.stop() }
+        let long =
+            "Write a long story about a lighthouse keeper who finds a message in a bottle on a stormy night, and about the ship that sent it, its captain, and the town they both came from."
+        let promptTokens =
+            try await cluster.colocated!.post("/tokenize", #"{"prompt":"\#(long)"}"#).json?["count"] as? Int ?? 0
+        #expect(promptTokens > 32, "the prompt fills two blocks: \(promptTokens)")
+        let bodies = [
+            #""prompt":"\#(long)","max_tokens":10,"temperature":0.9,"seed":3,"n":3"#,
+            #""prompt":["\#(long)","def fibonacci(n):","Once upon a time"],"max_tokens":8,"temperature":0"#,
+            #""prompt":["def fibonacci(n):","Once upon a time"],"max_tokens":6,"temperature":0.8,"seed":1,"n":2"#,
+            #""prompt":"The capital of France is","max_tokens":6,"temperature":0,"echo":true"#,
+        ]
+        for fields in bodies {
+            for stream in [false, true] {
+                let body = "{\(fields),\"stream\":\(stream)}"
+                let reference = texts(try await cluster.colocated!.post("/v1/completions", body), stream: stream)
+                let reply = try await cluster.proxy.post("/v1/completions", body)
+                #expect(reply.status == .ok, "\(body): \(reply.body)")
+                #expect(texts(reply, stream: stream) == reference, "\(body)")
+                #expect(reference.count >= 2 || fields.contains("echo"), "\(reference)")
+            }
+        }
+        // n = 3 once more, counted: one prefill of the prompt, one load on the decode, two prefix-cache reuses.
+        func counts() async throws -> (prefilled: Double, loaded: Double, hits: Double) {
+            let p = try await cluster.prefill.get("/metrics").body
+            let d = try await cluster.decodes[0].get("/metrics").body
+            return (
+                metricValue(p, "vllm:prompt_tokens_total") ?? -1, metricValue(d, "tandem_kv_loaded_tokens_total") ?? -1,
+                metricValue(d, "vllm:prefix_cache_hits_total") ?? -1
+            )
+        }
+        let before = try await counts()
+        let reply = try await cluster.proxy.post(
+            "/v1/completions", #"{"prompt":"\#(long) Again.","max_tokens":4,"temperature":0.9,"seed":9,"n":3}"#)
+        #expect((reply.json?["choices"] as? [Any])?.count == 3, "\(reply.body)")
+        let after = try await counts()
+        let prompt = Double(promptTokens + 2)
+        #expect(after.prefilled - before.prefilled <= prompt + 1, "the prefill computed the prompt once: \(after)")
+        #expect((prompt - 1...prompt + 1).contains(after.loaded - before.loaded), "loaded once: \(before) \(after)")
+        let blocks = Double((promptTokens + 2) / 16)
+        #expect(
+            after.hits - before.hits >= 2 * 16 * blocks, "the other two choices reused its blocks: \(before) \(after)")
+        let recomputes = metricValue(try await cluster.decodes[0].get("/metrics").body, "tandem_kv_recomputes_total")
+        #expect(recomputes == 0)
     }
 
     /// `echo`: a completion's text starts with its prompt, whole or streamed, for each prompt of a list.

@@ -214,6 +214,9 @@ public final class EngineCore: @unchecked Sendable {
             condition.unlock()
             for r in arrived {
                 live[r.arrival] = r
+                if let id = r.promptSourceId {
+                    r.promptSource = live.values.first { $0.id == id && $0.prompt == r.prompt }
+                }
                 if r.kvTransfer?.role == .produce, let view = r.connectorView {
                     r.kvLayerSink = connector?.saver(for: view)
                 }

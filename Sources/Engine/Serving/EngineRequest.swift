@@ -14,6 +14,10 @@ public struct GenerationRequest: Sendable {
     /// Ends the request after its first token unless that token already ends it (a prefill handing the rest to a
     /// decode instance): the last output then has `handedOff` set and nothing held back is flushed.
     public var handOffAfterFirstToken = false
+    /// The id of a request submitted just before this one with the same prompt, whose KV comes from another
+    /// instance: this one waits until that prompt's KV is in the prefix cache and reuses it, so the KV moves once
+    /// for all the choices of a disaggregated request (`n`).
+    public var sharesPromptWith: String?
 
     public init(id: String, promptTokens: [Int32], params: SamplingParams) {
         self.id = id
@@ -99,6 +103,19 @@ final class EngineRequest {
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
     let handOffAfterFirstToken: Bool
+    /// The request whose prompt KV this one waits for (`GenerationRequest.sharesPromptWith`).
+    weak var promptSource: EngineRequest?
+    let promptSourceId: String?
+
+    /// Whether this request must still wait for its prompt source: until the source's full prompt blocks are in the
+    /// prefix cache, or it ended.
+    var waitsForPromptSource: Bool {
+        guard let source = promptSource, source.status != .finished else { return false }
+        return source.blockHashes.count < source.fullPromptBlocks
+    }
+
+    /// How many full blocks the prompt fills (set by the scheduler, which knows the block size).
+    var fullPromptBlocks = 0
 
     init(
         _ request: GenerationRequest, arrival: UInt64, maxModelLength: Int,
@@ -115,6 +132,7 @@ final class EngineRequest {
         sampler = Sampler(params: request.params, promptTokens: request.promptTokens)
         stops = StopStringMatcher(stops: request.params.stop)
         handOffAfterFirstToken = request.handOffAfterFirstToken
+        promptSourceId = request.sharesPromptWith
     }
 
     /// Puts a resumed request where the run it continues stood after `point.tokens`: output, sampler, and the text

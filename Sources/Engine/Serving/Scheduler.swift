@@ -56,7 +56,10 @@ final class Scheduler {
     /// Nothing to compute: no request runs or waits for admission (requests parked for their KV need no step).
     var isIdle: Bool { waiting.isEmpty && running.isEmpty }
 
-    func add(_ request: EngineRequest) { waiting.append(request) }
+    func add(_ request: EngineRequest) {
+        request.fullPromptBlocks = request.prompt.count / config.blockSize
+        waiting.append(request)
+    }
 
     /// The work of the next step.
     func schedule() -> [ScheduledChunk] {
@@ -78,14 +81,17 @@ final class Scheduler {
             i += 1
         }
         guard !preempted else { return plan }
-        while let r = waiting.first, running.count + awaitingKV.count < config.maxNumSeqs, budget > 0 {
+        // In arrival order, past requests that wait for another's prompt KV (`waitsForPromptSource`).
+        while let r = waiting.first(where: { !$0.waitsForPromptSource }),
+            running.count + awaitingKV.count < config.maxNumSeqs, budget > 0
+        {
             var hit = 0
             if r.blockTable.isEmpty, r.kvTransfer?.role == .consume, !r.loadStarted {
                 // KV on its way: take blocks for the whole prompt now and wait for it outside the batch, until the
                 // connector signals that the load finished or failed.
                 guard reserve(r, upTo: r.prompt.count) else { break }
                 if r.cachedPromptTokens < 0 { r.cachedPromptTokens = 0 }
-                waiting.removeFirst()
+                waiting.removeAll { $0 === r }
                 r.status = .running
                 r.loadStarted = true
                 awaitingKV.append(r)
@@ -110,7 +116,7 @@ final class Scheduler {
             if r.cachedPromptTokens < 0 { r.cachedPromptTokens = hit }
             prefixQueryTokens += r.allTokens.count
             prefixHitTokens += hit
-            waiting.removeFirst()
+            waiting.removeAll { $0 === r }
             r.status = .running
             running.append(r)
             plan.append(ScheduledChunk(request: r, start: r.computed, count: n))

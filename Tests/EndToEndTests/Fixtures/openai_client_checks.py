@@ -1,7 +1,7 @@
 """Everyday calls of the real openai client (3.57, PyPI) against a Tandem server: prints one JSON line of results.
 
-Usage: python openai_client_checks.py BASE_URL MODE, MODE `colocated` (every check) or `proxy` (what a
-disaggregated deployment serves: several choices and echo are refused there for now, and that is checked too).
+Usage: python openai_client_checks.py BASE_URL MODE, MODE `colocated` or `proxy` (a disaggregated deployment):
+the same checks in both.
 """
 
 import json
@@ -48,38 +48,42 @@ forced = client.completions.create(
 )
 check("logit_bias", forced.usage.completion_tokens == 3, forced.choices[0].text)
 
-if mode == "colocated":
-    three = client.completions.create(
-        model="default", prompt="Once upon a time", max_tokens=8, temperature=0.9, seed=5, n=3
-    )
-    check("n3", sorted(ch.index for ch in three.choices) == [0, 1, 2], [ch.text for ch in three.choices])
+three = client.completions.create(
+    model="default", prompt="Once upon a time", max_tokens=8, temperature=0.9, seed=5, n=3
+)
+again = client.completions.create(
+    model="default", prompt="Once upon a time", max_tokens=8, temperature=0.9, seed=5, n=3
+)
+single = client.completions.create(model="default", prompt="Once upon a time", max_tokens=1, temperature=0)
+texts = [ch.text for ch in sorted(three.choices, key=lambda ch: ch.index)]
+check(
+    "n3",
+    sorted(ch.index for ch in three.choices) == [0, 1, 2]
+    and texts == [ch.text for ch in sorted(again.choices, key=lambda ch: ch.index)]
+    and three.usage.prompt_tokens == single.usage.prompt_tokens,
+    (texts, three.usage),
+)
 
-    indexes = set()
-    for chunk in client.completions.create(
-        model="default", prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=5, n=2, stream=True
-    ):
-        indexes.update(ch.index for ch in chunk.choices)
-    check("n2_stream", indexes == {0, 1}, sorted(indexes))
+indexes = set()
+for chunk in client.completions.create(
+    model="default", prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=5, n=2, stream=True
+):
+    indexes.update(ch.index for ch in chunk.choices)
+check("n2_stream", indexes == {0, 1}, sorted(indexes))
 
-    echo = client.completions.create(
-        model="default", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True
-    )
-    check("echo", echo.choices[0].text.startswith("The capital of France is"), echo.choices[0].text)
+echo = client.completions.create(
+    model="default", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True
+)
+check("echo", echo.choices[0].text.startswith("The capital of France is"), echo.choices[0].text)
 
-    prompts = ["The capital of France is", "def add(a, b):"]
-    batch = client.completions.create(model="default", prompt=prompts, max_tokens=6, temperature=0)
-    alone = [
-        client.completions.create(model="default", prompt=p, max_tokens=6, temperature=0).choices[0].text
-        for p in prompts
-    ]
-    ordered = [ch.text for ch in sorted(batch.choices, key=lambda ch: ch.index)]
-    check("prompt_list", ordered == alone, {"batch": ordered, "alone": alone})
-else:
-    try:
-        client.completions.create(model="default", prompt="x", max_tokens=4, n=2)
-        check("n_refused", False, "n=2 was accepted")
-    except openai.BadRequestError as error:
-        check("n_refused", error.status_code == 400, error.message)
+prompts = ["The capital of France is", "def add(a, b):"]
+batch = client.completions.create(model="default", prompt=prompts, max_tokens=6, temperature=0)
+alone = [
+    client.completions.create(model="default", prompt=p, max_tokens=6, temperature=0).choices[0].text
+    for p in prompts
+]
+ordered = [ch.text for ch in sorted(batch.choices, key=lambda ch: ch.index)]
+check("prompt_list", ordered == alone, {"batch": ordered, "alone": alone})
 
 def valid(value, schema):
     """The JSON Schema subset the schemas below use: type, properties, required, enum, bounds, items, lengths."""
@@ -187,5 +191,96 @@ try:
     check("unknown_model", False, "accepted")
 except openai.NotFoundError as error:
     check("unknown_model", error.status_code == 404, error.body)
+
+weather = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+clock = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The local time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
+schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (weather, clock)}
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def valid_call(call, names):
+    try:
+        return call.id and call.function.name in names and valid(
+            json.loads(call.function.arguments), schemas[call.function.name])
+    except (ValueError, KeyError):
+        return False
+
+
+bad = []
+for seed in range(4):
+    r = client.chat.completions.create(
+        model="default", messages=ask, tools=[weather, clock], tool_choice="required", parallel_tool_calls=False,
+        temperature=0.9, seed=seed, max_tokens=120,
+    )
+    ch = r.choices[0]
+    calls = ch.message.tool_calls or []
+    if ch.finish_reason != "tool_calls" or len(calls) != 1 or not valid_call(calls[0], schemas):
+        bad.append((ch.finish_reason, ch.message.content, [c.function for c in calls]))
+check("tool_required", not bad, bad)
+
+r = client.chat.completions.create(
+    model="default", messages=ask, tools=[weather, clock], temperature=0, max_tokens=120,
+    tool_choice={"type": "function", "function": {"name": "get_time"}},
+)
+calls = r.choices[0].message.tool_calls or []
+check("tool_named", len(calls) == 1 and valid_call(calls[0], ["get_time"]), r.choices[0].message)
+
+parts = {}
+finish = None
+for chunk in client.chat.completions.create(
+    model="default", messages=ask, tools=[weather], tool_choice="required", parallel_tool_calls=False,
+    temperature=0, max_tokens=120, stream=True,
+):
+    for ch in chunk.choices:
+        for tc in ch.delta.tool_calls or []:
+            entry = parts.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            entry["id"] = entry["id"] or tc.id
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        finish = ch.finish_reason or finish
+streamed = list(parts.values())
+check(
+    "tool_stream",
+    finish == "tool_calls" and len(streamed) == 1 and streamed[0]["name"] == "get_weather"
+    and valid(json.loads(streamed[0]["arguments"]), schemas["get_weather"]),
+    (finish, streamed),
+)
+
+answered = client.chat.completions.create(
+    model="default", max_tokens=24, temperature=0, tools=[weather],
+    messages=ask + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"temperature": 21, "sky": "sunny"})},
+    ],
+)
+check("tool_result", answered.choices[0].finish_reason in ("stop", "length", "tool_calls"), answered.choices[0])
+
+try:
+    client.chat.completions.create(
+        model="default", messages=ask, tools=[weather], max_tokens=4,
+        tool_choice={"type": "function", "function": {"name": "nope"}},
+    )
+    check("tool_refused", False, "accepted")
+except openai.BadRequestError as error:
+    check("tool_refused", error.status_code == 400 and "nope" in error.message, error.message)
 
 print(json.dumps(results))
