@@ -23,6 +23,9 @@ public struct SamplingParams: Sendable, Equatable {
     public var ignoreEOS = false
     /// Return this many most likely alternatives per token (nil: no logprobs).
     public var logprobs: Int?
+    /// Return the prompt's logprobs too, with this many alternatives per token (nil: none). Every prompt position
+    /// is then computed here: no prefix-cache hit, no loaded KV.
+    public var promptLogprobs: Int?
     /// OpenAI's `logit_bias`: added to a token's logit before sampling (greedy too), after the penalties.
     public var logitBias: [Int32: Float] = [:]
     /// Structured output: every token must keep the text inside this grammar; end of generation only where the

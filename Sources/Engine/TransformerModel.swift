@@ -14,6 +14,8 @@ public struct SequenceChunk: Sendable {
     public var wantsLogits: Bool
     /// Length of the request's prompt: it decides which attention kernel each row uses (`AttentionKernelChoice`).
     public var promptLength: Int
+    /// Whether every row's logits go to `forward`'s `rowLogits` (a prompt's logprobs).
+    public var wantsAllLogits = false
 
     public init(tokens: [Int32], startPosition: Int, blockTable: [Int32], wantsLogits: Bool, promptLength: Int) {
         self.tokens = tokens
@@ -53,8 +55,11 @@ public final class TransformerModel: @unchecked Sendable {
     /// Runs `chunks` through the model, writing their K and V into `cache`; returns the last-token logits of each
     /// chunk that asked for them (nil for the others). `afterLayer`, when given, is called with each layer's index as
     /// soon as that layer's K and V for every chunk are in the cache.
+    /// Chunks with `wantsAllLogits` hand each row's logits to `rowLogits` (chunk index, row in the chunk, logits),
+    /// computed in groups of rows so that a long prompt never holds them all at once.
     public func forward(
-        _ chunks: [SequenceChunk], cache: PagedKVCache, afterLayer: ((Int) -> Void)? = nil
+        _ chunks: [SequenceChunk], cache: PagedKVCache, afterLayer: ((Int) -> Void)? = nil,
+        rowLogits: ((Int, Int, UnsafeBufferPointer<Float>) -> Void)? = nil
     ) -> [[Float]?] {
         lock.lock()
         defer { lock.unlock() }
@@ -130,6 +135,9 @@ public final class TransformerModel: @unchecked Sendable {
             r += chunk.tokens.count
             if chunk.wantsLogits { logitRows.append(r - 1) }
         }
+        if let rowLogits, chunks.contains(where: \.wantsAllLogits) {
+            allRowLogits(chunks, ws: ws, into: rowLogits)
+        }
         guard !logitRows.isEmpty else { return results }
         for (i, row) in logitRows.enumerated() {
             Ops.rmsNorm(ws.x + row * e, weights.outputNorm, into: ws.xn + i * e, rows: 1, width: e, eps: c.rmsNormEps)
@@ -145,6 +153,41 @@ public final class TransformerModel: @unchecked Sendable {
             k += 1
         }
         return results
+    }
+
+    /// Every row's logits for the chunks that want them all, 32 rows at a time (each row's arithmetic is the
+    /// same whatever else is in its group).
+    private func allRowLogits(
+        _ chunks: [SequenceChunk], ws: Workspace.Buffers, into rowLogits: (Int, Int, UnsafeBufferPointer<Float>) -> Void
+    ) {
+        let c = config
+        let e = c.embeddingLength
+        var rows: [(chunk: Int, row: Int, at: Int)] = []
+        var r = 0
+        for (ci, chunk) in chunks.enumerated() {
+            if chunk.wantsAllLogits { rows += (0..<chunk.tokens.count).map { (ci, $0, r + $0) } }
+            r += chunk.tokens.count
+        }
+        let group = 32
+        var logits = [Float](repeating: 0, count: group * c.vocabSize)
+        var start = 0
+        while start < rows.count {
+            let part = rows[start..<min(rows.count, start + group)]
+            for (i, row) in part.enumerated() {
+                Ops.rmsNorm(
+                    ws.x + row.at * e, weights.outputNorm, into: ws.xn + i * e, rows: 1, width: e, eps: c.rmsNormEps)
+            }
+            logits.withUnsafeMutableBufferPointer { out in
+                weights.output.multiply(
+                    ws.xn, batch: part.count, into: out.baseAddress!, pool: pool, scratch: &activations)
+                for (i, row) in part.enumerated() {
+                    rowLogits(
+                        row.chunk, row.row,
+                        UnsafeBufferPointer(rebasing: out[(i * c.vocabSize)..<((i + 1) * c.vocabSize)]))
+                }
+            }
+            start += group
+        }
     }
 
     /// Causal attention of every row over its sequence's cached keys and values, laid out by `plan`. Rows of the tiled

@@ -46,7 +46,9 @@ struct GenerationRun: Sendable {
         var text = ""
         var ids: [Int32] = []
         var logprobs: [TokenLogprob] = []
+        var promptLogprobs: [TokenLogprob]?
         for await out in handle.outputs {
+            promptLogprobs = out.promptLogprobs ?? promptLogprobs
             if !out.tokenIds.isEmpty { timing.tokenArrived() }
             text += out.text
             ids += out.tokenIds
@@ -59,7 +61,7 @@ struct GenerationRun: Sendable {
                 }
                 let body = formatter.response(
                     text: text, tokenIds: ids, logprobs: logprobs, finish: out.handedOff ? nil : finish, usage: usage,
-                    kvTransferParams: out.kvTransferParams)
+                    kvTransferParams: out.kvTransferParams, promptLogprobs: promptLogprobs)
                 return (body, usage)
             }
         }
@@ -192,7 +194,7 @@ struct ChoiceChunker {
     init(run: GenerationRun, includeUsage: Bool) {
         self.run = run
         self.includeUsage = includeUsage
-        textOffset = run.formatter.textOffsetBase
+        textOffset = run.formatter.textOffsetBase + run.formatter.echoText.count
         if run.formatter.parsesToolCalls {
             // A resumed answer's earlier text went out from another instance, read by the same rules: reading it
             // again (and dropping what it gives) leaves this stream where that one stopped.
@@ -220,7 +222,7 @@ struct ChoiceChunker {
         let chunk = run.formatter.chunk(
             text: text, tokenIds: out.tokenIds, logprobs: out.logprobs, finish: out.handedOff ? nil : out.finishReason,
             first: first, textOffset: textOffset, includeUsageField: includeUsage, toolCalls: calls,
-            firstCallIndex: callCount - calls.count, calledTools: callCount > 0)
+            firstCallIndex: callCount - calls.count, calledTools: callCount > 0, promptLogprobs: out.promptLogprobs)
         first = false
         textOffset += out.text.count
         return chunk

@@ -114,10 +114,8 @@ public final class InstanceAPI: Sendable {
         var params = try limited(
             fields.samplingParams(defaultMaxTokens: min(16, maxTokensLimit ?? 16)), fields: fields, loaded: loaded)
         params.logprobs = try fields.int("logprobs", in: 0...20)
-        if try fields.bool("echo") == true, params.logprobs != nil {
-            throw APIError.badRequest(
-                "'echo' with 'logprobs' (the prompt's logprobs) is not supported yet", param: "echo")
-        }
+        // Echoed with logprobs, the prompt's tokens get theirs too (vLLM's and OpenAI's legacy behaviour).
+        if try fields.bool("echo") == true, let top = params.logprobs { params.promptLogprobs = top }
         return try await run(
             kind: .completion, request: request, fields: fields, prompts: prompts, params: params, loaded: loaded)
     }

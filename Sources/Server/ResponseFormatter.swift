@@ -30,7 +30,7 @@ struct ResponseFormatter: Sendable {
     /// The whole response (`finish` nil for a prefill that handed the rest on); a producer's carries `kv_transfer_params` at the top level, as vLLM's does.
     func response(
         text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, usage: GenerationUsage,
-        kvTransferParams: [(String, KVParamValue)]? = nil
+        kvTransferParams: [(String, KVParamValue)]? = nil, promptLogprobs: [TokenLogprob]? = nil
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
         var calledTools = false
@@ -47,7 +47,13 @@ struct ResponseFormatter: Sendable {
             choice.append(("message", .object(message)))
             calledTools = !calls.isEmpty
         }
-        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffsetBase) : .null))
+        choice.append(
+            (
+                "logprobs",
+                wantsLogprobs
+                    ? logprobsJSON(logprobs, textOffset: textOffsetBase + echoText.count, prompt: promptLogprobs)
+                    : .null
+            ))
         choice.append(("finish_reason", finishJSON(finish, calledTools: calledTools)))
         choice.append(("stop_reason", .null))
         if returnTokenIds {
@@ -68,7 +74,7 @@ struct ResponseFormatter: Sendable {
     func chunk(
         text: String, tokenIds: [Int32], logprobs: [TokenLogprob], finish: FinishReason?, first: Bool,
         textOffset: Int, includeUsageField: Bool, toolCalls: [ParsedToolCall] = [], firstCallIndex: Int = 0,
-        calledTools: Bool = false
+        calledTools: Bool = false, promptLogprobs: [TokenLogprob]? = nil
     ) -> JSONValue {
         var choice: [(String, JSONValue)] = [("index", .int(index))]
         switch kind {
@@ -86,7 +92,11 @@ struct ResponseFormatter: Sendable {
             }
             choice.append(("delta", .object(delta)))
         }
-        choice.append(("logprobs", wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffset) : .null))
+        choice.append(
+            (
+                "logprobs",
+                wantsLogprobs ? logprobsJSON(logprobs, textOffset: textOffset, prompt: promptLogprobs) : .null
+            ))
         choice.append(("finish_reason", finishJSON(finish, calledTools: calledTools)))
         if returnTokenIds {
             if first { choice.append(("prompt_token_ids", ids(promptTokens))) }
@@ -159,26 +169,41 @@ struct ResponseFormatter: Sendable {
     }
 
     /// Completions use `{tokens, token_logprobs, top_logprobs, text_offset}`; chat uses `{content: [...]}`.
-    func logprobsJSON(_ logprobs: [TokenLogprob], textOffset: Int) -> JSONValue {
+    /// An echoed prompt's logprobs (`prompt`, for prompt tokens 1...) come first, as vLLM gives them: its first
+    /// token has none (null), and their offsets count from the start of the echoed text.
+    func logprobsJSON(_ logprobs: [TokenLogprob], textOffset: Int, prompt: [TokenLogprob]? = nil) -> JSONValue {
         switch kind {
         case .completion:
             var offsets: [JSONValue] = []
+            var tokens: [JSONValue] = []
+            var values: [JSONValue] = []
+            var tops: [JSONValue] = []
+            if let prompt, let first = promptTokens.first {
+                var offset = 0
+                offsets.append(.int(0))
+                offset += tokenString(first).count
+                tokens.append(.string(tokenString(first)))
+                values.append(.null)
+                tops.append(.null)
+                for lp in prompt {
+                    offsets.append(.int(offset))
+                    offset += tokenString(lp.id).count
+                }
+            }
+            let all = (prompt ?? []) + logprobs
             var offset = textOffset
             for lp in logprobs {
                 offsets.append(.int(offset))
                 offset += tokenString(lp.id).count
             }
+            for lp in all {
+                tokens.append(.string(tokenString(lp.id)))
+                values.append(.float(lp.logprob))
+                tops.append(.object(lp.top.map { (tokenString($0.id), .float($0.logprob)) }))
+            }
             return .object([
-                ("text_offset", .array(offsets)),
-                ("token_logprobs", .array(logprobs.map { .float($0.logprob) })),
-                ("tokens", .array(logprobs.map { .string(tokenString($0.id)) })),
-                (
-                    "top_logprobs",
-                    .array(
-                        logprobs.map { lp in
-                            .object(lp.top.map { (tokenString($0.id), .float($0.logprob)) })
-                        })
-                ),
+                ("text_offset", .array(offsets)), ("token_logprobs", .array(values)), ("tokens", .array(tokens)),
+                ("top_logprobs", .array(tops)),
             ])
         case .chat:
             func entry(_ id: Int32, _ logprob: Float) -> [(String, JSONValue)] {

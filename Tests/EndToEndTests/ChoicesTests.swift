@@ -119,6 +119,7 @@ import Testing
             #""prompt":["\#(long)","def fibonacci(n):","Once upon a time"],"max_tokens":8,"temperature":0"#,
             #""prompt":["def fibonacci(n):","Once upon a time"],"max_tokens":6,"temperature":0.8,"seed":1,"n":2"#,
             #""prompt":"The capital of France is","max_tokens":6,"temperature":0,"echo":true"#,
+            #""prompt":"The capital of France is","max_tokens":6,"temperature":0,"echo":true,"logprobs":2"#,
         ]
         for fields in bodies {
             for stream in [false, true] {
@@ -127,6 +128,12 @@ import Testing
                 let reply = try await cluster.proxy.post("/v1/completions", body)
                 #expect(reply.status == .ok, "\(body): \(reply.body)")
                 #expect(texts(reply, stream: stream) == reference, "\(body)")
+                if fields.contains("logprobs"), !stream {
+                    let colocated = try await cluster.colocated!.post("/v1/completions", body)
+                    let a = (reply.json?["choices"] as? [[String: Any]])?.first?["logprobs"] as? NSDictionary
+                    let b = (colocated.json?["choices"] as? [[String: Any]])?.first?["logprobs"] as? NSDictionary
+                    #expect(a != nil && a == b, "the prompt's logprobs through the proxy: \(reply.body)")
+                }
                 #expect(reference.count >= 2 || fields.contains("echo"), "\(reference)")
             }
         }
@@ -171,13 +178,39 @@ import Testing
         let list = try await choices(
             server, #"{"prompt":["\#(prompt)","Once upon a time"],"max_tokens":4,"temperature":0,"echo":true}"#)
         #expect(list.choices[0].text.hasPrefix(prompt) && list.choices[1].text.hasPrefix("Once upon a time"))
-        for (path, body) in [
-            ("/v1/completions", #"{"prompt":"x","echo":true,"logprobs":1}"#),
-            ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"echo":true}"#),
-        ] {
-            let reply = try await server.post(path, body)
-            let error = reply.json?["error"] as? [String: Any]
-            #expect(reply.status == .badRequest && error?["param"] as? String == "echo", "\(body): \(reply.body)")
+        let chat = try await server.post(
+            "/v1/chat/completions", #"{"messages":[{"role":"user","content":"Hi"}],"echo":true}"#)
+        #expect(chat.status == .badRequest && (chat.json?["error"] as? [String: Any])?["param"] as? String == "echo")
+    }
+
+    /// `echo` with `logprobs`: the prompt's tokens come first with their logprobs (the first has none), each the
+    /// very number a request that generated that token gives it.
+    @Test func echoedPromptLogprobsEqualTheGeneratedOnes() async throws {
+        let server = try await ServerProcess()
+        defer { #expect(server.stop() == 0) }
+        func logprobs(_ body: String) async throws -> (tokens: [String], values: [Double?], offsets: [Int]) {
+            let reply = try await server.post("/v1/completions", body)
+            let choice = (reply.json?["choices"] as? [[String: Any]])?.first
+            let lp = choice?["logprobs"] as? [String: Any]
+            let values = (lp?["token_logprobs"] as? [Any] ?? []).map { $0 as? Double }
+            return (lp?["tokens"] as? [String] ?? [], values, lp?["text_offset"] as? [Int] ?? [])
         }
+        let prompt = "The capital of France is"
+        let ids = try await server.post("/tokenize", #"{"prompt":"\#(prompt)"}"#).json?["tokens"] as? [Int] ?? []
+        let count = ids.count
+        let reply = try await server.post(
+            "/v1/completions", #"{"prompt":"\#(prompt)","max_tokens":4,"temperature":0,"return_token_ids":true}"#)
+        let generatedIds = (reply.json?["choices"] as? [[String: Any]])?.first?["token_ids"] as? [Int] ?? []
+        let generated = try await logprobs(#"{"prompt":"\#(prompt)","max_tokens":4,"temperature":0,"logprobs":2}"#)
+        // The prompt and its answer's tokens, sent as token ids: the answer's logprobs now come from the prompt's rows.
+        let echoed = try await logprobs(
+            #"{"prompt":\#(ids + generatedIds),"max_tokens":1,"temperature":0,"logprobs":2,"echo":true}"#)
+        #expect(echoed.tokens.count == count + generated.tokens.count + 1, "\(echoed.tokens)")
+        #expect(echoed.values.first! == nil && echoed.values.dropFirst().allSatisfy { $0 != nil })
+        #expect(Array(echoed.values[count..<(count + generated.values.count)]) == generated.values)
+        #expect(echoed.offsets.first == 0 && echoed.offsets == echoed.offsets.sorted())
+        #expect(
+            Array(echoed.tokens.prefix(count + generated.tokens.count).suffix(generated.tokens.count))
+                == generated.tokens)
     }
 }

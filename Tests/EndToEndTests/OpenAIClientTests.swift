@@ -48,7 +48,7 @@ import Testing
         let server = try await ServerProcess()
         defer { #expect(server.stop() == 0) }
         let results = try await checks(server.baseURL, mode: "colocated")
-        #expect(results.count == 20, "\(results.keys.sorted())")
+        #expect(results.count == 21, "\(results.keys.sorted())")
         for (name, result) in results.sorted(by: { $0.key < $1.key }) {
             #expect(result.ok, "\(name): \(result.detail)")
         }
@@ -58,7 +58,7 @@ import Testing
         let cluster = try await ResumeTests.Cluster.start(decodes: 1, colocated: false)
         defer { cluster.stop() }
         let results = try await checks(cluster.proxy.baseURL, mode: "proxy")
-        #expect(results.count == 20, "\(results.keys.sorted())")
+        #expect(results.count == 21, "\(results.keys.sorted())")
         for (name, result) in results.sorted(by: { $0.key < $1.key }) {
             #expect(result.ok, "\(name): \(result.detail)")
         }

@@ -271,6 +271,9 @@ public final class EngineCore: @unchecked Sendable {
     /// never written into the cache.
     private func resolveLoad(_ r: EngineRequest, _ outcome: KVLoadOutcome) {
         switch outcome {
+        case .loaded(_) where r.params.promptLogprobs != nil:
+            // The prompt's logprobs need every position computed here: the KV that came is not used.
+            _ = scheduler.resolveLoad(r, payload: nil)
         case .loaded(let payload):
             let unfit = payload.mismatch(
                 prompt: r.prompt, fingerprint: fingerprint, layerCount: model.config.layerCount,
@@ -292,11 +295,15 @@ public final class EngineCore: @unchecked Sendable {
     }
 
     private func step(_ plan: [ScheduledChunk]) {
-        let chunks = plan.map { c in
+        var chunks = plan.map { c in
             SequenceChunk(
                 tokens: Array(c.request.allTokens[c.start..<c.start + c.count]), startPosition: c.start,
                 blockTable: c.request.blockTable, wantsLogits: c.wantsLogits,
                 promptLength: c.request.prompt.count)
+        }
+        for (i, c) in plan.enumerated() where c.request.params.promptLogprobs != nil && c.start < c.request.prompt.count
+        {
+            chunks[i].wantsAllLogits = true
         }
         let streams = streamPlan(plan)
         let cache = cache
@@ -317,7 +324,16 @@ public final class EngineCore: @unchecked Sendable {
                     guard (layer + 1) % group == 0, layer + 1 < cache.layerCount else { return }
                     for (r, slice) in pending { r.kvLayerSink?.push(slice) }
                     pending.removeAll()
-                })
+                },
+            rowLogits: { ci, row, logits in
+                // Row `row` of a prompt chunk gives the logprob of the prompt token after it.
+                let r = plan[ci].request
+                let position = plan[ci].start + row
+                guard position + 1 < r.prompt.count, position == r.promptLogprobs.count,
+                    let top = r.params.promptLogprobs
+                else { return }
+                r.promptLogprobs.append(Sampler.logprob(of: r.prompt[position + 1], in: Array(logits), top: top))
+            })
         for (r, slice) in pending { r.kvLayerSink?.push(slice) }
         for (r, range) in streams { r.streamedTokens = range.upperBound }
         for (i, c) in plan.enumerated() {
@@ -369,6 +385,7 @@ public final class EngineCore: @unchecked Sendable {
         r.allTokens.append(id)
         var out = GenerationOutput(tokenIds: [id])
         if let logprob { out.logprobs = [logprob] }
+        if r.output.count == 1, r.params.promptLogprobs != nil { out.promptLogprobs = r.promptLogprobs }
         let isEnd = (!r.params.ignoreEOS && endTokens.contains(id)) || r.params.stopTokenIds.contains(id)
         var stopped = false
         if !isEnd {

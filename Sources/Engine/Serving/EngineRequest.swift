@@ -57,6 +57,8 @@ public struct GenerationOutput: Sendable {
     public var tokenIds: [Int32] = []
     public var text = ""
     public var logprobs: [TokenLogprob] = []
+    /// On the first output, with `SamplingParams.promptLogprobs`: the logprob of each prompt token after the first.
+    public var promptLogprobs: [TokenLogprob]?
     public var finishReason: FinishReason?
     public var usage: GenerationUsage?
     /// On a producer's final output: the `kv_transfer_params` its response carries.
@@ -103,6 +105,8 @@ final class EngineRequest {
     var decoder = IncrementalDecoder()
     var stops: StopStringMatcher
     let handOffAfterFirstToken: Bool
+    /// The logprobs of prompt tokens 1..., as computed so far (`SamplingParams.promptLogprobs`).
+    var promptLogprobs: [TokenLogprob] = []
     /// The request whose prompt KV this one waits for (`GenerationRequest.sharesPromptWith`).
     weak var promptSource: EngineRequest?
     let promptSourceId: String?

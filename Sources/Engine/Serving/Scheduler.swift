@@ -86,6 +86,7 @@ final class Scheduler {
             running.count + awaitingKV.count < config.maxNumSeqs, budget > 0
         {
             var hit = 0
+            let computesWholePrompt = r.params.promptLogprobs != nil
             if r.blockTable.isEmpty, r.kvTransfer?.role == .consume, !r.loadStarted {
                 // KV on its way: take blocks for the whole prompt now and wait for it outside the batch, until the
                 // connector signals that the load finished or failed.
@@ -98,7 +99,7 @@ final class Scheduler {
                 startLoad(r)
                 continue
             }
-            if r.blockTable.isEmpty {
+            if r.blockTable.isEmpty, !computesWholePrompt {
                 let (blocks, hashes) = pool.takeCachedPrefix(of: r.allTokens, promptLength: r.prompt.count)
                 r.blockTable = blocks
                 r.blockHashes = hashes

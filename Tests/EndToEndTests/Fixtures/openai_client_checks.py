@@ -76,6 +76,18 @@ echo = client.completions.create(
 )
 check("echo", echo.choices[0].text.startswith("The capital of France is"), echo.choices[0].text)
 
+echoed = client.completions.create(
+    model="default", prompt="The capital of France is", max_tokens=2, temperature=0, echo=True, logprobs=1
+).choices[0]
+lp = echoed.logprobs
+check(
+    "echo_logprobs",
+    echoed.text.startswith("The capital of France is") and lp.token_logprobs[0] is None
+    and all(v is not None for v in lp.token_logprobs[1:]) and len(lp.tokens) == len(lp.token_logprobs) > 2
+    and "".join(lp.tokens) == echoed.text,
+    lp,
+)
+
 prompts = ["The capital of France is", "def add(a, b):"]
 batch = client.completions.create(model="default", prompt=prompts, max_tokens=6, temperature=0)
 alone = [
