@@ -62,21 +62,61 @@ public final class TokenTrie: Sendable {
     public var nodeCount: Int { childStart.count - 1 }
 
     /// The tokens whose every byte the matcher accepts from its state, as a bit per token id.
+    ///
+    /// The walk interns the matcher states it meets and computes each state's move on a byte once: inside a string,
+    /// say, nearly every byte leads back to the same state, so most of the trie costs a table lookup per node.
     public func allowedTokens(from matcher: GrammarMatcher) -> TokenMask {
         var mask = TokenMask(count: vocabularySize)
-        visit(0, matcher.stacks, matcher.grammar, &mask)
+        var states = WalkStates(matcher.grammar)
+        let root = states.intern(matcher.stacks)
+        visit(0, root, &states, &mask)
         return mask
     }
 
-    private func visit(_ node: Int, _ stacks: [[Int32]], _ g: CompiledGrammar, _ mask: inout TokenMask) {
-        let next = GrammarMatcher.nextBytes(stacks, g)
-        for k in Int(childStart[node])..<Int(childStart[node + 1]) where next.contains(childByte[k]) {
-            let after = GrammarMatcher.advance(stacks, childByte[k], g)
-            if after.isEmpty { continue }
+    private func visit(_ node: Int, _ state: Int32, _ states: inout WalkStates, _ mask: inout TokenMask) {
+        for k in Int(childStart[node])..<Int(childStart[node + 1]) {
+            let after = states.move(state, childByte[k])
+            if after < 0 { continue }
             let child = Int(childNode[k])
             for t in Int(tokenStart[child])..<Int(tokenStart[child + 1]) { mask.insert(tokenIds[t]) }
-            visit(child, after, g, &mask)
+            visit(child, after, &states, &mask)
         }
+    }
+}
+
+/// The matcher states one trie walk meets, numbered, with their moves on each byte as they are first needed.
+private struct WalkStates {
+    let grammar: CompiledGrammar
+    private var ids: [[[Int32]]: Int32] = [:]
+    private var stacks: [[[Int32]]] = []
+    private var next: [ByteSet] = []
+    /// 256 moves per state: -2 not yet computed, -1 refused.
+    private var moves: [Int32] = []
+
+    init(_ grammar: CompiledGrammar) { self.grammar = grammar }
+
+    mutating func intern(_ s: [[Int32]]) -> Int32 {
+        if let id = ids[s] { return id }
+        let id = Int32(stacks.count)
+        ids[s] = id
+        stacks.append(s)
+        next.append(GrammarMatcher.nextBytes(s, grammar))
+        moves += [Int32](repeating: -2, count: 256)
+        return id
+    }
+
+    /// The state after `byte` from `state`, or -1 when the grammar refuses it.
+    mutating func move(_ state: Int32, _ byte: UInt8) -> Int32 {
+        let slot = Int(state) * 256 + Int(byte)
+        let known = moves[slot]
+        if known != -2 { return known }
+        var result: Int32 = -1
+        if next[Int(state)].contains(byte) {
+            let after = GrammarMatcher.advance(stacks[Int(state)], byte, grammar)
+            if !after.isEmpty { result = intern(after) }
+        }
+        moves[slot] = result
+        return result
     }
 }
 

@@ -118,6 +118,48 @@ struct GrammarMatcherTests {
         let last = m.accept(Array("12}".utf8))
         #expect(last && m.isComplete)
     }
+
+    /// A larger vocabulary of random pieces of JSON against a schema's grammar: at every step of a document, the
+    /// trie walk (which shares states between nodes) allows exactly the tokens that fit one by one.
+    @Test func theTrieMaskMatchesTokenByTokenChecksOnARandomVocabulary() throws {
+        var rng = SplitMix(seed: 42)
+        let alphabet = Array(#"{}[]":, \n0123456789-.eE"abcnotruefalsl\é"#.utf8)
+        var tokens: [[UInt8]?] = (0..<3000).map { _ in
+            (0..<Int(rng.next() % 6 + 1)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
+        }
+        tokens.append(nil)
+        let trie = TokenTrie(tokens: tokens)
+        let schema = try #require(
+            JSONValue.parse(
+                Array(
+                    #"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}},"required":["a","b"]}"#
+                        .utf8)))
+        let g = try CompiledGrammar(try JSONSchemaGrammar.grammar(for: schema))
+        var m = GrammarMatcher(g)
+        for byte in Array(#"{"a": -12, "b": ["x\n", "é"]}"#.utf8) {
+            let mask = trie.allowedTokens(from: m)
+            for (id, bytes) in tokens.enumerated() {
+                let fits = bytes.map { !$0.isEmpty && m.allows($0) } ?? false
+                #expect(mask.contains(Int32(id)) == fits, "token \(id)")
+            }
+            let took = m.accept([byte])
+            #expect(took)
+        }
+        #expect(m.isComplete)
+    }
+}
+
+/// A small seeded generator for test data.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
 }
 
 extension Array {
