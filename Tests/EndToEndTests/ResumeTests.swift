@@ -142,6 +142,47 @@ import Testing
         #expect(cluster.proxy.logText.contains("resuming on decode instance 127.0.0.1:\(other.port)"))
     }
 
+    /// A constrained chat stream (a JSON schema; a forced tool call) whose decode is killed midway resumes on the other
+    /// decode inside the grammar: the client gets the colocated answer, the same JSON, the same call.
+    @Test(arguments: ["json_schema", "tool_call"])
+    func aConstrainedStreamWhoseDecodeDiesResumesInsideItsGrammar(kind: String) async throws {
+        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "4"])
+        var hit: ServerProcess?
+        defer { cluster.stop(killed: hit) }
+        let story =
+            #"{"type":"object","properties":{"title":{"type":"string"},"story":{"type":"string"}},"required":["title","story"]}"#
+        let constraint =
+            kind == "json_schema"
+            ? #""response_format":{"type":"json_schema","json_schema":{"name":"s","schema":\#(story)}}"#
+            : #""tools":[{"type":"function","function":{"name":"tell","parameters":\#(story)}}],"tool_choice":"required","parallel_tool_calls":false"#
+        let body =
+            #"{"messages":[{"role":"user","content":"Tell me a long story as JSON."}],"max_tokens":120,"temperature":0.9,"seed":5,\#(constraint)"#
+        let reference = try #require(try await cluster.colocated?.post("/v1/chat/completions", body + "}").json)
+        let message = try #require(reference.firstChoice?["message"] as? [String: Any])
+        let reply = try await streamPost(cluster.proxy, "/v1/chat/completions", body + #","stream":true}"#) { events in
+            guard events == 12, hit == nil else { return }
+            for d in cluster.decodes
+            where metricValue(try await d.get("/metrics").body, "vllm:num_requests_running") == 1 {
+                hit = d
+            }
+            hit?.kill9()
+        }
+        #expect(hit != nil, "one decode instance was running the stream at its 12th event")
+        #expect(reply.status == .ok && !reply.body.contains("\"error\""), "\(reply.body.suffix(400))")
+        let deltas = reply.events.compactMap { $0.firstChoice?["delta"] as? [String: Any] }
+        if kind == "json_schema" {
+            let streamed = deltas.compactMap { $0["content"] as? String }.joined()
+            #expect(streamed == message["content"] as? String, "\(streamed)")
+        } else {
+            let calls = deltas.flatMap { $0["tool_calls"] as? [[String: Any]] ?? [] }
+            let expected = (message["tool_calls"] as? [[String: Any]])?.first?["function"] as? [String: Any]
+            let got = calls.first?["function"] as? [String: Any]
+            #expect(calls.count == 1 && got?["arguments"] as? String == expected?["arguments"] as? String, "\(calls)")
+            let finish = reply.events.compactMap { $0.firstChoice?["finish_reason"] as? String }.last
+            #expect(finish == reference.firstChoice?["finish_reason"] as? String)
+        }
+    }
+
     @Test func aFailedPrefillCancelsTheOverlappedDecodeAtOnce() async throws {
         let cluster = try await Cluster.start(
             decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "5"],
