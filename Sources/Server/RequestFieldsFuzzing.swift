@@ -3,7 +3,7 @@ import JSON
 import OpenAIAPI
 
 /// A request body run through every field reader that needs no model (JSON parsing, sampling fields, streaming,
-/// resume, KV transfer parameters, prompt token ids, structured-output grammars), for the libFuzzer harness (`tandem-fuzz request-fields`) and
+/// resume, KV transfer parameters, prompt token ids, structured-output grammars, tools and the tool-call reader), for the libFuzzer harness (`tandem-fuzz request-fields`) and
 /// the test that replays its corpus. Whatever the bytes, it must not crash, every wrong field must come back as an
 /// `APIError`, and JSON the server writes must read back as what it wrote.
 public enum RequestFieldsFuzzing {
@@ -23,6 +23,21 @@ public enum RequestFieldsFuzzing {
             var matcher = GrammarMatcher(compiled)
             _ = matcher.accept(Array("{\"a\": [1, \"x\"]}".utf8))
         }
+        // Tools: a forced call's grammar compiles; a model's text reads back into calls, whole and streamed alike.
+        if let tools = try? fields.toolRequest(), let spec = tools.forcedCall, let grammar = try? spec.build() {
+            _ = try? CompiledGrammar(grammar)
+        }
+        if case .array(let messages)? = fields.value("messages") {
+            for (i, m) in messages.enumerated() { _ = try? ChatTurn(m, index: i) }
+        }
+        let text = String(decoding: bytes, as: UTF8.self)
+        var streamer = ToolCallStreamer()
+        var calls: [ParsedToolCall] = []
+        for piece in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            calls += streamer.feed(piece + "\n").calls
+        }
+        calls += streamer.finish().calls
+        precondition(calls == ToolCallParser.parse(text + "\n").calls, "streamed calls differ from the whole parse")
         if case .array(let items)? = fields.value("prompt") {
             for item in items { _ = try? RequestFields.tokenId(item, key: "prompt") }
         }
