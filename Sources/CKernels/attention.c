@@ -230,11 +230,20 @@ static void round_query(const float *q, float *qr, int head_dim) {
 void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_base, const uint16_t *v_base,
                    const int32_t *table, int block_size, size_t block_stride, size_t slot_stride, float scale,
                    float *out) {
+    tk_attend_f16_window(q, head_dim, 0, length, k_base, v_base, table, block_size, block_stride, slot_stride, scale,
+                         out);
+}
+
+// Masked positions are skipped, as ggml's kernel skips cells whose mask is -inf: the arithmetic over the others is
+// unchanged.
+void tk_attend_f16_window(const float *q, int head_dim, int first, int length, const uint16_t *k_base,
+                          const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                          size_t slot_stride, float scale, float *out) {
     if (head_dim > 512) return;
     float qr[512], m, s;
     round_query(q, qr, head_dim);
     const tk_kv_view kv = {k_base, v_base, table, block_size, block_stride, slot_stride};
-    chunk_f16(qr, head_dim, 0, length, &kv, scale, &m, &s, out);
+    chunk_f16(qr, head_dim, first < 0 ? 0 : first, length, &kv, scale, &m, &s, out);
     const float inv = s == 0.0f ? 0.0f : 1.0f / s;
     for (int i = 0; i < head_dim; i++) out[i] *= inv;
 }
@@ -247,9 +256,17 @@ void tk_attend_f16(const float *q, int head_dim, int length, const uint16_t *k_b
 void tk_attend_part(const float *q, int head_dim, int length, int cells, int parts, int part,
                     const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
                     size_t block_stride, size_t slot_stride, float scale, float *result) {
+    tk_attend_part_window(q, head_dim, 0, length, cells, parts, part, k_base, v_base, table, block_size, block_stride,
+                          slot_stride, scale, result);
+}
+
+void tk_attend_part_window(const float *q, int head_dim, int first, int length, int cells, int parts, int part,
+                           const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
+                           size_t block_stride, size_t slot_stride, float scale, float *result) {
     if (head_dim > 512 || parts < 1) return;
     const int size = (cells + parts - 1) / parts;
-    const int begin = part * size;
+    int begin = part * size;
+    begin = begin < first ? first : begin;
     int end = begin + size < cells ? begin + size : cells;
     end = end < length ? end : length;
     if (begin >= end) {
@@ -459,14 +476,17 @@ static void attend_tiled_scalar(const float *q, int head_dim, int length, const 
 
 TK_TILED_FIXED(attend_tiled_avx2_64, 64)
 TK_TILED_FIXED(attend_tiled_avx2_128, 128)
+TK_TILED_FIXED(attend_tiled_avx2_256, 256)
 #endif
 
 void tk_attend_tiled(const float *q, int head_dim, int length, const float *kt, const float *v, float scale,
                      float *out) {
     if (head_dim > 512) return;
 #if TK_X86
-    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128)) {
-        (head_dim == 64 ? attend_tiled_avx2_64 : attend_tiled_avx2_128)(q, length, kt, v, scale, out);
+    if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128 || head_dim == 256)) {
+        (head_dim == 64    ? attend_tiled_avx2_64
+         : head_dim == 128 ? attend_tiled_avx2_128
+                           : attend_tiled_avx2_256)(q, length, kt, v, scale, out);
         return;
     }
 #endif

@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 static inline float tk_round_half(float x) { return tk_half_to_float(tk_float_to_half(x)); }
@@ -223,6 +224,7 @@ TK_DEFINE_Q4_0(dot_q4_0_vnni, TK_VNNI, dot_u8_s8_vnni)
 #endif
 
 typedef float (*tk_dot_fn)(const uint8_t *, const tk_block_q8 *, int);
+tk_dot_fn tk_dot_q5_0_pick(void);
 
 static tk_dot_fn tk_pick(int type) {
     const int level = tk_simd_level();
@@ -234,6 +236,7 @@ static tk_dot_fn tk_pick(int type) {
 #endif
         return dot_q4_0_scalar;
     case 3: return dot_q4_1_scalar;  // SIMD: the interleaved kernels
+    case 6: return tk_dot_q5_0_pick();
     case 8: return dot_q8_0_scalar;
     default:
         return 0;
@@ -369,4 +372,33 @@ void tk_swiglu(float *gate, const float *up, int n) {
     }
 #endif
     swiglu_scalar(gate, up, n);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// GELU (tanh approximation), as ggml's CPU backend computes it: the input rounded to fp16 indexes a table of
+// gelu(x) rounded to fp16, with gelu(x) = 0 below -10 and x above 10.
+
+static uint16_t tk_gelu_table[1 << 16];
+static pthread_once_t tk_gelu_once = PTHREAD_ONCE_INIT;
+
+static void tk_gelu_build(void) {
+    for (int i = 0; i < (1 << 16); i++) {
+        const float x = tk_half_to_float((uint16_t)i);
+        const float y = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+        tk_gelu_table[i] = tk_float_to_half(y);
+    }
+}
+
+void tk_geglu(float *gate, const float *up, int n) {
+    pthread_once(&tk_gelu_once, tk_gelu_build);
+    for (int i = 0; i < n; i++) {
+        const float x = gate[i];
+        if (x <= -10.0f) {
+            gate[i] = 0.0f;
+        } else if (x >= 10.0f) {
+            gate[i] = x * up[i];
+        } else {
+            gate[i] = tk_half_to_float(tk_gelu_table[tk_float_to_half(x)]) * up[i];
+        }
+    }
 }

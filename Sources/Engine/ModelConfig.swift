@@ -11,7 +11,7 @@ public enum ModelError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unsupportedArchitecture(let a):
-            return "unsupported model architecture '\(a)' (supported: llama, qwen2)"
+            return "unsupported model architecture '\(a)' (supported: llama, qwen2, gemma3)"
         case .missingMetadata(let k): return "model metadata lacks '\(k)'"
         case .missingTensor(let t): return "model lacks tensor '\(t)'"
         case .badTensor(let t, let why): return "tensor '\(t)': \(why)"
@@ -20,9 +20,9 @@ public enum ModelError: Error, CustomStringConvertible {
     }
 }
 
-/// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+/// Hyperparameters of a llama-family transformer (llama, qwen2, gemma3), read from GGUF metadata.
 public struct ModelConfig: Sendable, Equatable {
-    public enum Architecture: String, Sendable { case llama, qwen2 }
+    public enum Architecture: String, Sendable { case llama, qwen2, gemma3 }
 
     public var architecture: Architecture
     public var layerCount: Int
@@ -39,6 +39,19 @@ public struct ModelConfig: Sendable, Equatable {
     public var vocabSize: Int
     /// Rotate adjacent pairs (llama, "normal") or the two halves (qwen2, "neox").
     public var ropeNeox: Bool
+
+    /// Gemma 3: how many positions a sliding-window layer attends to (the query's own included); nil without windows.
+    public var slidingWindow: Int?
+    /// Per layer, whether it attends within `slidingWindow` only (llama.cpp's rule for gemma3: five sliding layers,
+    /// then one global).
+    public var slidingLayers: [Bool]
+    /// RoPE base of the sliding-window layers (gemma3: 10,000; the global layers use `ropeFreqBase`).
+    public var ropeFreqBaseSliding: Float
+    /// The factor queries are multiplied by before attention (1/sqrt(head_dim) unless the model says otherwise).
+    public var attentionScale: Float
+    /// Gemma: embeddings scaled by sqrt(hidden), per-head Q and K norms, post-attention and post-FFN norms, and a
+    /// GELU (tanh) gated FFN instead of SwiGLU.
+    public var isGemma: Bool { architecture == .gemma3 }
 
     public var qDim: Int { headCount * headDim }
     public var kvDim: Int { kvHeadCount * headDim }
@@ -74,9 +87,22 @@ public struct ModelConfig: Sendable, Equatable {
         }
         vocabSize =
             (try? int("vocab_size")) ?? file.metadata["tokenizer.ggml.tokens"]?.arrayValue?.count ?? 0
-        ropeNeox = architecture == .qwen2
+        ropeNeox = architecture == .qwen2 || architecture == .gemma3
+        attentionScale = 1 / Float(headDim).squareRoot()
+        ropeFreqBaseSliding = ropeFreqBase
+        slidingWindow = nil
+        slidingLayers = [Bool](repeating: false, count: layerCount)
+        if architecture == .gemma3 {
+            // As llama.cpp: every sixth layer is global, the others slide over the last `sliding_window` positions
+            // with RoPE base 10,000. (Its 27B variant scales queries by the hidden size per head instead.)
+            slidingWindow = try int("attention.sliding_window")
+            slidingLayers = (0..<layerCount).map { $0 % 6 < 5 }
+            ropeFreqBaseSliding = 10_000
+            if layerCount == 62 { attentionScale = 1 / Float(embeddingLength / headCount).squareRoot() }
+            rmsNormEps = float("attention.layer_norm_rms_epsilon") ?? 1e-6
+        }
         guard layerCount > 0, embeddingLength > 0, headCount > 0, kvHeadCount > 0, headCount % kvHeadCount == 0,
-            headDim % 2 == 0, feedForwardLength > 0, vocabSize > 0
+            headDim % 2 == 0, feedForwardLength > 0, vocabSize > 0, (slidingWindow ?? 1) > 0
         else {
             throw ModelError.badTensor("hyperparameters", "inconsistent head or layer counts")
         }

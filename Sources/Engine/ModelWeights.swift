@@ -13,6 +13,11 @@ public struct LayerWeights: @unchecked Sendable {
     public let bk: [Float]?
     public let bv: [Float]?
     public let ffnNorm: [Float]
+    /// Gemma: RMSNorm weights over each query and key head, and after attention and after the FFN.
+    public let qNorm: [Float]?
+    public let kNorm: [Float]?
+    public let postAttentionNorm: [Float]?
+    public let postFFNNorm: [Float]?
     public let gate: WeightMatrix
     public let up: WeightMatrix
     public let down: WeightMatrix
@@ -75,6 +80,11 @@ public struct ModelWeights: @unchecked Sendable {
                     bk: try optionalVector(p + "attn_k.bias", count: c.kvDim),
                     bv: try optionalVector(p + "attn_v.bias", count: c.kvDim),
                     ffnNorm: try vector(p + "ffn_norm.weight", count: c.embeddingLength),
+                    qNorm: c.isGemma ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
+                    kNorm: c.isGemma ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
+                    postAttentionNorm: c.isGemma
+                        ? try vector(p + "post_attention_norm.weight", count: c.embeddingLength) : nil,
+                    postFFNNorm: c.isGemma ? try vector(p + "post_ffw_norm.weight", count: c.embeddingLength) : nil,
                     gate: try matrix(p + "ffn_gate.weight", rows: c.feedForwardLength, columns: c.embeddingLength),
                     up: try matrix(p + "ffn_up.weight", rows: c.feedForwardLength, columns: c.embeddingLength),
                     down: try matrix(p + "ffn_down.weight", rows: c.embeddingLength, columns: c.feedForwardLength)

@@ -32,6 +32,16 @@ enum Ops {
         }
     }
 
+    /// x *= factor.
+    static func scale(_ x: UnsafeMutablePointer<Float>, by factor: Float, count: Int) {
+        for i in 0..<count { x[i] *= factor }
+    }
+
+    /// gate = gelu(gate) * up (Gemma's FFN), GELU rounded as ggml's CPU backend rounds it.
+    static func geglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        tk_geglu(gate, up, Int32(count))
+    }
+
     /// gate = silu(gate) * up.
     static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
         tk_swiglu(gate, up, Int32(count))
@@ -45,10 +55,11 @@ struct RotaryEmbedding {
     let cos: [Float]
     let sin: [Float]
 
-    init(config: ModelConfig, factors: [Float]?, positions: [Int]) {
+    /// The tables for `positions`, with RoPE base `base` (the model's own when nil).
+    init(config: ModelConfig, base: Float? = nil, factors: [Float]?, positions: [Int]) {
         pairs = config.headDim / 2
         neox = config.ropeNeox
-        let thetaScale = powf(config.ropeFreqBase, -2 / Float(config.headDim))
+        let thetaScale = powf(base ?? config.ropeFreqBase, -2 / Float(config.headDim))
         var cosTable = [Float](repeating: 0, count: positions.count * pairs)
         var sinTable = cosTable
         for (r, p) in positions.enumerated() {

@@ -20,8 +20,8 @@ public final class Tokenizer: Sendable {
     /// (left, right) → (rank, merged id) for byte-level BPE.
     private let merges: [UInt64: (rank: Int32, id: Int32)]
     private let scores: [Float]
-    /// Special token texts, longest first.
-    private let specials: [(text: [UInt8], id: Int32)]
+    /// Special token texts (control and user-defined) by first byte, longest first in each bucket.
+    private let specials: [[(text: [UInt8], id: Int32, control: Bool)]]
     private let byteToChar: [Character]
     private let charToByte: [Character: UInt8]
     private let byteTokens: [Int32]
@@ -60,15 +60,19 @@ public final class Tokenizer: Sendable {
         var ends = Set<Int32>()
         if let e = eosId { ends.insert(e) }
         if let e = optionalId("tokenizer.ggml.eot_token_id") { ends.insert(e) }
-        for marker in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>"] {
+        for marker in [
+            "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>", "<end_of_turn>",
+        ] {
             if let id = ids[marker], tokenTypes[Int(id)] == 3 { ends.insert(id) }
         }
         endOfGenerationIds = ends
         let types = tokenTypes
-        specials = tokens.enumerated()
-            .filter { i, t in (types[i] == 3 || types[i] == 4) && !t.isEmpty }
-            .map { (Array($0.element.utf8), Int32($0.offset)) }
-            .sorted { $0.text.count > $1.text.count }
+        var buckets = [[(text: [UInt8], id: Int32, control: Bool)]](repeating: [], count: 256)
+        for (i, t) in tokens.enumerated() where (types[i] == 3 || types[i] == 4) && !t.isEmpty {
+            let text = Array(t.utf8)
+            buckets[Int(text[0])].append((text, Int32(i), types[i] == 3))
+        }
+        specials = buckets.map { $0.sorted { $0.text.count > $1.text.count } }
         let (b2c, c2b) = Self.byteLevelTables()
         byteToChar = b2c
         charToByte = c2b
@@ -94,31 +98,32 @@ public final class Tokenizer: Sendable {
 
     // MARK: Encoding
 
-    /// Token ids for `text`. `addSpecial` adds BOS/EOS as the vocabulary asks; `parseSpecial` turns special token
-    /// texts such as `<|im_start|>` into their ids instead of spelling them out.
+    /// Token ids for `text`. `addSpecial` adds BOS/EOS as the vocabulary asks; `parseSpecial` turns control token
+    /// texts such as `<|im_start|>` into their ids instead of spelling them out. User-defined tokens (Gemma's runs of
+    /// spaces and newlines) are always taken whole, as llama.cpp does.
     public func encode(_ text: String, addSpecial: Bool = true, parseSpecial: Bool = true) -> [Int32] {
         var out: [Int32] = []
         if addSpecial, addBOS, let bos = bosId { out.append(bos) }
         let bytes = Array(text.utf8)
         var start = 0
         var i = 0
-        var atStart = true
+        // SentencePiece adds its space prefix at the start and after each special token (llama.cpp).
+        var afterSpecial = true
         func flush(_ end: Int) {
             if end > start {
-                encodeFragment(Array(bytes[start..<end]), leadingSpace: atStart, into: &out)
+                encodeFragment(Array(bytes[start..<end]), leadingSpace: afterSpecial, into: &out)
+                afterSpecial = false
             }
         }
-        if parseSpecial {
-            while i < bytes.count {
-                if let match = specialMatch(bytes, at: i) {
-                    flush(i)
-                    out.append(match.id)
-                    atStart = false
-                    i += match.length
-                    start = i
-                } else {
-                    i += 1
-                }
+        while i < bytes.count {
+            if let match = specialMatch(bytes, at: i, control: parseSpecial) {
+                flush(i)
+                out.append(match.id)
+                afterSpecial = true
+                i += match.length
+                start = i
+            } else {
+                i += 1
             }
         }
         flush(bytes.count)
@@ -126,8 +131,9 @@ public final class Tokenizer: Sendable {
         return out
     }
 
-    private func specialMatch(_ bytes: [UInt8], at i: Int) -> (id: Int32, length: Int)? {
-        for special in specials where special.text.first == bytes[i] && i + special.text.count <= bytes.count {
+    private func specialMatch(_ bytes: [UInt8], at i: Int, control: Bool) -> (id: Int32, length: Int)? {
+        for special in specials[Int(bytes[i])]
+        where i + special.text.count <= bytes.count && (control || !special.control) {
             if bytes[i..<(i + special.text.count)].elementsEqual(special.text) {
                 return (special.id, special.text.count)
             }
@@ -175,32 +181,61 @@ public final class Tokenizer: Sendable {
         out.append(contentsOf: symbols.filter { $0 >= 0 })
     }
 
-    /// SentencePiece BPE: start from characters, repeatedly merge the adjacent pair whose joined piece has the best
-    /// score; characters without a piece fall back to byte tokens.
+    /// SentencePiece BPE: start from UTF-8 characters, repeatedly merge the adjacent pair whose joined piece has the
+    /// best score (the leftmost on ties), as llama.cpp does with a queue of candidate pairs; characters without a
+    /// piece fall back to byte tokens.
     private func sentencePieceEncode(_ text: String, into out: inout [Int32]) {
-        var symbols = text.map { String($0) }
-        while symbols.count > 1 {
-            var bestScore = -Float.infinity
-            var bestIndex = -1
-            for k in 0..<(symbols.count - 1) {
-                if let id = ids[symbols[k] + symbols[k + 1]] {
-                    let score = Int(id) < scores.count ? scores[Int(id)] : 0
-                    if score > bestScore {
-                        bestScore = score
-                        bestIndex = k
-                    }
-                }
-            }
-            if bestIndex < 0 { break }
-            symbols[bestIndex] += symbols[bestIndex + 1]
-            symbols.remove(at: bestIndex + 1)
+        let bytes = Array(text.utf8)
+        guard !bytes.isEmpty else { return }
+        // Symbols as a linked list of byte ranges.
+        var start: [Int] = []
+        var length: [Int] = []
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            let n = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+            start.append(i)
+            length.append(min(n, bytes.count - i))
+            i += n
         }
-        for symbol in symbols {
-            if let id = ids[symbol] {
+        let count = start.count
+        var next = Array(1...count)
+        next[count - 1] = -1
+        var prev = Array(-1..<(count - 1))
+        var queue = PairQueue()
+        func piece(_ from: Int, _ n: Int) -> Int32? {
+            bytes.withUnsafeBufferPointer {
+                ids[String(decoding: UnsafeBufferPointer(rebasing: $0[from..<(from + n)]), as: UTF8.self)]
+            }
+        }
+        func consider(_ left: Int, _ right: Int) {
+            guard left >= 0, right >= 0 else { return }
+            let size = length[left] + length[right]
+            guard let id = piece(start[left], size) else { return }
+            queue.push(.init(score: Int(id) < scores.count ? scores[Int(id)] : 0, left: left, right: right, size: size))
+        }
+        for k in 0..<(count - 1) { consider(k, k + 1) }
+        while let pair = queue.pop() {
+            // Stale when either side has been merged away or grown since the pair was queued.
+            guard length[pair.left] > 0, length[pair.right] > 0, length[pair.left] + length[pair.right] == pair.size
+            else { continue }
+            length[pair.left] += length[pair.right]
+            length[pair.right] = 0
+            next[pair.left] = next[pair.right]
+            if next[pair.right] >= 0 { prev[next[pair.right]] = pair.left }
+            consider(prev[pair.left], pair.left)
+            consider(pair.left, next[pair.left])
+        }
+        var k = 0
+        while k >= 0 {
+            if let id = piece(start[k], length[k]) {
                 out.append(id)
             } else {
-                for byte in symbol.utf8 where byteTokens[Int(byte)] >= 0 { out.append(byteTokens[Int(byte)]) }
+                for byte in bytes[start[k]..<(start[k] + length[k])] where byteTokens[Int(byte)] >= 0 {
+                    out.append(byteTokens[Int(byte)])
+                }
             }
+            k = next[k]
         }
     }
 
@@ -251,6 +286,51 @@ public final class Tokenizer: Sendable {
             c2b[ch] = UInt8(b)
         }
         return (b2c, c2b)
+    }
+}
+
+/// Candidate merges of SentencePiece encoding, best first: the highest score, then the leftmost.
+struct PairQueue {
+    struct Pair {
+        let score: Float
+        let left: Int
+        let right: Int
+        let size: Int
+
+        func precedes(_ other: Pair) -> Bool { score > other.score || (score == other.score && left < other.left) }
+    }
+
+    private var heap: [Pair] = []
+
+    mutating func push(_ pair: Pair) {
+        heap.append(pair)
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heap[i].precedes(heap[parent]) else { break }
+            heap.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Pair? {
+        guard let top = heap.first else { return nil }
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1
+                let r = l + 1
+                var best = i
+                if l < heap.count, heap[l].precedes(heap[best]) { best = l }
+                if r < heap.count, heap[r].precedes(heap[best]) { best = r }
+                if best == i { break }
+                heap.swapAt(i, best)
+                i = best
+            }
+        }
+        return top
     }
 }
 

@@ -86,6 +86,7 @@ public final class TransformerModel: @unchecked Sendable {
                 precondition(id >= 0 && id < c.vocabSize, "token id \(id) out of range")
                 try! Dequantize.row(
                     weights.tokenEmbedding.type, weights.tokenEmbedding.row(id), count: e, into: ws.x + r * e)
+                if c.isGemma { Ops.scale(ws.x + r * e, by: Float(e).squareRoot(), count: e) }
                 r += 1
             }
         }
@@ -96,7 +97,14 @@ public final class TransformerModel: @unchecked Sendable {
         var partials = [Float](
             repeating: 0, count: plan.partialCount * AttentionPlan.partialStride(headDim: c.headDim))
         let rope = RotaryEmbedding(config: c, factors: weights.ropeFrequencyFactors, positions: rowPosition)
+        let slidingRope =
+            c.slidingWindow == nil
+            ? rope
+            : RotaryEmbedding(
+                config: c, base: c.ropeFreqBaseSliding, factors: weights.ropeFrequencyFactors, positions: rowPosition)
         for (layerIndex, layer) in weights.layers.enumerated() {
+            let sliding = c.slidingLayers[layerIndex]
+            let layerRope = sliding ? slidingRope : rope
             Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
             WeightMatrix.multiply(
                 [layer.wq, layer.wk, layer.wv], ws.xn, batch: rowCount, into: [ws.q, ws.k, ws.v], pool: pool,
@@ -104,9 +112,17 @@ public final class TransformerModel: @unchecked Sendable {
             if let b = layer.bq { Ops.addBias(ws.q, b, rows: rowCount) }
             if let b = layer.bk { Ops.addBias(ws.k, b, rows: rowCount) }
             if let b = layer.bv { Ops.addBias(ws.v, b, rows: rowCount) }
+            if let n = layer.qNorm {
+                Ops.rmsNorm(ws.q, n, into: ws.q, rows: rowCount * c.headCount, width: c.headDim, eps: c.rmsNormEps)
+            }
+            if let n = layer.kNorm {
+                Ops.rmsNorm(ws.k, n, into: ws.k, rows: rowCount * c.kvHeadCount, width: c.headDim, eps: c.rmsNormEps)
+            }
             for row in 0..<rowCount {
-                rope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
-                rope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
+                layerRope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
+                layerRope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
+                // Gemma scales the queries (llama.cpp: before attention, whose own scale is then 1).
+                if c.isGemma { Ops.scale(ws.q + row * c.qDim, by: c.attentionScale, count: c.qDim) }
                 cache.store(
                     layer: layerIndex, table: chunks[rowChunk[row]].blockTable, position: rowPosition[row],
                     k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
@@ -114,17 +130,28 @@ public final class TransformerModel: @unchecked Sendable {
             afterLayer?(layerIndex)
             partials.withUnsafeMutableBufferPointer { p in
                 attention(
-                    layer: layerIndex, plan: plan, chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition,
+                    layer: layerIndex, window: sliding ? c.slidingWindow : nil, plan: plan, chunks: chunks,
+                    rowChunk: rowChunk, rowPosition: rowPosition,
                     cache: cache, ws: ws, gathered: gathered, partials: p.baseAddress)
             }
             layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            if let n = layer.postAttentionNorm {
+                Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
+            }
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
             Ops.rmsNorm(ws.x, layer.ffnNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
             WeightMatrix.multiply(
                 [layer.gate, layer.up], ws.xn, batch: rowCount, into: [ws.gate, ws.up], pool: pool,
                 scratch: &activations)
-            Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
+            if c.isGemma {
+                Ops.geglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
+            } else {
+                Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
+            }
             layer.down.multiply(ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            if let n = layer.postFFNNorm {
+                Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
+            }
             Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
         }
         // Logits only for the rows that need them.
@@ -190,18 +217,20 @@ public final class TransformerModel: @unchecked Sendable {
         }
     }
 
-    /// Causal attention of every row over its sequence's cached keys and values, laid out by `plan`. Rows of the tiled
+    /// Causal attention of every row over its sequence's cached keys and values, laid out by `plan`; with `window`, a
+    /// row at position p sees positions p - window + 1 ... p only (a sliding-window layer). Rows of the tiled
     /// kernel read their sequence's keys and values gathered for this layer into fp32 tiles; split rows' chunks run as
     /// separate tasks and are merged in order afterwards; the others read the fp16 cache directly.
     private func attention(
-        layer: Int, plan: AttentionPlan, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
+        layer: Int, window: Int?, plan: AttentionPlan, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
         cache: PagedKVCache, ws: Workspace.Buffers, gathered: TiledKVBuffer.Layout,
         partials: UnsafeMutablePointer<Float>?
     ) {
         let c = config
         let hd = c.headDim
         let group = c.headCount / c.kvHeadCount
-        let scale = 1 / Float(hd).squareRoot()
+        // Gemma's queries arrive scaled.
+        let scale: Float = c.isGemma ? 1 : 1 / Float(hd).squareRoot()
         let stride = AttentionPlan.partialStride(headDim: hd)
         let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, plan, gathered, partials))
         if !plan.gatherTasks.isEmpty {
@@ -230,8 +259,18 @@ public final class TransformerModel: @unchecked Sendable {
                 let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
                 let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
                 let bs = Int32(cache.blockSize)
+                let first = window.map { max(0, length - $0) } ?? 0
                 chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
                     switch plan.kernels[row] {
+                    case .tiled where first > 0, .oneChunk where first > 0:
+                        tk_attend_f16_window(
+                            q, Int32(hd), Int32(first), Int32(length), kBase, vBase, t.baseAddress, bs,
+                            cache.blockElements, cache.kvDim, scale, out)
+                    case .split(let cells, let parts) where first > 0:
+                        let result = partials! + (plan.partialBase[row] + head * parts + task.part) * stride
+                        tk_attend_part_window(
+                            q, Int32(hd), Int32(first), Int32(length), Int32(cells), Int32(parts), Int32(task.part),
+                            kBase, vBase, t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
                     case .tiled:
                         let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
                         tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)

@@ -83,7 +83,9 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// Whether a quantized-activation SIMD kernel exists for this type.
-    public var hasIntegerKernel: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+    public var hasIntegerKernel: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 || type == .q5_0 }
+    /// Whether a K-quant kernel over Q8_K activations exists for this type.
+    public var hasKQuantKernel: Bool { (type == .q4_K || type == .q6_K) && columns % 256 == 0 }
 
     /// Pointer to row `r`'s bytes.
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
@@ -111,6 +113,16 @@ public struct WeightMatrix: @unchecked Sendable {
             let args = UncheckedSendable((q, out))
             pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
                 _ = tk_matmul_q(
+                    Int32(type.rawValue), data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0,
+                    Int32(batch), args.value.1, Int32(rows))
+            }
+            return
+        }
+        if hasKQuantKernel {
+            let q = scratch.quantizeK(x, rows: batch, columns: columns)
+            let args = UncheckedSendable((q, out))
+            pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
+                _ = tk_matmul_k(
                     Int32(type.rawValue), data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0,
                     Int32(batch), args.value.1, Int32(rows))
             }
@@ -169,10 +181,28 @@ extension WeightMatrix {
 public struct ActivationBuffer {
     private var blocks: UnsafeMutablePointer<tk_block_q8>
     private var capacity: Int
+    private var kBlocks: UnsafeMutablePointer<tk_block_q8k>
+    private var kCapacity: Int
 
     public init() {
         capacity = 0
         blocks = UnsafeMutablePointer<tk_block_q8>.allocate(capacity: 1)
+        kCapacity = 0
+        kBlocks = UnsafeMutablePointer<tk_block_q8k>.allocate(capacity: 1)
+    }
+
+    /// Quantizes `rows` rows of `columns` floats (columns a multiple of 256) to Q8_K blocks; valid until the next call.
+    public mutating func quantizeK(_ x: UnsafePointer<Float>, rows: Int, columns: Int) -> UnsafePointer<tk_block_q8k> {
+        let needed = rows * columns / 256
+        if needed > kCapacity {
+            kBlocks.deallocate()
+            kBlocks = .allocate(capacity: needed)
+            kCapacity = needed
+        }
+        for r in 0..<rows {
+            tk_quantize_q8k(x + r * columns, kBlocks + r * columns / 256, Int32(columns))
+        }
+        return UnsafePointer(kBlocks)
     }
 
     /// Quantizes `rows` rows of `columns` floats (columns a multiple of 32); valid until the next call.
@@ -190,5 +220,8 @@ public struct ActivationBuffer {
     }
 
     /// Frees the storage; the buffer must not be used afterwards.
-    public func release() { blocks.deallocate() }
+    public func release() {
+        blocks.deallocate()
+        kBlocks.deallocate()
+    }
 }

@@ -20,6 +20,25 @@ typedef struct {
     int8_t qs[32];
 } tk_block_q8;
 
+/// Activations quantized to 8 bits in blocks of 256 for the K-quants, as ggml's Q8_K: scale `d` (signed: the value
+/// of largest magnitude becomes -127), the quants, and the sums of each 16.
+typedef struct {
+    float d;
+    int8_t qs[256];
+    int16_t bsums[16];
+} tk_block_q8k;
+
+/// Quantizes n floats (a multiple of 256) to Q8_K blocks.
+void tk_quantize_q8k(const float *x, tk_block_q8k *y, int n);
+/// Dot product of one Q5_0 row of n values with quantized activations (as tk_dot_q8_0).
+float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n);
+/// Dot product of one K-quant row (ggml type 12 Q4_K or 14 Q6_K) of n values with Q8_K activations; NaN for another
+/// type.
+float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n);
+/// tk_matmul_q for the K-quants, over Q8_K activations.
+int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                int n_act, float *out, int out_stride);
+
 /// SIMD level in use: 0 scalar, 1 AVX2, 2 AVX-512 VNNI.
 int tk_simd_level(void);
 /// Pins the calling thread to a SIMD level no higher than the CPU supports (for tests); returns the level in use.
@@ -104,6 +123,14 @@ void tk_attend_split(const float *q, int head_dim, int length, int cells, int pa
 void tk_attend_part(const float *q, int head_dim, int length, int cells, int parts, int part,
                     const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
                     size_t block_stride, size_t slot_stride, float scale, float *result);
+/// tk_attend_f16 over positions first..<length only (a sliding window): the earlier positions are masked out.
+void tk_attend_f16_window(const float *q, int head_dim, int first, int length, const uint16_t *k_base,
+                          const uint16_t *v_base, const int32_t *table, int block_size, size_t block_stride,
+                          size_t slot_stride, float scale, float *out);
+/// tk_attend_part with positions below `first` masked out (a sliding window).
+void tk_attend_part_window(const float *q, int head_dim, int first, int length, int cells, int parts, int part,
+                           const uint16_t *k_base, const uint16_t *v_base, const int32_t *table, int block_size,
+                           size_t block_stride, size_t slot_stride, float scale, float *result);
 /// Merges `parts` results of tk_attend_part (each 2 + head_dim floats, in chunk order) as tk_attend_split does.
 void tk_merge_parts(const float *partials, int parts, int head_dim, float *out);
 /// Gathers one KV head's first `length` positions for tk_attend_tiled: keys in fp32 tiles of 64 positions, each tile
@@ -126,6 +153,8 @@ extern "C" {
 /// gate[i] = silu(gate[i]) * up[i], with exp computed by the same polynomial as ggml's vectorized expf, so the
 /// result does not depend on the SIMD width.
 void tk_swiglu(float *gate, const float *up, int n);
+/// gate[i] = gelu(gate[i]) * up[i], GELU's tanh approximation looked up in an fp16 table as ggml's CPU backend does.
+void tk_geglu(float *gate, const float *up, int n);
 /// ggml's vectorized expf polynomial, evaluated one value at a time.
 float tk_expf(float x);
 #ifdef __cplusplus

@@ -1,0 +1,336 @@
+// Dot products of Q5_0 and the K-quants (Q4_K, Q6_K) with 8-bit activations, scalar and AVX2, with run-time dispatch.
+//
+// Every path computes the same integer sums in the same eight lanes (lane k holds products 4k..4k+3 of each 32-value
+// group, times their sub-block scale), turns them into floats once per block, accumulates them with one FMA per lane
+// and block, and reduces the lanes as hsum8 does; so the SIMD results equal the scalar ones bit for bit, and an
+// output never depends on the batch it is computed in. (These are the lanes ggml's AVX2 dot products use.)
+#include "CKernels.h"
+
+#include "internal.h"
+
+#include <math.h>
+
+static inline float tk_hsum8_scalar(const float l[8]) {
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Q8_K activations: blocks of 256 with a float scale, as ggml's quantize_row_q8_K: the value of largest magnitude maps
+// to -127 (so the scale carries its sign), quants rounded to nearest even and capped at 127, 16 sums of 16 quants.
+
+void tk_quantize_q8k(const float *x, tk_block_q8k *y, int n) {
+    const int nb = n / 256;
+    for (int i = 0; i < nb; i++) {
+        const float *xb = x + (size_t)i * 256;
+        float max = 0.0f, amax = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            const float a = fabsf(xb[j]);
+            if (a > amax) {
+                amax = a;
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(y[i]));
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < 256; j++) {
+            const int v = (int)nearbyintf(iscale * xb[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < 16; j++) {
+            int sum = 0;
+            for (int k = 0; k < 16; k++) sum += y[i].qs[j * 16 + k];
+            y[i].bsums[j] = (int16_t)sum;
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Q5_0: 22-byte blocks of 32 (fp16 scale, 32 high bits, 16 bytes of low nibbles); value = 5-bit quant - 16.
+
+enum { Q5_0_BYTES = 22, Q4_K_BYTES = 144, Q6_K_BYTES = 210 };
+
+static float tk_dot_q5_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
+    float acc[8] = {0};
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q5_0_BYTES;
+        uint16_t dh;
+        uint32_t qh;
+        memcpy(&dh, b, 2);
+        memcpy(&qh, b + 2, 4);
+        const uint8_t *qs = b + 6;
+        int lanes[8] = {0};
+        for (int j = 0; j < 16; j++) {
+            const int lo = ((qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - 16;
+            const int hi = ((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            lanes[j / 4] += lo * x[i].qs[j];
+            lanes[(j + 16) / 4] += hi * x[i].qs[j + 16];
+        }
+        const float d = tk_half_to_float(dh) * x[i].d;
+        for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+    }
+    return tk_hsum8_scalar(acc);
+}
+
+#if TK_X86
+// 32 signed bytes: low nibbles, then high nibbles, of 16 bytes.
+TK_AVX2 static inline __m256i tk_nibbles32(const uint8_t *p) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    const __m256i both = _mm256_insertf128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+// The 32 bits of `bits` as bytes: 0xFF where the bit is set.
+TK_AVX2 static inline __m256i tk_bits32(uint32_t bits) {
+    const __m256i shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuffle);
+    v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7FBFDFEFF7FBFDFE));
+    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
+
+// Eight int32 lanes: lane k = sum of x[4k..4k+3] * y[4k..4k+3] (x signed, |x| <= 127; no int16 overflow for the
+// ranges used here).
+TK_AVX2 static inline __m256i tk_dot_lanes(__m256i x, __m256i y) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    const __m256i sy = _mm256_sign_epi8(y, x);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+}
+
+TK_AVX2 static float dot_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q5_0_BYTES;
+        uint16_t dh;
+        uint32_t qh;
+        memcpy(&dh, b, 2);
+        memcpy(&qh, b + 2, 4);
+        // quant - 16 = nibble | (bit set ? 0 : 0xF0) as a signed byte.
+        const __m256i high = _mm256_andnot_si256(tk_bits32(qh), _mm256_set1_epi8((char)0xF0));
+        const __m256i q = _mm256_or_si256(tk_nibbles32(b + 6), high);
+        const __m256i lanes = tk_dot_lanes(q, _mm256_loadu_si256((const __m256i *)x[i].qs));
+        const __m256 d = _mm256_set1_ps(tk_half_to_float(dh) * x[i].d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
+    }
+    return hsum8(acc);
+}
+#endif
+
+float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) return dot_q5_0_avx2(w, x, n / 32);
+#endif
+    return tk_dot_q5_0_scalar(w, x, n / 32);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Q4_K: 144-byte blocks of 256: fp16 d and dmin, 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32, then 128
+// bytes of nibbles (each 32 bytes: low nibbles are sub-block 2j, high nibbles 2j + 1). value = d·sc·q - dmin·m.
+
+static inline void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+static float dot_q4_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    float acc[8] = {0}, acc_m[4] = {0};
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q4_K_BYTES;
+        uint16_t dh, mh;
+        memcpy(&dh, b, 2);
+        memcpy(&mh, b + 2, 2);
+        uint8_t sc[8], m[8];
+        q4k_scales(b + 4, sc, m);
+        const uint8_t *qs = b + 16;
+        int lanes[8] = {0};
+        for (int j = 0; j < 4; j++) {
+            for (int e = 0; e < 32; e++) {
+                const int8_t *y = x[i].qs + 64 * j;
+                lanes[e / 4] += sc[2 * j] * ((qs[32 * j + e] & 0x0F) * y[e]);
+                lanes[e / 4] += sc[2 * j + 1] * ((qs[32 * j + e] >> 4) * y[32 + e]);
+            }
+        }
+        int mins[4];
+        for (int p = 0; p < 4; p++) {
+            const int s0 = x[i].bsums[4 * p] + x[i].bsums[4 * p + 1];
+            const int s1 = x[i].bsums[4 * p + 2] + x[i].bsums[4 * p + 3];
+            mins[p] = m[2 * p] * s0 + m[2 * p + 1] * s1;
+        }
+        const float d = x[i].d * tk_half_to_float(dh);
+        const float dmin = -x[i].d * tk_half_to_float(mh);
+        for (int p = 0; p < 4; p++) acc_m[p] = fmaf(dmin, (float)mins[p], acc_m[p]);
+        for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+    }
+    return tk_hsum8_scalar(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+}
+
+#if TK_X86
+TK_AVX2 static float dot_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q4_K_BYTES;
+        uint16_t dh, mh;
+        memcpy(&dh, b, 2);
+        memcpy(&mh, b + 2, 2);
+        uint8_t sc[8], m[8];
+        q4k_scales(b + 4, sc, m);
+        const uint8_t *qs = b + 16;
+        const int8_t *y = x[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(bits, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * j)));
+            const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * j + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j]), pl));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j + 1]), ph));
+        }
+        const __m128i b0 = _mm_loadu_si128((const __m128i *)x[i].bsums);
+        const __m128i b1 = _mm_loadu_si128((const __m128i *)(x[i].bsums + 8));
+        const __m128i sums = _mm_hadd_epi16(b0, b1);
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
+        const __m128i prod = _mm_madd_epi16(mins, sums);
+        const float d = x[i].d * tk_half_to_float(dh);
+        const float dmin = -x[i].d * tk_half_to_float(mh);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    return hsum8(acc) + _mm_cvtss_f32(acc_m);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Q6_K: 210-byte blocks of 256: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales (one per 16
+// values), fp16 d. value = d·scale·(6-bit quant - 32).
+
+static inline int q6k_value(const uint8_t *ql, const uint8_t *qh, int e) {
+    // Within a half of 128: e = 32·g + l (g = 0..3).
+    const int g = e / 32, l = e % 32;
+    const int low = g & 1 ? ql[l + 32] : ql[l];
+    const int nib = g < 2 ? (low & 0x0F) : (low >> 4);
+    return (nib | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
+}
+
+static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    float acc[8] = {0};
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
+        const int8_t *scales = (const int8_t *)(b + 192);
+        uint16_t dh;
+        memcpy(&dh, b + 208, 2);
+        int lanes[8] = {0};
+        for (int e = 0; e < 256; e++) {
+            const int half = e / 128;
+            const int q = q6k_value(b + 64 * half, b + 128 + 32 * half, e % 128);
+            lanes[(e % 32) / 4] += scales[e / 16] * (q * x[i].qs[e]);
+        }
+        const float d = x[i].d * tk_half_to_float(dh);
+        for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+    }
+    return tk_hsum8_scalar(acc);
+}
+
+#if TK_X86
+TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(3);
+    const __m256i m32 = _mm256_set1_epi8(32);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
+        const int8_t *scales = (const int8_t *)(b + 192);
+        uint16_t dh;
+        memcpy(&dh, b + 208, 2);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b + 64 * half;
+            const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hbits, m2), 4));
+            q[1] = _mm256_or_si256(
+                _mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), m2), 4));
+            for (int g = 0; g < 4; g++) {
+                const int e0 = 128 * half + 32 * g;
+                const __m256i y = _mm256_loadu_si256((const __m256i *)(x[i].qs + e0));
+                // (q - 32)·y as q·y - 32·y, each pair sum within int16.
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[g], y), _mm256_maddubs_epi16(m32, y));
+                const __m256i s = _mm256_setr_epi16(
+                    scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16],
+                    scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
+                    scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
+                    scales[e0 / 16 + 1], scales[e0 / 16 + 1]);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+            }
+        }
+        const float d = x[i].d * tk_half_to_float(dh);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+#endif
+
+typedef float (*tk_dot_k_fn)(const uint8_t *, const tk_block_q8k *, int);
+
+static tk_dot_k_fn tk_pick_k(int type) {
+    const int level = tk_simd_level();
+    (void)level;
+    switch (type) {
+    case 12:
+#if TK_X86
+        if (level >= 1) return dot_q4_k_avx2;
+#endif
+        return dot_q4_k_scalar;
+    case 14:
+#if TK_X86
+        if (level >= 1) return dot_q6_k_avx2;
+#endif
+        return dot_q6_k_scalar;
+    default:
+        return 0;
+    }
+}
+
+float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n) {
+    tk_dot_k_fn dot = tk_pick_k(type);
+    return dot ? dot(w, x, n / 256) : NAN;
+}
+
+int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                int n_act, float *out, int out_stride) {
+    tk_dot_k_fn dot = tk_pick_k(type);
+    if (!dot) return -1;
+    const int nb = n / 256;
+    for (int r = row_begin; r < row_end; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+        for (int b = 0; b < n_act; b++) out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
+    }
+    return 0;
+}
+
+typedef float (*tk_dot_fn)(const uint8_t *, const tk_block_q8 *, int);
+tk_dot_fn tk_dot_q5_0_pick(void);
+tk_dot_fn tk_dot_q5_0_pick(void) {
+#if TK_X86
+    if (tk_simd_level() >= 1) return dot_q5_0_avx2;
+#endif
+    return tk_dot_q5_0_scalar;
+}

@@ -1,0 +1,117 @@
+import GGUF
+
+/// Plain Swift references for the Q5_0 and K-quant kernels (CKernels' kquants.c): the Q8_K activation blocks, and
+/// each dot product's integer sums in eight lanes (lane k takes products 4k...4k+3 of every 32 values, times their
+/// sub-block scale), folded into floats once per block with one fused multiply-add per lane, then reduced as hsum8.
+public enum KQuantReference {
+    /// One Q8_K activation block (256 values), as `tk_quantize_q8k` makes it.
+    public struct Block: Equatable {
+        public var d: Float
+        public var qs: [Int8]
+        public var bsums: [Int16]
+    }
+
+    public static func quantize(_ x: [Float]) -> [Block] {
+        stride(from: 0, to: x.count, by: 256).map { start in
+            let chunk = Array(x[start..<start + 256])
+            var amax: Float = 0
+            var max: Float = 0
+            for v in chunk where abs(v) > amax {
+                amax = abs(v)
+                max = v
+            }
+            guard amax != 0 else {
+                return Block(d: 0, qs: [Int8](repeating: 0, count: 256), bsums: [Int16](repeating: 0, count: 16))
+            }
+            let iscale = -127 / max
+            let qs = chunk.map { Int8(Swift.min(127, Int((iscale * $0).rounded(.toNearestOrEven)))) }
+            let bsums = (0..<16).map { j in Int16(qs[(j * 16)..<(j * 16 + 16)].reduce(0) { $0 + Int($1) }) }
+            return Block(d: 1 / iscale, qs: qs, bsums: bsums)
+        }
+    }
+
+    static func hsum8(_ l: [Float]) -> Float { ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])) }
+
+    static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
+        HalfFloat.toFloat(p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+    }
+
+    /// Q5_0 row · 8-bit activations (`ReferenceKernels.quantize` blocks).
+    public static func dotQ5_0(row: UnsafeRawPointer, blocks: [ReferenceKernels.Block]) -> Float {
+        var acc = [Float](repeating: 0, count: 8)
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 22
+            let qh = b.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+            var lanes = [Int](repeating: 0, count: 8)
+            for j in 0..<16 {
+                let q = Int(b.load(fromByteOffset: 6 + j, as: UInt8.self))
+                let lo = ((q & 0x0F) | Int((qh >> UInt32(j)) & 1) << 4) - 16
+                let hi = ((q >> 4) | Int((qh >> UInt32(j + 16)) & 1) << 4) - 16
+                lanes[j / 4] += lo * Int(x.qs[j])
+                lanes[(j + 16) / 4] += hi * Int(x.qs[j + 16])
+            }
+            let d = half(b, 0) * x.d
+            for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
+        }
+        return hsum8(acc)
+    }
+
+    /// Q4_K row · Q8_K activations.
+    public static func dotQ4_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        var acc = [Float](repeating: 0, count: 8)
+        var accMin = [Float](repeating: 0, count: 4)
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 144
+            let s = (0..<12).map { Int(b.load(fromByteOffset: 4 + $0, as: UInt8.self)) }
+            var sc = [Int](repeating: 0, count: 8)
+            var m = sc
+            for j in 0..<4 {
+                sc[j] = s[j] & 63
+                m[j] = s[j + 4] & 63
+                sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4)
+                m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4)
+            }
+            var lanes = [Int](repeating: 0, count: 8)
+            for j in 0..<4 {
+                for e in 0..<32 {
+                    let q = Int(b.load(fromByteOffset: 16 + 32 * j + e, as: UInt8.self))
+                    lanes[e / 4] += sc[2 * j] * ((q & 0x0F) * Int(x.qs[64 * j + e]))
+                    lanes[e / 4] += sc[2 * j + 1] * ((q >> 4) * Int(x.qs[64 * j + 32 + e]))
+                }
+            }
+            let d = x.d * half(b, 0)
+            let dmin = -x.d * half(b, 2)
+            for p in 0..<4 {
+                let s0 = Int(x.bsums[4 * p]) + Int(x.bsums[4 * p + 1])
+                let s1 = Int(x.bsums[4 * p + 2]) + Int(x.bsums[4 * p + 3])
+                accMin[p] = accMin[p].addingProduct(dmin, Float(m[2 * p] * s0 + m[2 * p + 1] * s1))
+            }
+            for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
+        }
+        return hsum8(acc) + ((accMin[0] + accMin[2]) + (accMin[1] + accMin[3]))
+    }
+
+    /// Q6_K row · Q8_K activations.
+    public static func dotQ6_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        var acc = [Float](repeating: 0, count: 8)
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 210
+            var lanes = [Int](repeating: 0, count: 8)
+            for e in 0..<256 {
+                let half = e / 128
+                let within = e % 128
+                let g = within / 32
+                let l = within % 32
+                let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
+                let nibble = g < 2 ? low & 0x0F : low >> 4
+                let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
+                let q = (nibble | high << 4) - 32
+                let scale = Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self))
+                lanes[(e % 32) / 4] += scale * (q * Int(x.qs[e]))
+            }
+            let d = x.d * Self.half(b, 208)
+            for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
+        }
+        return hsum8(acc)
+    }
+}

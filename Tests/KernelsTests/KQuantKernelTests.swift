@@ -1,0 +1,86 @@
+import CKernels
+import GGUF
+import Kernels
+import Testing
+
+/// The Q5_0 and K-quant kernels at every SIMD level give bitwise the Swift reference's dot products, on random rows
+/// and activations of ragged lengths; the Q8_K activation blocks are the reference's.
+@Suite(.serialized) struct KQuantKernelTests {
+    typealias Rng = KernelTests.Rng
+
+    func randomRow(_ type: GGMLType, blocks: Int, rng: inout Rng) -> [UInt8] {
+        var row: [UInt8] = []
+        for _ in 0..<blocks {
+            var block = (0..<type.blockBytes).map { _ in rng.byte() }
+            func putHalf(_ value: Float, at offset: Int) {
+                let h = HalfFloat.fromFloat(value)
+                block[offset] = UInt8(h & 0xFF)
+                block[offset + 1] = UInt8(h >> 8)
+            }
+            switch type {
+            case .q5_0: putHalf(rng.float(0.05), at: 0)
+            case .q4_K:
+                putHalf(rng.float(0.01), at: 0)
+                putHalf(rng.float(0.01), at: 2)
+            default: putHalf(rng.float(0.01), at: 208)
+            }
+            row += block
+        }
+        return row
+    }
+
+    @Test func q8KBlocksMatchTheReference() {
+        var rng = Rng(state: 7)
+        for blocks in [1, 3, 8] {
+            var x = (0..<(blocks * 256)).map { _ in rng.float(4) }
+            x[5] = 0
+            if blocks == 3 { for i in 256..<512 { x[i] = 0 } }
+            var c = [tk_block_q8k](repeating: tk_block_q8k(), count: blocks)
+            tk_quantize_q8k(x, &c, Int32(x.count))
+            for (b, r) in KQuantReference.quantize(x).enumerated() {
+                let qs = withUnsafeBytes(of: c[b].qs) { Array($0.bindMemory(to: Int8.self)) }
+                let sums = withUnsafeBytes(of: c[b].bsums) { Array($0.bindMemory(to: Int16.self)) }
+                #expect(c[b].d == r.d && qs == r.qs && sums == r.bsums, "block \(b) of \(blocks)")
+            }
+        }
+    }
+
+    @Test(arguments: [GGMLType.q5_0, .q4_K, .q6_K])
+    func dotsAreTheReferenceBitForBit(type: GGMLType) {
+        var rng = Rng(state: 11)
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            for superBlocks in [1, 2, 3, 5, 8] {
+                let n = superBlocks * 256
+                let x = (0..<n).map { _ in rng.float(3) }
+                let row = randomRow(type, blocks: n / type.blockSize, rng: &rng)
+                let expected: Float
+                let got: Float
+                if type == .q5_0 {
+                    let reference = ReferenceKernels.quantize(x)
+                    var q = [tk_block_q8](repeating: tk_block_q8(), count: n / 32)
+                    tk_quantize_q8(x, &q, Int32(n))
+                    expected = row.withUnsafeBytes { KQuantReference.dotQ5_0(row: $0.baseAddress!, blocks: reference) }
+                    got = row.withUnsafeBytes { tk_dot_q5_0($0.baseAddress!, q, Int32(n)) }
+                } else {
+                    let reference = KQuantReference.quantize(x)
+                    var q = [tk_block_q8k](repeating: tk_block_q8k(), count: n / 256)
+                    tk_quantize_q8k(x, &q, Int32(n))
+                    expected = row.withUnsafeBytes {
+                        type == .q4_K
+                            ? KQuantReference.dotQ4_K(row: $0.baseAddress!, blocks: reference)
+                            : KQuantReference.dotQ6_K(row: $0.baseAddress!, blocks: reference)
+                    }
+                    got = row.withUnsafeBytes { tk_dot_k(Int32(type.rawValue), $0.baseAddress!, q, Int32(n)) }
+                }
+                #expect(got == expected, "level \(used) \(type.name) n=\(n): \(got) vs \(expected)")
+                // And near the float dot product of the dequantized row (the quantization error only).
+                let w = row.withUnsafeBytes { try! Dequantize.row(type, $0.baseAddress!, count: n) }
+                let exact = zip(w, x).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+                let scale = zip(w, x).reduce(Float(0)) { $0 + abs($1.0 * $1.1) }
+                #expect(abs(got - exact) <= 0.02 * scale + 1e-3, "\(type.name) n=\(n): \(got) vs float \(exact)")
+            }
+        }
+        tk_set_simd_level(99)
+    }
+}
