@@ -160,14 +160,16 @@ import Testing
         let reference = try #require(try await cluster.colocated?.post("/v1/chat/completions", body + "}").json)
         let message = try #require(reference.firstChoice?["message"] as? [String: Any])
         let reply = try await streamPost(cluster.proxy, "/v1/chat/completions", body + #","stream":true}"#) { events in
-            guard events == 12, hit == nil else { return }
+            // Early, while the decode surely still runs (a tool call's deltas start late, and a loaded machine can
+            // let the decode finish before the client reads far).
+            guard events >= 2, hit == nil else { return }
             for d in cluster.decodes
             where metricValue(try await d.get("/metrics").body, "vllm:num_requests_running") == 1 {
                 hit = d
             }
             hit?.kill9()
         }
-        #expect(hit != nil, "one decode instance was running the stream at its 12th event")
+        #expect(hit != nil, "one decode instance was running the stream early on")
         #expect(reply.status == .ok && !reply.body.contains("\"error\""), "\(reply.body.suffix(400))")
         let deltas = reply.events.compactMap { $0.firstChoice?["delta"] as? [String: Any] }
         if kind == "json_schema" {

@@ -142,7 +142,7 @@ func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
         #expect(await eventually { inbox.isWaitedFor("b") })
         #expect(inbox.reserve("b", bytes: 100))
         if case .timedOut = await b {} else { Issue.record("b") }
-        #expect(clock.now - start < .seconds(5), "not the 30 s allowance")
+        #expect(clock.now - start < .seconds(20), "not the 30 s allowance")
         // Progress, made again and again for 3 s, keeps a transfer alive past its 1 s deadline; then delivery ends
         // the wait.
         async let c = inbox.wait(for: "c", timeout: 1, before: 30)
