@@ -22,6 +22,7 @@ fi
 
 echo "== model" >&2
 .build/release/tandem model fetch
+.build/release/tandem model fetch gemma3-270m
 
 echo "== peers" >&2
 scripts/peers.sh

@@ -12,6 +12,8 @@ public struct KnownInstance: Sendable, Equatable {
     public var resumable = false
     /// Where the proxy learned of it (an instance may be in both).
     public var sources: Set<DiscoverySource> = [.zmq]
+    /// The model names it serves, from its `/v1/models` (nil until the proxy has asked).
+    public var models: [String]?
 
     /// `[HTTP:…, ZMQ:…]`, as vLLM's proxy logs an instance.
     public var label: String { "[HTTP:\(http), ZMQ:\(zmq)]" }
@@ -38,6 +40,43 @@ public final class InstanceRegistry: @unchecked Sendable {
     private var turns: [RegistrationPing.Role: Int] = [:]
 
     public init(ttl: Double) { self.ttl = ttl }
+
+    /// The model the request being routed asks for (its `model` field), in scope while the proxy routes it, so that
+    /// every `acquire` on its path picks among the instances serving that model.
+    @TaskLocal public static var requestedModel: String?
+
+    /// Records the models an instance serves (from its `/v1/models`).
+    public func setModels(_ models: [String], role: RegistrationPing.Role, http: HostPort) {
+        lock.lock()
+        defer { lock.unlock() }
+        instances[role]?[http]?.models = models
+    }
+
+    /// Every model name some instance serves.
+    public var servedModels: Set<String> {
+        lock.lock()
+        defer { lock.unlock() }
+        return Set(instances.values.flatMap { $0.values.flatMap { $0.models ?? [] } })
+    }
+
+    /// Whether a request for `model` can be routed: the fleet serves at most one model (then, as vLLM's proxy, any
+    /// name goes), or some instance serves it, or some instance's models are not known yet.
+    public func accepts(model: String?) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let model else { return true }
+        let known = instances.values.flatMap { $0.values }
+        let served = Set(known.flatMap { $0.models ?? [] })
+        return served.count <= 1 || served.contains(model) || known.contains { $0.models == nil }
+    }
+
+    /// The instances of `role` that may serve `model` (all when the fleet serves a single model).
+    private func serving(_ model: String?, among candidates: [KnownInstance]) -> [KnownInstance] {
+        guard let model else { return candidates }
+        let served = Set(instances.values.flatMap { $0.values.flatMap { $0.models ?? [] } })
+        guard served.count > 1 else { return candidates }
+        return candidates.filter { $0.models?.contains(model) ?? false }
+    }
 
     /// Records a ping (or an etcd record); returns the instance when it is new.
     @discardableResult
@@ -131,7 +170,7 @@ public final class InstanceRegistry: @unchecked Sendable {
     {
         lock.lock()
         defer { lock.unlock() }
-        let candidates = sorted(role).filter { !excluding.contains($0.http) }
+        let candidates = serving(Self.requestedModel, among: sorted(role).filter { !excluding.contains($0.http) })
         guard !candidates.isEmpty else { return nil }
         let turn = turns[role, default: 0]
         turns[role] = turn + 1

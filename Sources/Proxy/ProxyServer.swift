@@ -125,7 +125,12 @@ public enum ProxyServer {
             },
             logger: logger)
         var groupConfiguration = ServiceGroupConfiguration(
-            services: [DiscoveryService(listener: listener)] + (etcd.map { [$0] } ?? []) + [app],
+            services: [DiscoveryService(listener: listener)] + (etcd.map { [$0] } ?? []) + [
+                ModelDirectory(
+                    registry: registry, client: client, logger: logger,
+                    authorization: options.apiKey.map { "Bearer \($0)" }),
+                app,
+            ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         // On SIGTERM the proxy stops taking requests and gives those in flight `shutdownGrace` seconds; then it
@@ -177,22 +182,20 @@ public enum ProxyServer {
         return Response.json(.object(fields))
     }
 
-    /// `/v1/models` from a live instance (decode first).
+    /// `/v1/models`: every model the live instances serve, each listed once (decode instances' entries first).
     static func models(registry: InstanceRegistry, client: HTTPClient, request: Request) async throws -> Response {
         let candidates = registry.all.sorted { $0.role == .decode && $1.role != .decode }
+        var entries: [(id: String, entry: JSONValue)] = []
+        var answered = false
         for i in candidates {
-            let host = i.http.isIPv6 ? "[\(i.http.host)]" : i.http.host
-            var upstream = HTTPClientRequest(url: "http://\(host):\(i.http.port)/v1/models")
-            if let auth = RequestRouter.authorization(request) {
-                upstream.headers.add(name: "Authorization", value: auth)
-            }
-            guard let reply = try? await client.execute(upstream, timeout: .seconds(5)), reply.status == .ok,
-                let body = try? await reply.body.collect(upTo: 1 << 20)
+            guard
+                let models = await ModelDirectory.models(
+                    of: i, client: client, authorization: RequestRouter.authorization(request))
             else { continue }
-            var headers = HTTPFields()
-            headers[.contentType] = "application/json"
-            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: body))
+            answered = true
+            for m in models where !entries.contains(where: { $0.id == m.id }) { entries.append(m) }
         }
-        throw APIError(.serviceUnavailable, "no live instance is registered with the proxy")
+        guard answered else { throw APIError(.serviceUnavailable, "no live instance is registered with the proxy") }
+        return Response.json(.object([("object", .string("list")), ("data", .array(entries.map(\.entry)))]))
     }
 }

@@ -73,6 +73,23 @@ final class RequestRouter: Sendable {
             throw APIError.badRequest("the request body must be a JSON object")
         }
         let auth = Self.authorization(request)
+        var model: String?
+        if case .string(let name)? = body["model"] { model = name }
+        guard registry.accepts(model: model) else {
+            metrics.outcome("client_error")
+            throw APIError(
+                .notFound,
+                "The model `\(model ?? "")` does not exist; served here: \(registry.servedModels.sorted().joined(separator: ", "))",
+                type: "NotFoundError", param: "model", code: "model_not_found")
+        }
+        return try await InstanceRegistry.$requestedModel.withValue(model) {
+            try await route(path: path, body: body, auth: auth, start: start)
+        }
+    }
+
+    private func route(path: String, body: JSONValue, auth: String?, start: ContinuousClock.Instant) async throws
+        -> Response
+    {
         if let prompts = PromptListRequest.prompts(of: body), path.hasSuffix("/v1/completions") {
             return try await PromptListRequest(body: body, prompts: prompts) { one in
                 try await self.handle(path: path, body: one, auth: auth, start: start)

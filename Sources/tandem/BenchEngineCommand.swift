@@ -8,7 +8,8 @@ struct BenchEngineCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-engine", abstract: "Measure the engine's prefill and decode speed, like llama-bench.")
 
-    @Option(help: "A GGUF file, or `default`.") var model = "default"
+    @Option(help: "A GGUF file, or a model name (`default`, `gemma3-270m`; see `tandem model list`).") var model =
+        "default"
     @Option(help: "Thread counts to test, comma-separated.") var threads = "2"
     @Option(help: "Prompt length of the prefill test (ppN).") var prompt = 512
     @Option(help: "Tokens generated in the decode tests (tgN).") var gen = 128

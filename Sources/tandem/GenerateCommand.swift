@@ -10,7 +10,10 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text from a prompt or chat messages with a local GGUF model.")
 
-    @Option(help: "A GGUF file, or `default` for SmolLM2-135M-Instruct Q4_1 (downloaded on first use).")
+    @Option(
+        help:
+            "A GGUF file, or a model name: `default` (SmolLM2-135M-Instruct Q4_1) or `gemma3-270m` (Gemma 3 270M Q4_K_M), downloaded on first use; see `tandem model list`."
+    )
     var model = "default"
     @Option(help: "The prompt text (special tokens such as <|im_start|> are recognised).") var prompt: String?
     @Option(

@@ -13,7 +13,10 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve a model over an OpenAI-compatible HTTP API (prefill, decode or colocated instance).")
 
-    @Argument(help: "A GGUF file, or `default` for SmolLM2-135M-Instruct Q4_1 (downloaded on first use).")
+    @Argument(
+        help:
+            "A GGUF file, or a model name: `default` (SmolLM2-135M-Instruct Q4_1) or `gemma3-270m` (Gemma 3 270M Q4_K_M), downloaded on first use; see `tandem model list`."
+    )
     var model: String = "default"
     @Option(help: "Address to listen on (0.0.0.0 or :: for every address, IPv6 and IPv4; or one address).")
     var host = "0.0.0.0"

@@ -16,7 +16,8 @@ struct UpCommand: AsyncParsableCommand {
             logs to a file in --log-dir. Ctrl-C, or any child dying, stops them all.
             """)
 
-    @Option(help: "A GGUF file, or `default`.") var model = "default"
+    @Option(help: "A GGUF file, or a model name (`default`, `gemma3-270m`; see `tandem model list`).") var model =
+        "default"
     @Option(help: "Number of prefill instances.") var prefill = 1
     @Option(help: "Number of decode instances.") var decode = 1
     @Option(name: .customLong("send-type"), help: "KV send type: PUT, PUT_ASYNC or GET.") var sendType = "PUT_ASYNC"

@@ -12,9 +12,9 @@ final class ServerProcess: @unchecked Sendable {
     private let log = LogBuffer()
     private let exited = DispatchSemaphore(value: 0)
 
-    /// Starts `tandem serve default --host HOST --port 0 EXTRA...` and waits until it is healthy.
-    convenience init(host: String = "127.0.0.1", _ extra: [String] = []) async throws {
-        try await self.init(arguments: ["serve", "default", "--host", host, "--port", "0"] + extra, host: host)
+    /// Starts `tandem serve MODEL --host HOST --port 0 EXTRA...` and waits until it is healthy.
+    convenience init(host: String = "127.0.0.1", model: String = "default", _ extra: [String] = []) async throws {
+        try await self.init(arguments: ["serve", model, "--host", host, "--port", "0"] + extra, host: host)
     }
 
     /// Starts `tandem ARGUMENTS` (a server that logs "listening on http://…:PORT"), or another server
@@ -98,8 +98,8 @@ final class ServerProcess: @unchecked Sendable {
     /// A `tandem serve` instance with a KV role, registering with the proxy at `discoveryPort` when one is given;
     /// `extra` adds keys to `kv_connector_extra_config` (for example `"kv_transfer_timeout_s":1`).
     static func instance(
-        host: String = "127.0.0.1", role: String, kvPort: Int, discoveryPort: Int? = nil, sendType: String = "PUT",
-        extra: String = "", arguments: [String] = []
+        host: String = "127.0.0.1", model: String = "default", role: String, kvPort: Int, discoveryPort: Int? = nil,
+        sendType: String = "PUT", extra: String = "", arguments: [String] = []
     ) async throws -> ServerProcess {
         var extraConfig = "\"kv_host\":\"\(host)\",\"send_type\":\"\(sendType)\""
         if let discoveryPort { extraConfig += ",\"proxy_ip\":\"\(host)\",\"proxy_port\":\"\(discoveryPort)\"" }
@@ -108,7 +108,7 @@ final class ServerProcess: @unchecked Sendable {
             {"kv_connector":"P2pNcclConnector","kv_role":"\(role)","kv_port":"\(kvPort)",\
             "kv_connector_extra_config":{\(extraConfig)}}
             """
-        return try await ServerProcess(host: host, ["--kv-transfer-config", config] + arguments)
+        return try await ServerProcess(host: host, model: model, ["--kv-transfer-config", config] + arguments)
     }
 
     func get(_ path: String) async throws -> HTTPReply {

@@ -32,6 +32,37 @@ import Testing
         #expect(registry.acquire(.prefill, policy: .roundRobin) == nil, "no prefill instance")
     }
 
+    @Test func aFleetOfTwoModelsRoutesEachRequestToItsModel() {
+        let registry = InstanceRegistry(ttl: 5)
+        for port in [8083, 8085] { registry.record(ping(.decode, port)) }
+        #expect(registry.accepts(model: "anything"), "models not known yet: nothing is refused")
+        registry.setModels(["default"], role: .decode, http: HostPort(host: "10.0.0.1", port: 8083))
+        #expect(registry.accepts(model: "anything"), "one model known, one instance still unknown")
+        registry.setModels(["gemma3-270m"], role: .decode, http: HostPort(host: "10.0.0.1", port: 8085))
+        #expect(registry.servedModels == ["default", "gemma3-270m"])
+        #expect(!registry.accepts(model: "llama"), "two models served, neither is llama")
+        #expect(registry.accepts(model: nil), "no model field: any instance")
+        for (model, port) in [("default", 8083), ("gemma3-270m", 8085)] {
+            let picks = (0..<3).compactMap { _ in
+                InstanceRegistry.$requestedModel.withValue(model) {
+                    registry.acquire(.decode, policy: .roundRobin)?.http.port
+                }
+            }
+            #expect(picks == [port, port, port], "\(model)")
+        }
+    }
+
+    @Test func aFleetOfOneModelTakesAnyName() {
+        let registry = InstanceRegistry(ttl: 5)
+        registry.record(ping(.decode, 8083))
+        registry.setModels(["default"], role: .decode, http: HostPort(host: "10.0.0.1", port: 8083))
+        #expect(registry.accepts(model: "gpt-4o"), "as vLLM's proxy: one model, any name goes")
+        let pick = InstanceRegistry.$requestedModel.withValue("gpt-4o") {
+            registry.acquire(.decode, policy: .roundRobin)
+        }
+        #expect(pick?.http.port == 8083)
+    }
+
     @Test func leastLoadedPicksTheFewestInFlight() {
         let registry = InstanceRegistry(ttl: 5)
         for port in [8083, 8085] { registry.record(ping(.decode, port)) }
