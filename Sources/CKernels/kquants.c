@@ -129,26 +129,38 @@ float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n) {
 // Q4_K: 144-byte blocks of 256: fp16 d and dmin, 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32, then 128
 // bytes of nibbles (each 32 bytes: low nibbles are sub-block 2j, high nibbles 2j + 1). value = d·sc·q - dmin·m.
 
-static inline void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
+// A Q4_K block's scales, read once for the dot kernels: d and -dmin already multiplied by the activation's scale
+// `xd` (in ggml's order), the 6-bit sub-block scales and mins unpacked.
+typedef struct {
+    float d, dmin;
+    uint8_t sc[8], m[8];
+} q4k_header;
+
+static inline q4k_header q4k_read_header(const uint8_t *b, float xd) {
+    q4k_header h;
+    uint16_t dh, mh;
+    memcpy(&dh, b, 2);
+    memcpy(&mh, b + 2, 2);
+    h.d = xd * tk_half_to_float(dh);
+    h.dmin = -xd * tk_half_to_float(mh);
+    const uint8_t *s = b + 4;
     for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        m[j] = s[j + 4] & 63;
+        h.sc[j] = s[j] & 63;
+        h.m[j] = s[j + 4] & 63;
     }
     for (int j = 4; j < 8; j++) {
-        sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-        m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        h.sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        h.m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
     }
+    return h;
 }
 
 static float dot_q4_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
     float acc[8] = {0}, acc_m[4] = {0};
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q4_K_BYTES;
-        uint16_t dh, mh;
-        memcpy(&dh, b, 2);
-        memcpy(&mh, b + 2, 2);
-        uint8_t sc[8], m[8];
-        q4k_scales(b + 4, sc, m);
+        const q4k_header h = q4k_read_header(b, x[i].d);
+        const uint8_t *sc = h.sc, *m = h.m;
         const uint8_t *qs = b + 16;
         int lanes[8] = {0};
         for (int j = 0; j < 4; j++) {
@@ -164,8 +176,7 @@ static float dot_q4_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
             const int s1 = x[i].bsums[4 * p + 2] + x[i].bsums[4 * p + 3];
             mins[p] = m[2 * p] * s0 + m[2 * p + 1] * s1;
         }
-        const float d = x[i].d * tk_half_to_float(dh);
-        const float dmin = -x[i].d * tk_half_to_float(mh);
+        const float d = h.d, dmin = h.dmin;
         for (int p = 0; p < 4; p++) acc_m[p] = fmaf(dmin, (float)mins[p], acc_m[p]);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
     }
@@ -179,11 +190,8 @@ TK_AVX2 static float dot_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q4_K_BYTES;
-        uint16_t dh, mh;
-        memcpy(&dh, b, 2);
-        memcpy(&mh, b + 2, 2);
-        uint8_t sc[8], m[8];
-        q4k_scales(b + 4, sc, m);
+        const q4k_header h = q4k_read_header(b, x[i].d);
+        const uint8_t *sc = h.sc, *m = h.m;
         const uint8_t *qs = b + 16;
         const int8_t *y = x[i].qs;
         __m256i sumi = _mm256_setzero_si256();
@@ -201,8 +209,7 @@ TK_AVX2 static float dot_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
         const __m128i sums = _mm_hadd_epi16(b0, b1);
         const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
         const __m128i prod = _mm_madd_epi16(mins, sums);
-        const float d = x[i].d * tk_half_to_float(dh);
-        const float dmin = -x[i].d * tk_half_to_float(mh);
+        const float d = h.d, dmin = h.dmin;
         acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
