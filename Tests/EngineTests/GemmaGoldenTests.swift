@@ -53,6 +53,27 @@ enum GemmaModel {
         #expect(t.endOfGenerationIds.contains(1) && t.endOfGenerationIds.contains(106))
     }
 
+    /// How fast the 262k-token SentencePiece encoder is on a prompt of about 4,000 tokens (printed for
+    /// docs/benchmarks.md, not asserted: speed is measured by benchmarks). The text mixes the golden prompts' prose,
+    /// code, chat markup and Spanish; its ids must give it back.
+    @Test func tokenizingAFourThousandTokenPrompt() {
+        let t = GemmaModel.tokenizer
+        let piece = GemmaGolden.shared.generations.map(\.prompt_text).joined(separator: "\n")
+        var text = ""
+        while t.encode(text).count < 4_000 { text += piece + "\n" }
+        let clock = ContinuousClock()
+        var ids: [Int32] = []
+        var best = Duration.seconds(3600)
+        for _ in 0..<5 {
+            let took = clock.measure { ids = t.encode(text) }
+            best = min(best, took)
+        }
+        let ms = Double(best.components.attoseconds) / 1e15 + Double(best.components.seconds) * 1e3
+        print("gemma3 tokenizer: \(ids.count) tokens in \(ms) ms, \(ms / Double(ids.count) * 100) ms per 100 tokens")
+        #expect(ids.count >= 4_000 && ids.first == 2)
+        #expect(t.decode(Array(ids.dropFirst()), renderSpecial: true) == text, "the ids give the text back")
+    }
+
     /// A prompt of three tokens, which llama.cpp runs through its row-at-a-time kernels only, gives llama.cpp's logits
     /// (its top-5 log-probabilities all off by llama-server's one normalization constant). Longer prompts go through
     /// llama.cpp's 4-row Q4_K GEMM, whose rounding we do not reproduce, and this model magnifies rounding: a 1e-6
