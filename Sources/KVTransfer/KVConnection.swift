@@ -88,9 +88,9 @@ struct KVConnection: Sendable {
                     fingerprint: payload.fingerprint, tokens: payload.tokens), timeout: remaining(deadline))
             // Each layer's frame is written straight from the payload into a buffer of its exact size, on the
             // connection's event loop just before it goes to the socket (so that one thread copies and sends).
-            let frameBytes = KVFrame.layerFrameBytes(requestId: requestId, valueBytes: 2 * payload.valuesPerPart * 2)
             let budget = node.budget
             for layer in 0..<payload.layerCount {
+                let frameBytes = KVFrame.layerFrameBytes(of: payload, layer: layer, requestId: requestId)
                 guard await budget.acquire(frameBytes, timeout: remaining(deadline)) else {
                     throw KVSendError("the send buffer (kv_buffer_size \(budget.capacity) bytes) stayed full")
                 }

@@ -33,13 +33,14 @@ public final class KVNode: Sendable {
 
     public init(
         bind: HostPort, fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double,
-        connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, tls: KVTLS? = nil, logger: Logger,
+        windows: KVTransferWindows? = nil, connectTimeout: Double = 2, clusterSecret: [UInt8]? = nil, tls: KVTLS? = nil,
+        logger: Logger,
         report: @escaping @Sendable (KVTransferEvent) -> Void = { _ in }
     ) async throws {
         let handshake = TimeAmount.milliseconds(Int64(max(0.1, connectTimeout) * 1000))
         let state = KVNodeState(
             fingerprint: fingerprint, bufferBytes: bufferBytes, ttl: ttl, transferTimeout: transferTimeout,
-            authenticatedPeers: clusterSecret != nil || tls != nil, logger: logger, report: report)
+            windows: windows, authenticatedPeers: clusterSecret != nil || tls != nil, logger: logger, report: report)
         self.state = state
         let open = OpenChannels()
         self.open = open

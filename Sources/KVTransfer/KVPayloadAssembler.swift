@@ -10,21 +10,23 @@ final class KVPayloadAssembler: KVLayerSink, @unchecked Sendable {
     private let layerCount: Int
     private let kvDim: Int
     private let fingerprint: UInt64
+    private let layerStarts: [Int]
     private let deliver: @Sendable (KVPayload?, @escaping @Sendable () -> Void) -> Void
 
     /// `deliver` gets the payload (nil when the prefill was aborted) and the request's `answer`, to call once the
     /// producer may answer.
     init(
-        tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64,
+        tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, windows: KVTransferWindows,
         deliver: @escaping @Sendable (KVPayload?, @escaping @Sendable () -> Void) -> Void
     ) {
         self.tokens = tokens
+        layerStarts = windows.starts(tokens: tokens.count)
         self.layerCount = layerCount
         self.kvDim = kvDim
         self.fingerprint = fingerprint
         self.deliver = deliver
         // Not zeroed (the engine thread would pay for it): a payload is handed over only when the prefill pushed
-        // every (layer, position), each exactly once.
+        // every (layer, position) it carries (a sliding-window layer: its window), each exactly once.
         let count = layerCount * 2 * tokens.count * kvDim
         values = [UInt16](unsafeUninitializedCapacity: count) { _, n in n = count }
     }
@@ -44,7 +46,8 @@ final class KVPayloadAssembler: KVLayerSink, @unchecked Sendable {
     func end(complete: Bool, answer: @escaping @Sendable () -> Void) {
         guard complete else { return deliver(nil, answer) }
         let payload = KVPayload(
-            tokens: tokens, layerCount: layerCount, kvDim: kvDim, fingerprint: fingerprint, values: values)
+            tokens: tokens, layerCount: layerCount, kvDim: kvDim, fingerprint: fingerprint, values: values,
+            layerStarts: layerStarts)
         values = []
         deliver(payload, answer)
     }

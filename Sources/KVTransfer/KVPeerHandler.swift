@@ -8,6 +8,8 @@ import NIOCore
 /// What every connection of one instance's KV node shares.
 final class KVNodeState: Sendable {
     let fingerprint: UInt64
+    /// Which positions of each layer a transfer must carry (nil: every one, whatever the layer count).
+    let windows: KVTransferWindows?
     /// KV received for this instance's decode requests.
     let inbox: KVInbox
     /// KV waiting to be pulled by decode instances (send type GET).
@@ -19,9 +21,10 @@ final class KVNodeState: Sendable {
     let report: @Sendable (KVTransferEvent) -> Void
 
     init(
-        fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double, authenticatedPeers: Bool = false,
-        logger: Logger, report: @escaping @Sendable (KVTransferEvent) -> Void
+        fingerprint: UInt64, bufferBytes: Int, ttl: Double, transferTimeout: Double, windows: KVTransferWindows? = nil,
+        authenticatedPeers: Bool = false, logger: Logger, report: @escaping @Sendable (KVTransferEvent) -> Void
     ) {
+        self.windows = windows
         self.authenticatedPeers = authenticatedPeers
         self.fingerprint = fingerprint
         inbox = KVInbox(capacityBytes: bufferBytes, ttl: ttl)
@@ -88,14 +91,17 @@ final class KVPeerHandler: ChannelInboundHandler {
         let kvDim: Int
         let tokens: [Int32]
         var values: [UInt16]
-        /// Per layer, how many positions have arrived.
+        /// Per layer, the first position a transfer must carry (a sliding-window layer: its window's).
+        let needed: [Int]
+        /// Per layer, where its first frame started (nil until one arrived) and the position after the last one.
+        var started: [Int?]
         var filled: [Int]
         var completeLayers = 0
         /// A hand-off prefill's transfer ends with its first token (`first` frame); until then it is not complete.
         let awaitsFirstToken: Bool
         var firstToken: Int32?
 
-        init(layers: Int, kvDim: Int, tokens: [Int32], awaitsFirstToken: Bool) {
+        init(layers: Int, kvDim: Int, tokens: [Int32], awaitsFirstToken: Bool, windows: KVTransferWindows?) {
             self.layers = layers
             self.kvDim = kvDim
             self.tokens = tokens
@@ -104,6 +110,8 @@ final class KVPeerHandler: ChannelInboundHandler {
             values = [UInt16](unsafeUninitializedCapacity: layers * 2 * tokens.count * kvDim) { _, n in
                 n = layers * 2 * tokens.count * kvDim
             }
+            needed = windows?.starts(tokens: tokens.count) ?? [Int](repeating: 0, count: layers)
+            started = [Int?](repeating: nil, count: layers)
             filled = [Int](repeating: 0, count: layers)
         }
 
@@ -223,7 +231,9 @@ final class KVPeerHandler: ChannelInboundHandler {
             node.release(host: host, bytes: bytes)
             return refuse(context, id, "the transfer (\(bytes) bytes) does not fit in the free kv_buffer_size")
         }
-        arriving[id] = Assembly(layers: layers, kvDim: kvDim, tokens: tokens, awaitsFirstToken: firstTokenFollows)
+        arriving[id] = Assembly(
+            layers: layers, kvDim: kvDim, tokens: tokens, awaitsFirstToken: firstTokenFollows,
+            windows: node.windows.flatMap { $0.windows.count == layers ? $0 : nil })
         // A transfer that stalls gives its room back after the lease.
         let ttl = node.inbox.ttl
         context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(ttl * 1000))) {
@@ -247,7 +257,9 @@ final class KVPeerHandler: ChannelInboundHandler {
             refuse(context, id, "the request no longer waits for this KV")
             return
         }
-        guard h.layer < a.layers, h.kvDim == a.kvDim, h.tokenCount > 0, h.tokenStart == a.filled[h.layer],
+        // A layer's frames follow one another; its first may start anywhere up to the first position it must carry.
+        guard h.layer < a.layers, h.kvDim == a.kvDim, h.tokenCount > 0,
+            a.started[h.layer] == nil ? h.tokenStart <= a.needed[h.layer] : h.tokenStart == a.filled[h.layer],
             h.tokenStart + h.tokenCount <= a.tokens.count, h.valueBytes == 2 * 2 * h.tokenCount * h.kvDim
         else {
             return refuse(
@@ -297,7 +309,8 @@ final class KVPeerHandler: ChannelInboundHandler {
         let id = h.requestId
         guard arriving[id] === a else { return }  // refused, cancelled or expired meanwhile
         guard sum == h.checksum else { return refuse(context, id, "layer \(h.layer) failed its checksum") }
-        a.filled[h.layer] += h.tokenCount
+        if a.started[h.layer] == nil { a.started[h.layer] = h.tokenStart }
+        a.filled[h.layer] = h.tokenStart + h.tokenCount
         if a.filled[h.layer] == a.tokens.count { a.completeLayers += 1 }
         deliverIfComplete(context, id, a)
     }
@@ -308,7 +321,7 @@ final class KVPeerHandler: ChannelInboundHandler {
         arriving[id] = nil
         let payload = KVPayload(
             tokens: a.tokens, layerCount: a.layers, kvDim: a.kvDim, fingerprint: node.fingerprint, values: a.values,
-            firstToken: a.firstToken)
+            firstToken: a.firstToken, layerStarts: a.started.map { $0 ?? 0 })
         a.values = []
         if node.inbox.deliver(payload, for: id) {
             acknowledge(context, id, accepted: true, message: "ok")
@@ -347,7 +360,7 @@ final class KVPeerHandler: ChannelInboundHandler {
                 let start = ContinuousClock.now
                 do {
                     try await KVConnection(channel: channel, node: node).transfer(payload, requestId: id)
-                    node.report(.sent(bytes: payload.byteCount, seconds: seconds(since: start)))
+                    node.report(.sent(bytes: payload.carriedBytes, seconds: seconds(since: start)))
                 } catch {
                     node.logger.warning("KV pull for \(id) failed: \(error)")
                     node.report(.sendFailed("send"))

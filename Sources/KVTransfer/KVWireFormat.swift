@@ -61,13 +61,15 @@ public enum KVFrame: Sendable, Equatable {
                 requestId: requestId, layerCount: payload.layerCount, kvDim: payload.kvDim,
                 fingerprint: payload.fingerprint, tokens: payload.tokens)
         ]
-        let part = payload.valuesPerPart
         for layer in 0..<payload.layerCount {
-            let start = payload.offset(layer: layer, value: false)
-            let values = Array(payload.values[start..<start + 2 * part])
+            let first = payload.layerStarts[layer]
+            let n = (payload.tokens.count - first) * payload.kvDim
+            let k = payload.offset(layer: layer, value: false) + first * payload.kvDim
+            let v = payload.offset(layer: layer, value: true) + first * payload.kvDim
+            let values = Array(payload.values[k..<k + n] + payload.values[v..<v + n])
             frames.append(
                 .layer(
-                    requestId: requestId, layer: layer, tokenStart: 0, tokenCount: payload.tokens.count,
+                    requestId: requestId, layer: layer, tokenStart: first, tokenCount: payload.tokens.count - first,
                     kvDim: payload.kvDim, checksum: checksum(values[...]), values: values))
         }
         return frames
@@ -122,16 +124,26 @@ public enum KVFrame: Sendable, Equatable {
         }
     }
 
-    /// One layer's frame of a whole payload, written straight from the payload's values.
+    /// One layer's frame of a whole payload (the positions it carries of that layer), written straight from the
+    /// payload's values.
     static func writeLayer(of payload: KVPayload, layer: Int, requestId: String, into buffer: inout ByteBuffer) {
-        let part = payload.valuesPerPart * 2
+        let first = payload.layerStarts[layer]
+        let bytes = (payload.tokens.count - first) * payload.kvDim * 2
         payload.values.withUnsafeBytes { raw in
-            let k = payload.offset(layer: layer, value: false) * 2
+            let k = (payload.offset(layer: layer, value: false) + first * payload.kvDim) * 2
+            let v = (payload.offset(layer: layer, value: true) + first * payload.kvDim) * 2
             writeLayer(
-                requestId: requestId, layer: layer, tokenStart: 0, tokenCount: payload.tokens.count,
-                kvDim: payload.kvDim, k: UnsafeRawBufferPointer(rebasing: raw[k..<k + part]),
-                v: UnsafeRawBufferPointer(rebasing: raw[k + part..<k + 2 * part]), into: &buffer)
+                requestId: requestId, layer: layer, tokenStart: first, tokenCount: payload.tokens.count - first,
+                kvDim: payload.kvDim, k: UnsafeRawBufferPointer(rebasing: raw[k..<k + bytes]),
+                v: UnsafeRawBufferPointer(rebasing: raw[v..<v + bytes]), into: &buffer)
         }
+    }
+
+    /// Bytes of the layer frame `writeLayer(of:layer:requestId:into:)` writes.
+    static func layerFrameBytes(of payload: KVPayload, layer: Int, requestId: String) -> Int {
+        layerFrameBytes(
+            requestId: requestId,
+            valueBytes: 2 * (payload.tokens.count - payload.layerStarts[layer]) * payload.kvDim * 2)
     }
 
     /// Writes magic and type and room for the body length; returns where the length goes.

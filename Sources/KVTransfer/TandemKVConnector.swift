@@ -22,6 +22,7 @@ public final class TandemKVConnector: KVConnector {
         let fingerprint: UInt64
         let layerCount: Int
         let kvDim: Int
+        let windows: KVTransferWindows
     }
     private let started = NIOLockedValueBox<Started?>(nil)
 
@@ -42,13 +43,17 @@ public final class TandemKVConnector: KVConnector {
     /// The KV node, once started.
     public var node: KVNode? { started.withLockedValue { $0?.node } }
 
-    /// Starts listening on `kv_port` for KV of a model with this fingerprint and shape; returns a line for the log.
-    public func start(fingerprint: UInt64, layerCount: Int, kvDim: Int) async throws -> String {
+    /// Starts listening on `kv_port` for KV of a model with this fingerprint and shape (`windows`: which positions
+    /// of each layer a transfer carries, every one by default); returns a line for the log.
+    public func start(
+        fingerprint: UInt64, layerCount: Int, kvDim: Int, windows: KVTransferWindows? = nil
+    ) async throws -> String {
+        let windows = windows ?? .whole(layers: layerCount)
         let metrics = metrics
         let node = try await KVNode(
             bind: HostPort(host: bindHost, port: config.kvPort), fingerprint: fingerprint,
             bufferBytes: config.bufferBytes, ttl: config.unclaimedTTL, transferTimeout: config.transferTimeout,
-            clusterSecret: clusterSecret,
+            windows: windows, clusterSecret: clusterSecret,
             tls: try config.tls.map { try KVTLS(certificateFile: $0.cert, keyFile: $0.key, caFile: $0.ca) },
             logger: logger
         ) { event in
@@ -58,7 +63,8 @@ public final class TandemKVConnector: KVConnector {
             }
         }
         started.withLockedValue {
-            $0 = Started(node: node, fingerprint: fingerprint, layerCount: layerCount, kvDim: kvDim)
+            $0 = Started(
+                node: node, fingerprint: fingerprint, layerCount: layerCount, kvDim: kvDim, windows: windows)
         }
         var guarded =
             clusterSecret == nil
@@ -113,7 +119,7 @@ public final class TandemKVConnector: KVConnector {
                 {
                     done(failed(request, "the received KV does not fit this request: \(why)", reason: "rejected"))
                 } else {
-                    metrics.received(bytes: p.byteCount, seconds: seconds(since: start))
+                    metrics.received(bytes: p.carriedBytes, seconds: seconds(since: start))
                     done(.loaded(p))
                 }
             case .rejected(let why): done(failed(request, why, reason: "rejected"))
@@ -164,7 +170,7 @@ public final class TandemKVConnector: KVConnector {
                     let start = ContinuousClock.now
                     do {
                         try await s.node.send(payload, requestId: id, to: decode)
-                        self.metrics.sent(bytes: payload.byteCount, seconds: seconds(since: start))
+                        self.metrics.sent(bytes: payload.carriedBytes, seconds: seconds(since: start))
                     } catch {
                         self.metrics.failed("send")
                         self.logger.warning("KV send for \(id) failed: \(error)")
@@ -188,6 +194,6 @@ public final class TandemKVConnector: KVConnector {
     ) -> KVPayloadAssembler {
         KVPayloadAssembler(
             tokens: request.promptTokens, layerCount: s.layerCount, kvDim: s.kvDim, fingerprint: s.fingerprint,
-            deliver: deliver)
+            windows: s.windows, deliver: deliver)
     }
 }

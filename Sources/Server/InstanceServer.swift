@@ -96,7 +96,9 @@ struct EngineService: Service {
         )
         if let c = options.kvConnector {
             let mc = engine.model.config
-            let line = try await c.start(fingerprint: engine.fingerprint, layerCount: mc.layerCount, kvDim: mc.kvDim)
+            let line = try await c.start(
+                fingerprint: engine.fingerprint, layerCount: mc.layerCount, kvDim: mc.kvDim,
+                windows: engine.transferWindows)
             logger.info("\(line)")
         }
         host.setReady(LoadedModel(engine: engine))

@@ -19,11 +19,13 @@ final class EventLog: @unchecked Sendable {
 
 func makeNode(
     host: String = "127.0.0.1", port: Int = 0, fingerprint: UInt64 = 42, buffer: Int = 1 << 24, ttl: Double = 60,
-    timeout: Double = 5, log: EventLog? = nil, secret: String? = nil, tls: KVTLS? = nil
+    timeout: Double = 5, log: EventLog? = nil, secret: String? = nil, tls: KVTLS? = nil,
+    windows: KVTransferWindows? = nil
 ) async throws -> KVNode {
     try await KVNode(
         bind: HostPort(host: host, port: port), fingerprint: fingerprint, bufferBytes: buffer, ttl: ttl,
-        transferTimeout: timeout, connectTimeout: 1, clusterSecret: secret.map { Array($0.utf8) }, tls: tls,
+        transferTimeout: timeout, windows: windows, connectTimeout: 1, clusterSecret: secret.map { Array($0.utf8) },
+        tls: tls,
         logger: Logger(label: "test")
     ) { log?.add($0) }
 }

@@ -84,11 +84,17 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
         answer()
     }
 
-    /// The slices put together as one payload, checking each (layer, position) comes exactly once, in order.
+    /// The slices put together as one payload, checking each (layer, position) comes exactly once, in order: every
+    /// layer from its first slice's position on (a sliding-window layer's window) to the end.
     func assemble(tokens: [Int32], layers: Int, kvDim: Int, fingerprint: UInt64) -> KVPayload? {
         var values = [UInt16](repeating: 0, count: layers * 2 * tokens.count * kvDim)
+        var starts = [Int?](repeating: nil, count: layers)
         var filled = [Int](repeating: 0, count: layers)
         for s in lock.withLock({ slices }) {
+            if starts[s.layer] == nil {
+                starts[s.layer] = s.tokenStart
+                filled[s.layer] = s.tokenStart
+            }
             guard s.tokenStart == filled[s.layer] else { return nil }
             let n = s.tokenCount * kvDim
             let k = s.layer * 2 * tokens.count * kvDim + s.tokenStart * kvDim
@@ -97,6 +103,8 @@ final class SliceCollector: KVLayerSink, @unchecked Sendable {
             filled[s.layer] += s.tokenCount
         }
         guard filled.allSatisfy({ $0 == tokens.count }) else { return nil }
-        return KVPayload(tokens: tokens, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, values: values)
+        return KVPayload(
+            tokens: tokens, layerCount: layers, kvDim: kvDim, fingerprint: fingerprint, values: values,
+            layerStarts: starts.map { $0 ?? 0 })
     }
 }

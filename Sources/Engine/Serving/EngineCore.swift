@@ -66,6 +66,8 @@ public final class EngineCore: @unchecked Sendable {
     public let fingerprint: UInt64
     /// Moves KV to and from other instances; nil for an instance that serves alone.
     public let connector: (any KVConnector)?
+    /// Which positions of each layer a prompt's KV transfer carries (sliding-window layers: their window only).
+    public let transferWindows: KVTransferWindows
     let cache: PagedKVCache
     private let scheduler: Scheduler
     private let condition = NSCondition()
@@ -96,6 +98,7 @@ public final class EngineCore: @unchecked Sendable {
             kvDim: model.config.kvDim)
         scheduler = Scheduler(config: config)
         fingerprint = model.fingerprint
+        transferWindows = KVTransferWindows(model.config)
         let cache = cache
         scheduler.loadKV = { r, payload, count in cache.load(payload, count: count, table: r.blockTable) }
         scheduler.startLoad = { [unowned self] r in self.startLoad(r) }
@@ -319,7 +322,8 @@ public final class EngineCore: @unchecked Sendable {
                 ? nil
                 : { layer in
                     for (r, range) in streams {
-                        pending.append((r, cache.slice(layer: layer, range: range, table: r.blockTable)))
+                        guard let carried = self.carried(range, layer: layer, of: r) else { continue }
+                        pending.append((r, cache.slice(layer: layer, range: carried, table: r.blockTable)))
                     }
                     guard (layer + 1) % group == 0, layer + 1 < cache.layerCount else { return }
                     for (r, slice) in pending { r.kvLayerSink?.push(slice) }
@@ -342,6 +346,13 @@ public final class EngineCore: @unchecked Sendable {
         }
     }
 
+    /// The part of prompt positions `range` that `r`'s transfer carries for `layer` (a sliding-window layer only its
+    /// last window: `KVTransferWindows`); nil when none of it.
+    private func carried(_ range: Range<Int>, layer: Int, of r: EngineRequest) -> Range<Int>? {
+        let lower = max(range.lowerBound, transferWindows.start(layer: layer, tokens: r.prompt.count))
+        return lower < range.upperBound ? lower..<range.upperBound : nil
+    }
+
     /// How many times a step hands its KV to the savers (PUT_ASYNC sends each group at once).
     static let kvHandOffs = 4
 
@@ -355,7 +366,8 @@ public final class EngineCore: @unchecked Sendable {
             let cachedEnd = min(c.start, r.prompt.count)
             if r.streamedTokens < cachedEnd {
                 for layer in 0..<cache.layerCount {
-                    sink.push(cache.slice(layer: layer, range: r.streamedTokens..<cachedEnd, table: r.blockTable))
+                    guard let carried = carried(r.streamedTokens..<cachedEnd, layer: layer, of: r) else { continue }
+                    sink.push(cache.slice(layer: layer, range: carried, table: r.blockTable))
                 }
                 r.streamedTokens = cachedEnd
             }

@@ -97,6 +97,9 @@ final class EngineRequest {
     var loadStarted = false
     /// Prompt tokens whose KV was loaded from elsewhere.
     var loadedTokens = 0
+    /// Blocks starting below this position are not offered to the prefix cache: their sliding-window layers were
+    /// loaded for the window only.
+    var privateBelow = 0
     /// A producer's saver, from the connector when the request is first seen.
     var kvLayerSink: (any KVLayerSink)?
     /// Prompt positions already handed to `kvLayerSink` (for every layer).

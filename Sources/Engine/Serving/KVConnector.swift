@@ -125,7 +125,8 @@ extension KVPayload {
     public func mismatch(prompt: [Int32], fingerprint: UInt64, layerCount: Int, kvDim: Int) -> String? {
         guard self.fingerprint == fingerprint else { return "it comes from another model" }
         guard self.layerCount == layerCount, self.kvDim == kvDim,
-            values.count == layerCount * 2 * tokens.count * kvDim
+            values.count == layerCount * 2 * tokens.count * kvDim, layerStarts.count == layerCount,
+            layerStarts.allSatisfy({ (0...tokens.count).contains($0) })
         else { return "its shape differs from this model's" }
         guard tokens.count <= prompt.count, tokens.elementsEqual(prompt.prefix(tokens.count)) else {
             return "its tokens are not a prefix of the prompt"

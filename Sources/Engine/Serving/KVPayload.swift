@@ -13,9 +13,13 @@ public struct KVPayload: Sendable, Equatable {
     /// The first token a hand-off prefill sampled after these positions, when it sent it with the KV: the consumer
     /// takes it as its own first token instead of computing the last position again.
     public var firstToken: Int32?
+    /// Per layer, the first position carried: 0, except for a sliding-window layer, which carries only its window
+    /// (`KVTransferWindows`). The values before it are not set and never read.
+    public var layerStarts: [Int]
 
     public init(
-        tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, values: [UInt16], firstToken: Int32? = nil
+        tokens: [Int32], layerCount: Int, kvDim: Int, fingerprint: UInt64, values: [UInt16], firstToken: Int32? = nil,
+        layerStarts: [Int]? = nil
     ) {
         self.tokens = tokens
         self.layerCount = layerCount
@@ -23,12 +27,20 @@ public struct KVPayload: Sendable, Equatable {
         self.fingerprint = fingerprint
         self.values = values
         self.firstToken = firstToken
+        self.layerStarts = layerStarts ?? [Int](repeating: 0, count: layerCount)
     }
+
+    /// Bytes of KV the payload carries (what crosses the wire): every layer from its start.
+    public var carriedBytes: Int { layerStarts.reduce(0) { $0 + 2 * (tokens.count - $1) * kvDim * 2 } }
+
+    /// Where every layer is carried from: below it, a sliding-window layer's positions were left out, so blocks
+    /// loaded there must not be offered to the prefix cache.
+    public var windowedBelow: Int { layerStarts.max() ?? 0 }
 
     /// Values in one layer's K (or V).
     public var valuesPerPart: Int { tokens.count * kvDim }
 
-    /// Bytes of KV carried.
+    /// Bytes the payload holds in memory (every position of every layer).
     public var byteCount: Int { values.count * 2 }
 
     /// Offset of layer `layer`'s K (`value == false`) or V in `values`.
@@ -57,6 +69,35 @@ public struct KVLayerSlice: Sendable, Equatable {
     public var byteCount: Int { values.count * 2 }
 }
 
+/// Which positions of each layer a prompt's KV transfer carries: all of them, except for a sliding-window layer.
+/// The next query there (at the prompt's last position, or the one after) sees only the last `window` positions, so
+/// the transfer carries `tokens - window ..< tokens` of it and nothing older.
+public struct KVTransferWindows: Sendable, Equatable {
+    /// Per layer, its window; nil for a layer that attends to every position.
+    public var windows: [Int?]
+
+    public init(windows: [Int?]) { self.windows = windows }
+
+    /// Every position of each of `layers` layers.
+    public static func whole(layers: Int) -> KVTransferWindows {
+        KVTransferWindows(windows: [Int?](repeating: nil, count: layers))
+    }
+
+    /// The windows of a model's layers.
+    public init(_ config: ModelConfig) {
+        windows = config.slidingLayers.map { $0 ? config.slidingWindow : nil }
+    }
+
+    /// The first position carried for `layer` of a transfer of `tokens` positions.
+    public func start(layer: Int, tokens: Int) -> Int {
+        guard layer < windows.count, let w = windows[layer] else { return 0 }
+        return max(0, tokens - w)
+    }
+
+    /// The first position carried for every layer.
+    public func starts(tokens: Int) -> [Int] { (0..<windows.count).map { start(layer: $0, tokens: tokens) } }
+}
+
 extension PagedKVCache {
     /// Copies one layer's K and V of positions `range` of a sequence with block table `table`.
     func slice(layer: Int, range: Range<Int>, table: [Int32]) -> KVLayerSlice {
@@ -74,14 +115,15 @@ extension PagedKVCache {
         return KVLayerSlice(layer: layer, tokenStart: range.lowerBound, tokenCount: n, kvDim: kvDim, values: values)
     }
 
-    /// Writes positions 0..<count of `payload` into a sequence with block table `table`: one copy per run of
-    /// positions that share a block (their rows are contiguous there).
+    /// Writes positions 0..<count of `payload` into a sequence with block table `table` (for a sliding-window layer,
+    /// from the first position it carries): one copy per run of positions that share a block (their rows are
+    /// contiguous there).
     public func load(_ payload: KVPayload, count: Int, table: [Int32]) {
         payload.values.withUnsafeBufferPointer { input in
             for layer in 0..<layerCount {
                 for part in [false, true] {
                     let base = input.baseAddress! + payload.offset(layer: layer, value: part)
-                    var t = 0
+                    var t = min(payload.layerStarts[layer], count)
                     while t < count {
                         let slot = t % blockSize
                         let run = min(blockSize - slot, count - t)

@@ -136,6 +136,8 @@ final class Scheduler {
             // The last prompt position is computed here to sample the first token, unless that token came too.
             let count = min(payload.tokens.count, whole ? r.prompt.count : r.prompt.count - 1)
             loadKV(r, payload, count)
+            // Sliding-window layers were carried for the window only: the blocks before it stay private.
+            r.privateBelow = min(payload.windowedBelow, count)
             r.loadedTokens = count
             r.computed = count
             loadedKVTokens += count
@@ -156,7 +158,9 @@ final class Scheduler {
             let tokens = r.allTokens[j * bs..<(j + 1) * bs]
             let kernels = pool.kernels(ofBlock: j, promptLength: r.prompt.count)
             let h = KVBlockPool.hash(parent: r.blockHashes.last, tokens: tokens, kernels: kernels)
-            pool.register(block: r.blockTable[j], hash: h, tokens: tokens, kernels: kernels)
+            if j * bs >= r.privateBelow {
+                pool.register(block: r.blockTable[j], hash: h, tokens: tokens, kernels: kernels)
+            }
             r.blockHashes.append(h)
         }
     }
@@ -182,6 +186,7 @@ final class Scheduler {
 
     private func preempt(_ r: EngineRequest) {
         pool.release(r.blockTable)
+        r.privateBelow = 0
         r.blockTable = []
         r.blockHashes = []
         r.computed = 0
