@@ -161,18 +161,33 @@ import Testing
             #"{"messages":[{"role":"user","content":"Tell me a long story as JSON."}],"max_tokens":120,"temperature":0.9,"seed":5,\#(constraint)"#
         let reference = try #require(try await cluster.colocated?.post("/v1/chat/completions", body + "}").json)
         let message = try #require(reference.firstChoice?["message"] as? [String: Any])
-        let reply = try await streamPost(cluster.proxy, "/v1/chat/completions", body + #","stream":true}"#) { events in
-            // Early, while the decode surely still runs (a tool call's deltas start late, and a loaded machine can
-            // let the decode finish before the client reads far).
-            guard events >= 2, hit == nil else { return }
-            for d in cluster.decodes
-            where metricValue(try await d.get("/metrics").body, "vllm:num_requests_running") == 1 {
-                hit = d
+        // The decode is killed as soon as one runs the stream, found by polling the decodes rather than by what the
+        // client has read: a tool call's deltas come late, and on a loaded machine the decode could finish before
+        // the client reads its second event.
+        let killed = LockedBox<ServerProcess>()
+        let decodes = cluster.decodes
+        let watcher = Task {
+            let deadline = Date().addingTimeInterval(60)
+            while killed.value == nil, Date() < deadline, !Task.isCancelled {
+                for d in decodes {
+                    guard let text = try? await d.get("/metrics").body,
+                        (metricValue(text, "vllm:num_requests_running") ?? 0) >= 1
+                    else { continue }
+                    d.kill9()
+                    killed.set(d)
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(10))
             }
-            hit?.kill9()
         }
-        #expect(hit != nil, "one decode instance was running the stream early on")
+        let reply = try await streamPost(cluster.proxy, "/v1/chat/completions", body + #","stream":true}"#) { _ in }
+        watcher.cancel()
+        await watcher.value
+        hit = killed.value
+        #expect(hit != nil, "one decode instance was running the stream")
         #expect(reply.status == .ok && !reply.body.contains("\"error\""), "\(reply.body.suffix(400))")
+        let moves = metricValue(try await cluster.proxy.get("/metrics").body, "tandem_proxy_migrations_total") ?? 0
+        #expect(moves >= 1, "the stream moved to the other decode")
         let deltas = reply.events.compactMap { $0.firstChoice?["delta"] as? [String: Any] }
         if kind == "json_schema" {
             let streamed = deltas.compactMap { $0["content"] as? String }.joined()
