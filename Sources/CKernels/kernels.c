@@ -225,6 +225,8 @@ TK_DEFINE_Q4_0(dot_q4_0_vnni, TK_VNNI, dot_u8_s8_vnni)
 
 typedef float (*tk_dot_fn)(const uint8_t *, const tk_block_q8 *, int);
 tk_dot_fn tk_dot_q5_0_pick(void);
+int tk_matmul_q5_0_by4(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8 *x,
+                       int n_act, float *out, int out_stride);
 
 static tk_dot_fn tk_pick(int type) {
     const int level = tk_simd_level();
@@ -251,6 +253,8 @@ int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin,
                 const tk_block_q8 *x, int n_act, float *out, int out_stride) {
     tk_dot_fn dot = tk_pick(type);
     if (!dot) return -1;
+    if (type == 6 && n_act >= 4 && tk_matmul_q5_0_by4(w, row_bytes, n, row_begin, row_end, x, n_act, out, out_stride) == 0)
+        return 0;
     const int nb = n / 32;
     for (int r = row_begin; r < row_end; r++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;

@@ -118,6 +118,54 @@ TK_AVX2 static float dot_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, int n
 }
 #endif
 
+#if TK_X86
+// One Q5_0 weight row against four activation rows (`stride` blocks apart): the weights are decoded once for the
+// four, and each row's arithmetic is dot_q5_0_avx2's (the same lanes, one FMA per block, the same reduction), so
+// every output has the bits it has alone.
+TK_AVX2 static void dot4_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, size_t stride, int nb, float out[4]) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q5_0_BYTES;
+        uint16_t dh;
+        uint32_t qh;
+        memcpy(&dh, b, 2);
+        memcpy(&qh, b + 2, 4);
+        const __m256i high = _mm256_andnot_si256(tk_bits32(qh), _mm256_set1_epi8((char)0xF0));
+        const __m256i q = _mm256_or_si256(tk_nibbles32(b + 6), high);
+        const float dw = tk_half_to_float(dh);
+        for (int a = 0; a < 4; a++) {
+            const tk_block_q8 *y = x + (size_t)a * stride + i;
+            const __m256i lanes = tk_dot_lanes(q, _mm256_loadu_si256((const __m256i *)y->qs));
+            acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(lanes), acc[a]);
+        }
+    }
+    for (int a = 0; a < 4; a++) out[a] = hsum8(acc[a]);
+}
+#endif
+
+int tk_matmul_q5_0_by4(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8 *x,
+                       int n_act, float *out, int out_stride) {
+#if TK_X86
+    if (tk_simd_level() < 1) return -1;
+    const int nb = n / 32;
+    for (int r = row_begin; r < row_end; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+        int b = 0;
+        for (; b + 4 <= n_act; b += 4) {
+            float four[4];
+            dot4_q5_0_avx2(row, x + (size_t)b * nb, (size_t)nb, nb, four);
+            for (int a = 0; a < 4; a++) out[(size_t)(b + a) * out_stride + r] = four[a];
+        }
+        for (; b < n_act; b++) out[(size_t)b * out_stride + r] = dot_q5_0_avx2(row, x + (size_t)b * nb, nb);
+    }
+    return 0;
+#else
+    (void)w, (void)row_bytes, (void)n, (void)row_begin, (void)row_end, (void)x, (void)n_act, (void)out;
+    (void)out_stride;
+    return -1;
+#endif
+}
+
 float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n) {
 #if TK_X86
     if (tk_simd_level() >= 1) return dot_q5_0_avx2(w, x, n / 32);

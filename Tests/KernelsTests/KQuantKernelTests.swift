@@ -83,4 +83,40 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// The Q5_0 matrix kernel, which decodes a weight row once for four activation rows, gives every output the bits
+    /// of that row's dot product alone, for any number of activation rows (so batches of 4 and the rest agree).
+    @Test func q5_0MatrixRowsAreTheirDotProducts() {
+        var rng = Rng(state: 23)
+        let n = 640  // 20 blocks: Gemma 3's hidden size
+        let rows = 7
+        let rowBytes = n / 32 * 22
+        let w = (0..<rows).flatMap { _ in randomRow(.q5_0, blocks: n / 32, rng: &rng) }
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            for count in [1, 3, 4, 5, 9] {
+                let x = (0..<count * n).map { _ in rng.float(3) }
+                var q = [tk_block_q8](repeating: tk_block_q8(), count: count * n / 32)
+                tk_quantize_q8(x, &q, Int32(count * n))
+                var out = [Float](repeating: .nan, count: count * rows)
+                w.withUnsafeBytes { raw in
+                    _ = tk_matmul_q(
+                        6, raw.baseAddress!, rowBytes, Int32(n), 0, Int32(rows), q, Int32(count), &out, Int32(rows))
+                }
+                for r in 0..<rows {
+                    for b in 0..<count {
+                        let alone = w.withUnsafeBytes { raw in
+                            q.withUnsafeBufferPointer {
+                                tk_dot_q5_0(raw.baseAddress! + r * rowBytes, $0.baseAddress! + b * n / 32, Int32(n))
+                            }
+                        }
+                        #expect(
+                            out[b * rows + r].bitPattern == alone.bitPattern,
+                            "level \(used), \(count) rows: row \(r), act \(b)")
+                    }
+                }
+            }
+        }
+        tk_set_simd_level(99)
+    }
 }
