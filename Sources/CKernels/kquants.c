@@ -265,7 +265,60 @@ TK_AVX2 static float dot_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
     acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
     return hsum8(acc) + _mm_cvtss_f32(acc_m);
 }
+// One Q4_K weight row against four activation rows (`stride` blocks apart): the nibbles and scales are read once
+// for the four, and each row's arithmetic is dot_q4_k_avx2's (the same integer lanes, the same FMAs per block, the
+// same reduction), so every output has the bits it has alone.
+TK_AVX2 static void dot4_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, size_t stride, int nb, float out[4]) {
+    __m256 acc[4];
+    __m128 acc_m[4];
+    for (int a = 0; a < 4; a++) {
+        acc[a] = _mm256_setzero_ps();
+        acc_m[a] = _mm_setzero_ps();
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q4_K_BYTES;
+        const q4k_header h = q4k_read_header(b, 1.0f);
+        uint16_t dh, mh;
+        memcpy(&dh, b, 2);
+        memcpy(&mh, b + 2, 2);
+        const float dw = tk_half_to_float(dh), mw = tk_half_to_float(mh);
+        const uint8_t *qs = b + 16;
+        __m256i sumi[4];
+        for (int a = 0; a < 4; a++) sumi[a] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(bits, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            const __m256i s0 = _mm256_set1_epi16(h.sc[2 * j]), s1 = _mm256_set1_epi16(h.sc[2 * j + 1]);
+            for (int a = 0; a < 4; a++) {
+                const int8_t *y = x[(size_t)a * stride + i].qs;
+                const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * j)));
+                const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * j + 32)));
+                sumi[a] = _mm256_add_epi32(sumi[a], _mm256_madd_epi16(s0, pl));
+                sumi[a] = _mm256_add_epi32(sumi[a], _mm256_madd_epi16(s1, ph));
+            }
+        }
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)h.m));
+        for (int a = 0; a < 4; a++) {
+            const tk_block_q8k *y = x + (size_t)a * stride + i;
+            const __m128i b0 = _mm_loadu_si128((const __m128i *)y->bsums);
+            const __m128i b1 = _mm_loadu_si128((const __m128i *)(y->bsums + 8));
+            const __m128i prod = _mm_madd_epi16(mins, _mm_hadd_epi16(b0, b1));
+            // As q4k_read_header: d = xd·d_w, dmin = −xd·dmin_w.
+            const float d = y->d * dw, dmin = -y->d * mw;
+            acc_m[a] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[a]);
+            acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[a]), acc[a]);
+        }
+    }
+    for (int a = 0; a < 4; a++) {
+        __m128 m = _mm_add_ps(acc_m[a], _mm_movehl_ps(acc_m[a], acc_m[a]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[a] = hsum8(acc[a]) + _mm_cvtss_f32(m);
+    }
+}
 #endif
+
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Q6_K: 210-byte blocks of 256: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales (one per 16
@@ -376,7 +429,17 @@ int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin,
     const int nb = n / 256;
     for (int r = row_begin; r < row_end; r++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
-        for (int b = 0; b < n_act; b++) out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
+        int b = 0;
+#if TK_X86
+        if (dot == dot_q4_k_avx2) {
+            for (; b + 4 <= n_act; b += 4) {
+                float four[4];
+                dot4_q4_k_avx2(row, x + (size_t)b * nb, (size_t)nb, nb, four);
+                for (int a = 0; a < 4; a++) out[(size_t)(b + a) * out_stride + r] = four[a];
+            }
+        }
+#endif
+        for (; b < n_act; b++) out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
     }
     return 0;
 }

@@ -119,4 +119,45 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// The K-quant matrix kernel, which reads a Q4_K weight row once for four activation rows, gives every output the
+    /// bits of that row's dot product alone, for any number of activation rows.
+    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    func kQuantMatrixRowsAreTheirDotProducts(type: GGMLType) {
+        var rng = Rng(state: 29)
+        let n = 1024  // 4 super-blocks: Gemma 3's attention output
+        let rows = 5
+        let rowBytes = n / 256 * (type == .q4_K ? 144 : 210)
+        let w = (0..<rows).flatMap { _ in randomRow(type, blocks: n / 256, rng: &rng) }
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            for count in [1, 3, 4, 6, 9] {
+                let x = (0..<count * n).map { _ in rng.float(3) }
+                var q = [tk_block_q8k](repeating: tk_block_q8k(), count: count * n / 256)
+                tk_quantize_q8k(x, &q, Int32(count * n))
+                var out = [Float](repeating: .nan, count: count * rows)
+                w.withUnsafeBytes { raw in
+                    _ = tk_matmul_k(
+                        Int32(type.rawValue), raw.baseAddress!, rowBytes, Int32(n), 0, Int32(rows), q, Int32(count),
+                        &out, Int32(rows))
+                }
+                for r in 0..<rows {
+                    for b in 0..<count {
+                        let alone = w.withUnsafeBytes { raw in
+                            q.withUnsafeBufferPointer {
+                                tk_dot_k(
+                                    Int32(type.rawValue), raw.baseAddress! + r * rowBytes,
+                                    $0.baseAddress! + b * n / 256,
+                                    Int32(n))
+                            }
+                        }
+                        #expect(
+                            out[b * rows + r].bitPattern == alone.bitPattern,
+                            "level \(used) \(type.name), \(count) rows: row \(r), act \(b)")
+                    }
+                }
+            }
+        }
+        tk_set_simd_level(99)
+    }
 }
