@@ -2,7 +2,9 @@ import AsyncHTTPClient
 import Discovery
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
+import ServiceLifecycle
 import Testing
 
 /// A port nothing listens on now, for ZMQ ROUTERs and fixed-port processes.
@@ -50,6 +52,7 @@ final class StubInstance: @unchecked Sendable {
     private var seen: [Seen] = []
     private(set) var port = 0
     private var task: Task<Void, any Error>?
+    private var group: ServiceGroup?
     /// How long the stub takes to answer.
     var delay: Duration = .zero
 
@@ -88,12 +91,21 @@ final class StubInstance: @unchecked Sendable {
         let app = Application(
             router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { bound.set($0.localAddress?.port ?? 0) })
-        task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        // Run as a service group so that stop() shuts the server down gracefully: cancelling its task instead can
+        // drop a connection accepted but not yet served, which swift-nio treats as a fatal error (seen once under
+        // the whole suite).
+        let group = ServiceGroup(
+            configuration: .init(services: [app], gracefulShutdownSignals: [], logger: Logger(label: "stub")))
+        self.group = group
+        task = Task { try await group.run() }
         for _ in 0..<200 where bound.value == nil { try await Task.sleep(for: .milliseconds(10)) }
         port = try #require(bound.value)
     }
 
-    func stop() { task?.cancel() }
+    func stop() {
+        guard let group else { return }
+        Task { await group.triggerGracefulShutdown() }
+    }
 }
 
 final class LockedBox<T>: @unchecked Sendable {

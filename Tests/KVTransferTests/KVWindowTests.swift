@@ -34,14 +34,15 @@ import Testing
     }
 
     @Test func aSlidingLayerTravelsAsItsWindowPushedOrPulled() async throws {
-        let producer = try await makeNode()
-        let consumer = try await makeNode(windows: Self.windows)
+        // The transfer deadline of a loaded machine (the whole suite on two cores), not of a quiet one.
+        let producer = try await makeNode(timeout: 30)
+        let consumer = try await makeNode(timeout: 30, windows: Self.windows)
         let peer = HostPort(host: "127.0.0.1", port: consumer.port)
         let p = Self.windowed()
         #expect(p.layerStarts == [136, 0, 136])
         #expect(p.carriedBytes == (64 + 200 + 64) * 2 * 16 * 2)
         try await producer.send(p, requestId: "put", to: peer)
-        Self.expectCarried(await consumer.inbox.wait(for: "put", timeout: 5), p)
+        Self.expectCarried(await consumer.inbox.wait(for: "put", timeout: 30), p)
 
         #expect(producer.outbox.deliver(p, for: "get"))
         Self.expectCarried(
@@ -50,20 +51,21 @@ import Testing
         // Every position is accepted too (a sender that does not cut windows).
         let whole = samplePayload(tokens: 200, layers: 3, kvDim: 16)
         try await producer.send(whole, requestId: "whole", to: peer)
-        Self.expectCarried(await consumer.inbox.wait(for: "whole", timeout: 5), whole)
+        Self.expectCarried(await consumer.inbox.wait(for: "whole", timeout: 30), whole)
     }
 
     @Test func aTransferMissingPositionsALayerNeedsIsRefused() async throws {
-        let producer = try await makeNode()
-        let consumer = try await makeNode(windows: Self.windows)
+        // The transfer deadline of a loaded machine (the whole suite on two cores), not of a quiet one.
+        let producer = try await makeNode(timeout: 30)
+        let consumer = try await makeNode(timeout: 30, windows: Self.windows)
         let peer = HostPort(host: "127.0.0.1", port: consumer.port)
         var global = Self.windowed()
         global.layerStarts[1] = 10  // the global layer without its first 10 positions
         await #expect(throws: (any Error).self) { try await producer.send(global, requestId: "g", to: peer) }
-        expectRejected(await consumer.inbox.wait(for: "g", timeout: 5), containing: "do not fit")
+        expectRejected(await consumer.inbox.wait(for: "g", timeout: 30), containing: "do not fit")
         var sliding = Self.windowed()
         sliding.layerStarts[0] = 137  // one position short of the window
         await #expect(throws: (any Error).self) { try await producer.send(sliding, requestId: "s", to: peer) }
-        expectRejected(await consumer.inbox.wait(for: "s", timeout: 5), containing: "do not fit")
+        expectRejected(await consumer.inbox.wait(for: "s", timeout: 30), containing: "do not fit")
     }
 }
