@@ -99,19 +99,25 @@ TK_AVX2 static inline __m256i tk_dot_lanes(__m256i x, __m256i y) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
 }
 
+// A Q5_0 block's 32 quants minus 16, as signed bytes, and its scale.
+TK_AVX2 static inline __m256i tk_q5_0_quants(const uint8_t *b, float *d) {
+    uint16_t dh;
+    uint32_t qh;
+    memcpy(&dh, b, 2);
+    memcpy(&qh, b + 2, 4);
+    *d = tk_half_to_float(dh);
+    // quant - 16 = nibble | (bit set ? 0 : 0xF0) as a signed byte.
+    const __m256i high = _mm256_andnot_si256(tk_bits32(qh), _mm256_set1_epi8((char)0xF0));
+    return _mm256_or_si256(tk_nibbles32(b + 6), high);
+}
+
 TK_AVX2 static float dot_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const uint8_t *b = w + (size_t)i * Q5_0_BYTES;
-        uint16_t dh;
-        uint32_t qh;
-        memcpy(&dh, b, 2);
-        memcpy(&qh, b + 2, 4);
-        // quant - 16 = nibble | (bit set ? 0 : 0xF0) as a signed byte.
-        const __m256i high = _mm256_andnot_si256(tk_bits32(qh), _mm256_set1_epi8((char)0xF0));
-        const __m256i q = _mm256_or_si256(tk_nibbles32(b + 6), high);
+        float dw;
+        const __m256i q = tk_q5_0_quants(w + (size_t)i * Q5_0_BYTES, &dw);
         const __m256i lanes = tk_dot_lanes(q, _mm256_loadu_si256((const __m256i *)x[i].qs));
-        const __m256 d = _mm256_set1_ps(tk_half_to_float(dh) * x[i].d);
+        const __m256 d = _mm256_set1_ps(dw * x[i].d);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
     }
     return hsum8(acc);
@@ -125,14 +131,8 @@ TK_AVX2 static float dot_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, int n
 TK_AVX2 static void dot4_q5_0_avx2(const uint8_t *w, const tk_block_q8 *x, size_t stride, int nb, float out[4]) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int i = 0; i < nb; i++) {
-        const uint8_t *b = w + (size_t)i * Q5_0_BYTES;
-        uint16_t dh;
-        uint32_t qh;
-        memcpy(&dh, b, 2);
-        memcpy(&qh, b + 2, 4);
-        const __m256i high = _mm256_andnot_si256(tk_bits32(qh), _mm256_set1_epi8((char)0xF0));
-        const __m256i q = _mm256_or_si256(tk_nibbles32(b + 6), high);
-        const float dw = tk_half_to_float(dh);
+        float dw;
+        const __m256i q = tk_q5_0_quants(w + (size_t)i * Q5_0_BYTES, &dw);
         for (int a = 0; a < 4; a++) {
             const tk_block_q8 *y = x + (size_t)a * stride + i;
             const __m256i lanes = tk_dot_lanes(q, _mm256_loadu_si256((const __m256i *)y->qs));
