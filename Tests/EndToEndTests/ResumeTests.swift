@@ -204,7 +204,7 @@ import Testing
 
     @Test func aFailedPrefillCancelsTheOverlappedDecodeAtOnce() async throws {
         let cluster = try await Cluster.start(
-            decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "5"],
+            decodes: 1, colocated: false, proxyArguments: ["--prefill-timeout", "15"],
             decodeExtra: #""kv_transfer_timeout_s":60"#)
         defer { cluster.stop() }
         let d = cluster.decodes[0]
@@ -213,15 +213,16 @@ import Testing
         let call = Task {
             try await cluster.proxy.post("/v1/completions", #"{"prompt":"Hi there","max_tokens":20}"#)
         }
-        // The decode request went out with the prefill's: the decode holds it, waiting for KV.
-        try await waitFor("the decode to wait for the KV", timeout: 10) {
+        // The decode request went out with the prefill's: the decode holds it, waiting for KV (for as long as the
+        // proxy's 15 s prefill timeout: a loaded run missed a 5 s one).
+        try await waitFor("the decode to wait for the KV", timeout: 15) {
             metricValue(try await d.get("/metrics").body, "vllm:num_requests_waiting") == 1
         }
         let reply = try await call.value
         #expect(reply.status == .badGateway)
         #expect((reply.json?["error"] as? [String: Any])?["type"] as? String == "upstream_error", "\(reply.body)")
         // Cancelled at once, not when its KV wait (60 s here) runs out; nothing is left reserved.
-        try await waitFor("the decode to drop the request", timeout: 5, detail: { d.logText }) {
+        try await waitFor("the decode to drop the request", timeout: 15, detail: { d.logText }) {
             let metrics = try await d.get("/metrics").body
             return metricValue(metrics, "vllm:num_requests_waiting") == 0
                 && metricValue(metrics, "vllm:num_requests_running") == 0
