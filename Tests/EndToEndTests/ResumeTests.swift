@@ -167,17 +167,17 @@ import Testing
         let killed = LockedBox<ServerProcess>()
         let decodes = cluster.decodes
         let watcher = Task {
-            let deadline = Date().addingTimeInterval(60)
-            while killed.value == nil, Date() < deadline, !Task.isCancelled {
+            try? await waitFor("a decode to run the stream", timeout: 60) {
+                guard !Task.isCancelled else { return true }
                 for d in decodes {
                     guard let text = try? await d.get("/metrics").body,
                         (metricValue(text, "vllm:num_requests_running") ?? 0) >= 1
                     else { continue }
                     d.kill9()
                     killed.set(d)
-                    break
+                    return true
                 }
-                try? await Task.sleep(for: .milliseconds(10))
+                return false
             }
         }
         let reply = try await streamPost(cluster.proxy, "/v1/chat/completions", body + #","stream":true}"#) { _ in }
