@@ -4,13 +4,16 @@
 //   Q4_1 (320 bytes): d[16] fp16 | m[16] fp16 | 4 chunks of 64 bytes; chunk c holds, for each row r, the row's packed
 //                     bytes 4c..4c+3 (low nibbles: columns 4c..4c+3, high nibbles: columns 16+4c..16+4c+3).
 //   Q8_0 (544 bytes): d[16] fp16 | 8 chunks of 64 bytes; chunk c holds, for each row r, the row's columns 4c..4c+3.
+//   Q5_0 (352 bytes): d[16] fp16 | 8 high-bit masks of 64 bits; bit 4r+j of mask c is the fifth bit of row r's column
+//                     4c+j | 4 nibble chunks of 64 bytes laid out as Q4_1's. Weight = 5-bit quant - 16.
 // One 64-byte load then feeds 16 rows at once (AVX-512), or 32 bytes 8 rows (AVX2, two halves): lane r of an integer
 // dot product against the broadcast activations of chunk c is row r's exact partial sum S_c over that chunk's 4
 // (Q4_1: 4 + 4) columns.
 //
 // The float arithmetic is llama.cpp's (ggml's AVX2 vec_dot_q4_1_q8_1 and vec_dot_q8_0_q8_0), which keeps eight
 // partial sums per row, one per chunk: acc_c = fma(d_w * d_x, S_c, acc_c) block after block, then
-// ((acc_4 + acc_0) + (acc_6 + acc_2)) + ((acc_5 + acc_1) + (acc_7 + acc_3)); Q4_1 adds mins = fma(m_w, s_x, mins)
+// ((acc_4 + acc_0) + (acc_6 + acc_2)) + ((acc_5 + acc_1) + (acc_7 + acc_3)) (Q5_0: vec_dot_q5_0_q8_0, the same
+// order); Q4_1 adds mins = fma(m_w, s_x, mins)
 // accumulated block after block. Here the eight partial sums are eight vectors (lanes = rows) instead of the eight
 // lanes of one vector. The scalar path does exactly the same, so every path, batch size and thread split gives the
 // same bits, and the same bits as ggml's kernel.
@@ -23,7 +26,7 @@
 #include <math.h>
 #include <string.h>
 
-static int block_bytes_of(int type) { return type == 3 ? 320 : type == 8 ? 544 : 0; }
+static int block_bytes_of(int type) { return type == 3 ? 320 : type == 8 ? 544 : type == 6 ? 352 : 0; }
 
 size_t tk_interleaved_group_bytes(int type, int n) { return (size_t)block_bytes_of(type) * (size_t)(n / 32); }
 
@@ -44,6 +47,18 @@ int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows,
                     memcpy(blk + 2 * r, b, 2);
                     memcpy(blk + 32 + 2 * r, b + 2, 2);
                     for (int c = 0; c < 4; c++) memcpy(blk + 64 + 64 * c + 4 * r, b + 4 + 4 * c, 4);
+                } else if (type == 6) {
+                    const uint8_t *b = row + 22 * i;
+                    uint32_t qh;
+                    memcpy(blk + 2 * r, b, 2);
+                    memcpy(&qh, b + 2, 4);
+                    for (int c = 0; c < 8; c++) {
+                        uint64_t m;
+                        memcpy(&m, blk + 32 + 8 * c, 8);
+                        m |= (uint64_t)((qh >> (4 * c)) & 0x0F) << (4 * r);
+                        memcpy(blk + 32 + 8 * c, &m, 8);
+                    }
+                    for (int c = 0; c < 4; c++) memcpy(blk + 96 + 64 * c + 4 * r, b + 6 + 4 * c, 4);
                 } else {
                     const uint8_t *b = row + 34 * i;
                     memcpy(blk + 2 * r, b, 2);
@@ -76,6 +91,12 @@ static void interleaved_scalar(int type, const uint8_t *g, int nb, const tk_bloc
                     if (type == 3) {
                         const uint8_t q = blk[64 + 64 * (c & 3) + 4 * r + j];
                         sum += (c < 4 ? q & 0x0F : q >> 4) * x[i].qs[4 * c + j];
+                    } else if (type == 6) {
+                        const uint8_t q = blk[96 + 64 * (c & 3) + 4 * r + j];
+                        uint64_t m;
+                        memcpy(&m, blk + 32 + 8 * c, 8);
+                        const int v = (c < 4 ? q & 0x0F : q >> 4) | (int)((m >> (4 * r + j)) & 1) << 4;
+                        sum += (v - 16) * x[i].qs[4 * c + j];
                     } else {
                         sum += (int8_t)blk[32 + 64 * c + 4 * r + j] * x[i].qs[4 * c + j];
                     }
@@ -184,6 +205,56 @@ static inline int32_t quad(const int8_t *p) {
         }                                                                                              \
     }
 
+// Q5_0's weights are 5-bit quants q in [0, 31], unsigned as vpdpbusd and vpmaddubsw want them, standing for q - 16:
+// each lane's integer sum starts at -16 times the sum of the four activation bytes it meets (corr, from
+// q8_corrections), so it is exactly Σ (q - 16)·x, the lane ggml's vec_dot_q5_0_q8_0 computes.
+
+// Bytes 0x10 where the 32 mask bits at m are set (byte k for bit k), 0 elsewhere.
+TK_AVX2 static inline __m256i q5_0_high_avx2(const uint8_t *m) {
+    uint32_t bits;
+    memcpy(&bits, m, 4);
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+#define TK_X8_Q5_0(NAME, NA)                                                                           \
+    TK_AVX2 static void NAME(const uint8_t *g0, int nb, const tk_block_q8 *x, size_t xstride,          \
+                             const int32_t *corr, float *out, size_t os, int valid) {                  \
+        for (int h = 0; h < 2 && 8 * h < valid; h++) {                                                 \
+        __m256 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm256_setzero_ps();                               \
+        const __m256i mask = _mm256_set1_epi8(0x0F);                                                   \
+        const uint8_t *g = g0;                                                                         \
+        for (int i = 0; i < nb; i++, g += 352) {                                                       \
+            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16 * h)));         \
+            __m256i w[8];                                                                              \
+            for (int c = 0; c < 4; c++) {                                                              \
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(g + 96 + 64 * c + 32 * h));     \
+                w[c] = _mm256_or_si256(_mm256_and_si256(b, mask), q5_0_high_avx2(g + 32 + 8 * c + 4 * h)); \
+                w[c + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), mask),            \
+                                           q5_0_high_avx2(g + 32 + 8 * (c + 4) + 4 * h));              \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const int32_t *ca = corr + (a * xstride + i) * 8;                                      \
+                const __m256 scale = _mm256_mul_ps(dv, _mm256_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m256i s = dp_avx2(_mm256_set1_epi32(ca[c]), w[c], _mm256_set1_epi32(quad(xa->qs + 4 * c))); \
+                    acc[a][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[8];                                                                                \
+            _mm256_storeu_ps(r, TK_REDUCE8(acc[a]));                                                   \
+            for (int k = 0; k < 8 && 8 * h + k < valid; k++) out[a * os + 8 * h + k] = r[k];           \
+        }                                                                                              \
+        }                                                                                              \
+    }
+
 // AVX-512: all 16 rows of a group in one register. Same operations per lane as the AVX2 kernels.
 // How far ahead of the block being computed the AVX-512 kernels ask for weight bytes. The hardware prefetcher alone
 // leaves decode about 25 % short of this machine's streaming bandwidth; 4-8 KiB ahead measured best (6 KiB).
@@ -267,6 +338,47 @@ static inline int32_t quad(const int8_t *p) {
         }                                                                                              \
     }
 
+// Q5_0 on AVX-512: a block's fifth bits are one 64-bit mask per chunk, which adds 16 to the bytes it selects.
+#define TK_X16_Q5_0(NAME, NA)                                                                          \
+    TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, const int32_t *corr, \
+                             float *out, size_t os, int valid) {                                       \
+        __m512 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
+        const __m512i mask = _mm512_set1_epi8(0x0F);                                                   \
+        const __m512i sixteen = _mm512_set1_epi8(0x10);                                                \
+        for (int i = 0; i < nb; i++, g += 352) {                                                       \
+            for (int l = 0; l < 352; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);   \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                 \
+            __m512i w[8];                                                                              \
+            for (int c = 0; c < 4; c++) {                                                              \
+                const __m512i b = _mm512_loadu_si512((const void *)(g + 96 + 64 * c));                 \
+                __mmask64 kl, kh;                                                                      \
+                memcpy(&kl, g + 32 + 8 * c, 8);                                                        \
+                memcpy(&kh, g + 32 + 8 * (c + 4), 8);                                                  \
+                const __m512i lo = _mm512_and_si512(b, mask);                                          \
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);                    \
+                w[c] = _mm512_mask_add_epi8(lo, kl, lo, sixteen);                                      \
+                w[c + 4] = _mm512_mask_add_epi8(hi, kh, hi, sixteen);                                  \
+            }                                                                                          \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const int32_t *ca = corr + (a * xstride + i) * 8;                                      \
+                const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                         \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), w[c],             \
+                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
+                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[16];                                                                               \
+            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+        }                                                                                              \
+    }
+
 // Three activation rows per pass: each chunk's weights are unpacked once for all three, and the minimums term is
 // summed in a second, short pass over the group's m values (the same FMA chain, block by block), which frees the
 // registers three rows' 24 partial sums need.
@@ -314,6 +426,10 @@ TK_X16_Q4_1(x16_q4_1_1, 1)
 TK_X16_Q4_1(x16_q4_1_2, 2)
 TK_X16_Q8_0(x16_q8_0_1, 1)
 TK_X16_Q8_0(x16_q8_0_2, 2)
+TK_X16_Q5_0(x16_q5_0_1, 1)
+TK_X16_Q5_0(x16_q5_0_2, 2)
+TK_X8_Q5_0(x8_q5_0_avx2_1, 1)
+TK_X8_Q5_0(x8_q5_0_avx2_2, 2)
 
 TK_X8_Q4_1(x8_q4_1_avx2_1, TK_AVX2, dp_avx2, 1)
 TK_X8_Q4_1(x8_q4_1_avx2_2, TK_AVX2, dp_avx2, 2)
@@ -324,37 +440,41 @@ TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
 typedef void (*interleaved_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
 
 #if TK_X86
-// For each activation row and block, -128 times the sum of each 4-byte chunk of its quantized values (TK_X16_Q8_0).
-static void q8_corrections(const tk_block_q8 *x, int n_act, int nb, int32_t *corr) {
+// For each activation row and block, `factor` times the sum of each 4-byte chunk of its quantized values: -128 for
+// TK_X16_Q8_0, -16 for Q5_0.
+static void q8_corrections(const tk_block_q8 *x, int n_act, int nb, int factor, int32_t *corr) {
     for (int r = 0; r < n_act * nb; r++) {
         for (int c = 0; c < 8; c++) {
             const int8_t *q = x[r].qs + 4 * c;
-            corr[r * 8 + c] = -128 * (q[0] + q[1] + q[2] + q[3]);
+            corr[r * 8 + c] = factor * (q[0] + q[1] + q[2] + q[3]);
         }
     }
 }
 
-// Q8_0 on AVX-512: every group against the activation rows, two at a time.
-static void matmul_q8_0_x16(const uint8_t *packed, size_t group_bytes, int nb, int group_begin, int group_end,
-                            int rows, const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+typedef void (*corrected_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, const int32_t *, float *, size_t, int);
+
+// Q8_0 on AVX-512, Q5_0 on AVX2 or AVX-512: every group against the activation rows, two at a time.
+static void matmul_corrected(corrected_fn one, corrected_fn two, int factor, const uint8_t *packed,
+                             size_t group_bytes, int nb, int group_begin, int group_end, int rows,
+                             const tk_block_q8 *x, int n_act, float *out, int out_stride) {
     int32_t local[8 * 8 * 48];
     int32_t *corr = (size_t)n_act * nb * 8 <= sizeof(local) / sizeof(local[0])
                         ? local
                         : (int32_t *)malloc((size_t)n_act * nb * 8 * sizeof(int32_t));
     if (!corr) return;
-    q8_corrections(x, n_act, nb, corr);
+    q8_corrections(x, n_act, nb, factor, corr);
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = packed + (size_t)g * group_bytes;
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
         int b = 0;
         for (; b + 2 <= n_act; b += 2) {
-            x16_q8_0_2(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
-                       out + (size_t)b * out_stride + first, out_stride, valid);
+            two(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8, out + (size_t)b * out_stride + first,
+                out_stride, valid);
         }
         for (; b < n_act; b++) {
-            x16_q8_0_1(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
-                       out + (size_t)b * out_stride + first, out_stride, valid);
+            one(gp, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8, out + (size_t)b * out_stride + first,
+                out_stride, valid);
         }
     }
     if (corr != local) free(corr);
@@ -370,8 +490,14 @@ int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, 
     const int level = tk_simd_level();
 #if TK_X86
     if (level == 2 && type == 8) {
-        matmul_q8_0_x16((const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
-                        out_stride);
+        matmul_corrected(x16_q8_0_1, x16_q8_0_2, -128, (const uint8_t *)packed, group_bytes, nb, group_begin,
+                         group_end, rows, x, n_act, out, out_stride);
+        return 0;
+    }
+    if (level >= 1 && type == 6) {
+        matmul_corrected(level == 2 ? x16_q5_0_1 : x8_q5_0_avx2_1, level == 2 ? x16_q5_0_2 : x8_q5_0_avx2_2, -16,
+                         (const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
+                         out_stride);
         return 0;
     }
 #endif

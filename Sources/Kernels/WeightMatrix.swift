@@ -2,7 +2,7 @@ import CKernels
 import Foundation
 import GGUF
 
-/// A copy of a Q4_1 or Q8_0 matrix repacked into groups of 16 interleaved rows (see CKernels' interleaved.c), which
+/// A copy of a Q4_1, Q5_0 or Q8_0 matrix repacked into groups of 16 interleaved rows (see CKernels' interleaved.c), which
 /// the matrix kernels read 16 (AVX-512) or 8 (AVX2) rows at a time.
 final class InterleavedRows: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
@@ -11,7 +11,7 @@ final class InterleavedRows: @unchecked Sendable {
     private let arena: WeightArena?
 
     init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int, arena: WeightArena?) {
-        guard type == .q4_1 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
+        guard type == .q4_1 || type == .q5_0 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
         groups = (rows + 15) / 16
         let size = groups * tk_interleaved_group_bytes(Int32(type.rawValue), Int32(columns))
         self.arena = arena
@@ -59,8 +59,8 @@ public final class WeightArena: @unchecked Sendable {
     deinit { for s in slabs { munmap(s.base, s.size) } }
 }
 
-/// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file (Q4_1 and Q8_0
-/// from an interleaved copy). Row `r` holds the weights of output `r` (ggml's layout: `columns` is the contiguous
+/// A weight matrix of `rows` × `columns` in any ggml type, read in place from the mapped model file (Q4_1, Q5_0 and
+/// Q8_0 from an interleaved copy). Row `r` holds the weights of output `r` (ggml's layout: `columns` is the contiguous
 /// dimension).
 public struct WeightMatrix: @unchecked Sendable {
     public let type: GGMLType

@@ -73,7 +73,7 @@ import Testing
 
     /// The interleaved kernels (8 rows at a time, 1, 2 or 4 activation rows per pass) at every SIMD level give
     /// bitwise the reference dot product, including a last group of fewer than 8 rows.
-    @Test(arguments: [GGMLType.q4_1, .q8_0])
+    @Test(arguments: [GGMLType.q4_1, .q5_0, .q8_0])
     func interleavedKernelsEqualTheReferenceBitwiseAtEveryLevel(type: GGMLType) {
         var rng = Rng(state: 11)
         for (rows, columns) in [(37, 96), (16, 576), (5, 32), (8, 64)] {
@@ -105,8 +105,11 @@ import Testing
                         for b in 0..<n {
                             let reference = ReferenceKernels.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
                             for r in 0..<rows {
-                                let expected = ReferenceKernels.dot(
-                                    type, row: w.baseAddress! + r * rowBytes, blocks: reference)
+                                let row = w.baseAddress! + r * rowBytes
+                                let expected =
+                                    type == .q5_0
+                                    ? KQuantReference.dotQ5_0(row: row, blocks: reference)
+                                    : ReferenceKernels.dot(type, row: row, blocks: reference)
                                 #expect(out[b * rows + r] == expected, "level \(used) n=\(n) b=\(b) r=\(r)")
                             }
                         }

@@ -77,14 +77,15 @@ float tk_dot_q8_0(const void *w, const tk_block_q8 *x, int n);
 int tk_matmul_q(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
                 const tk_block_q8 *x, int n_act, float *out, int out_stride);
 
-/// Bytes of one group of 16 interleaved rows of n columns (Q4_1 or Q8_0; `type` is the ggml type id, 3 or 8).
+/// Bytes of one group of 16 interleaved rows of n columns (Q4_1, Q5_0 or Q8_0; `type` is the ggml type id, 3, 6 or
+/// 8).
 size_t tk_interleaved_group_bytes(int type, int n);
-/// Repacks `rows` rows of n columns of a Q4_1 or Q8_0 matrix into groups of 16 interleaved rows (the last group padded
+/// Repacks `rows` rows of n columns of a Q4_1, Q5_0 or Q8_0 matrix into groups of 16 interleaved rows (the last group padded
 /// with zero rows); dst holds ceil(rows / 16) groups. Returns 0, or -1 for another type.
 int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows, int n, void *dst);
 /// Matrix times activation rows on a repacked matrix: for the rows of groups [group_begin, group_end) (below `rows`)
 /// and each activation row b, out[b * out_stride + r] = dot(row r, x row b), with the arithmetic of tk_dot_q4_1 /
-/// tk_dot_q8_0. Returns 0, or -1 for another type.
+/// tk_dot_q5_0 / tk_dot_q8_0. Returns 0, or -1 for another type.
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                  const tk_block_q8 *x, int n_act, float *out, int out_stride);
 
