@@ -11,7 +11,7 @@ final class InterleavedRows: @unchecked Sendable {
     private let arena: WeightArena?
 
     init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int, arena: WeightArena?) {
-        guard type == .q4_1 || type == .q5_0 || type == .q8_0, rows > 0, columns > 0, columns % 32 == 0 else { return nil }
+        guard [.q4_1, .q5_0, .q8_0].contains(type), rows > 0, columns > 0, columns % 32 == 0 else { return nil }
         groups = (rows + 15) / 16
         let size = groups * tk_interleaved_group_bytes(Int32(type.rawValue), Int32(columns))
         self.arena = arena
