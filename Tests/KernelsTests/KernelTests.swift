@@ -189,4 +189,28 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// The vectorized GEGLU gives the scalar path's exact bits: the same fp16 table entries, and the cut-offs at
+    /// -10 and 10 (both sides of each).
+    @Test func gegluPathsAgreeBitwise() {
+        var rng = Rng(state: 6)
+        for scale in [Float(1), 8, 12, 60000] {
+            let n = 83
+            var gate = (0..<n).map { _ in rng.float(scale) }
+            gate[0] = -10
+            gate[1] = 10
+            gate[2] = -10.000001
+            gate[3] = 9.999999
+            let up = (0..<n).map { _ in rng.float(2) }
+            var outs: [[UInt32]] = []
+            for level in [0, 1, 2] {
+                tk_set_simd_level(Int32(level))
+                var g = gate
+                tk_geglu(&g, up, Int32(n))
+                outs.append(g.map(\.bitPattern))
+            }
+            #expect(outs[0] == outs[1] && outs[1] == outs[2], "scale \(scale)")
+        }
+        tk_set_simd_level(99)
+    }
 }
