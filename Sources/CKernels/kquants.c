@@ -396,6 +396,56 @@ TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
 }
 #endif
 
+#if TK_X86
+// The 32 six-bit quants of group g (0..3) of one half of a Q6_K block, as dot_q6_k_avx2 builds them.
+TK_AVX2 static inline __m256i q6k_group(const uint8_t *ql, __m256i hbits, int g) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * (g & 1)));
+    const __m256i nib = g < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * g), m2);
+    return _mm256_or_si256(nib, _mm256_slli_epi16(hi, 4));
+}
+
+// One Q6_K weight row against four activation rows (`stride` blocks apart): each group's quants and scales are built
+// once for the four, and each row's arithmetic is dot_q6_k_avx2's (the same integer lanes, one FMA per block, the
+// same reduction), so every output has the bits it has alone.
+TK_AVX2 static void dot4_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, size_t stride, int nb, float out[4]) {
+    __m256 acc[4];
+    for (int a = 0; a < 4; a++) acc[a] = _mm256_setzero_ps();
+    const __m256i m32 = _mm256_set1_epi8(32);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
+        const int8_t *scales = (const int8_t *)(b + 192);
+        uint16_t dh;
+        memcpy(&dh, b + 208, 2);
+        const float dw = tk_half_to_float(dh);
+        __m256i sumi[4];
+        for (int a = 0; a < 4; a++) sumi[a] = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b + 64 * half;
+            const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
+            for (int g = 0; g < 4; g++) {
+                const int e0 = 128 * half + 32 * g;
+                const __m256i q = q6k_group(ql, hbits, g);
+                const __m256i s =
+                    _mm256_set_m128i(_mm_set1_epi16(scales[e0 / 16 + 1]), _mm_set1_epi16(scales[e0 / 16]));
+                for (int a = 0; a < 4; a++) {
+                    const __m256i y = _mm256_loadu_si256((const __m256i *)(x[(size_t)a * stride + i].qs + e0));
+                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32, y));
+                    sumi[a] = _mm256_add_epi32(sumi[a], _mm256_madd_epi16(s, p));
+                }
+            }
+        }
+        for (int a = 0; a < 4; a++) {
+            // As dot_q6_k_avx2: d = xd·d_w.
+            const float d = x[(size_t)a * stride + i].d * dw;
+            acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[a]), acc[a]);
+        }
+    }
+    for (int a = 0; a < 4; a++) out[a] = hsum8(acc[a]);
+}
+#endif
+
 typedef float (*tk_dot_k_fn)(const uint8_t *, const tk_block_q8k *, int);
 
 static tk_dot_k_fn tk_pick_k(int type) {
@@ -431,10 +481,12 @@ int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin,
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
         int b = 0;
 #if TK_X86
-        if (dot == dot_q4_k_avx2) {
+        void (*four_rows)(const uint8_t *, const tk_block_q8k *, size_t, int, float *) =
+            dot == dot_q4_k_avx2 ? dot4_q4_k_avx2 : dot == dot_q6_k_avx2 ? dot4_q6_k_avx2 : 0;
+        if (four_rows) {
             for (; b + 4 <= n_act; b += 4) {
                 float four[4];
-                dot4_q4_k_avx2(row, x + (size_t)b * nb, (size_t)nb, nb, four);
+                four_rows(row, x + (size_t)b * nb, (size_t)nb, nb, four);
                 for (int a = 0; a < 4; a++) out[(size_t)(b + a) * out_stride + r] = four[a];
             }
         }

@@ -120,7 +120,7 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    /// The K-quant matrix kernel, which reads a Q4_K weight row once for four activation rows, gives every output the
+    /// The K-quant matrix kernel, which reads a Q4_K or Q6_K weight row once for four activation rows, gives every output the
     /// bits of that row's dot product alone, for any number of activation rows.
     @Test(arguments: [GGMLType.q4_K, .q6_K])
     func kQuantMatrixRowsAreTheirDotProducts(type: GGMLType) {
