@@ -18,34 +18,80 @@ static inline float tk_hsum8_scalar(const float l[8]) {
 // Q8_K activations: blocks of 256 with a float scale, as ggml's quantize_row_q8_K: the value of largest magnitude maps
 // to -127 (so the scale carries its sign), quants rounded to nearest even and capped at 127, 16 sums of 16 quants.
 
+static void quantize_q8k_scalar(const float *xb, tk_block_q8k *y) {
+    float max = 0.0f, amax = 0.0f;
+    for (int j = 0; j < 256; j++) {
+        const float a = fabsf(xb[j]);
+        if (a > amax) {
+            amax = a;
+            max = xb[j];
+        }
+    }
+    if (amax == 0.0f) {
+        memset(y, 0, sizeof(*y));
+        return;
+    }
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < 256; j++) {
+        const int v = (int)nearbyintf(iscale * xb[j]);
+        y->qs[j] = (int8_t)(v < 127 ? v : 127);
+    }
+    for (int j = 0; j < 16; j++) {
+        int sum = 0;
+        for (int k = 0; k < 16; k++) sum += y->qs[j * 16 + k];
+        y->bsums[j] = (int16_t)sum;
+    }
+    y->d = 1.0f / iscale;
+}
+
+#if TK_X86
+// The same block eight values at a time: the largest magnitude by vector maximum, then its first occurrence (whose
+// sign the scale takes); products rounded to nearest even by cvtps (the default rounding, as nearbyintf).
+TK_AVX2 static void quantize_q8k_avx2(const float *xb, tk_block_q8k *y) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < 256; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + j)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    if (!(amax > 0.0f)) {
+        quantize_q8k_scalar(xb, y);
+        return;
+    }
+    int first = 0;
+    while (fabsf(xb[first]) != amax) first++;
+    const float iscale = -127.0f / xb[first];
+    const __m256 is = _mm256_set1_ps(iscale);
+    const __m256i cap = _mm256_set1_epi32(127);
+    for (int j = 0; j < 256; j += 32) {
+        __m256i v[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(is, _mm256_loadu_ps(xb + j + 8 * k))), cap);
+        }
+        // packs works within 128-bit lanes: the permute puts the 32 bytes back in order.
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    for (int j = 0; j < 16; j++) {
+        const __m128i q = _mm_loadu_si128((const __m128i *)(y->qs + 16 * j));
+        const __m128i w = _mm_madd_epi16(_mm_maddubs_epi16(_mm_set1_epi8(1), q), _mm_set1_epi16(1));
+        const __m128i s = _mm_add_epi32(w, _mm_shuffle_epi32(w, 0x4E));
+        y->bsums[j] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+    }
+    y->d = 1.0f / iscale;
+}
+#endif
+
 void tk_quantize_q8k(const float *x, tk_block_q8k *y, int n) {
     const int nb = n / 256;
-    for (int i = 0; i < nb; i++) {
-        const float *xb = x + (size_t)i * 256;
-        float max = 0.0f, amax = 0.0f;
-        for (int j = 0; j < 256; j++) {
-            const float a = fabsf(xb[j]);
-            if (a > amax) {
-                amax = a;
-                max = xb[j];
-            }
-        }
-        if (amax == 0.0f) {
-            memset(&y[i], 0, sizeof(y[i]));
-            continue;
-        }
-        const float iscale = -127.0f / max;
-        for (int j = 0; j < 256; j++) {
-            const int v = (int)nearbyintf(iscale * xb[j]);
-            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
-        }
-        for (int j = 0; j < 16; j++) {
-            int sum = 0;
-            for (int k = 0; k < 16; k++) sum += y[i].qs[j * 16 + k];
-            y[i].bsums[j] = (int16_t)sum;
-        }
-        y[i].d = 1.0f / iscale;
+#if TK_X86
+    if (tk_simd_level() >= 1) {
+        for (int i = 0; i < nb; i++) quantize_q8k_avx2(x + (size_t)i * 256, &y[i]);
+        return;
     }
+#endif
+    for (int i = 0; i < nb; i++) quantize_q8k_scalar(x + (size_t)i * 256, &y[i]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

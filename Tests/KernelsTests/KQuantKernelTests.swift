@@ -29,20 +29,37 @@ import Testing
         return row
     }
 
+    /// At every SIMD level, including a block of zeros, a largest magnitude that occurs twice with both signs (the
+    /// first one's sign is the scale's), and values that round half-way.
     @Test func q8KBlocksMatchTheReference() {
         var rng = Rng(state: 7)
-        for blocks in [1, 3, 8] {
-            var x = (0..<(blocks * 256)).map { _ in rng.float(4) }
-            x[5] = 0
-            if blocks == 3 { for i in 256..<512 { x[i] = 0 } }
-            var c = [tk_block_q8k](repeating: tk_block_q8k(), count: blocks)
-            tk_quantize_q8k(x, &c, Int32(x.count))
-            for (b, r) in KQuantReference.quantize(x).enumerated() {
-                let qs = withUnsafeBytes(of: c[b].qs) { Array($0.bindMemory(to: Int8.self)) }
-                let sums = withUnsafeBytes(of: c[b].bsums) { Array($0.bindMemory(to: Int16.self)) }
-                #expect(c[b].d == r.d && qs == r.qs && sums == r.bsums, "block \(b) of \(blocks)")
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            for blocks in [1, 3, 8] {
+                var x = (0..<(blocks * 256)).map { _ in rng.float(4) }
+                x[5] = 0
+                if blocks == 3 { for i in 256..<512 { x[i] = 0 } }
+                if blocks == 8 {
+                    x[300] = 9
+                    x[301] = -9
+                    x[600] = -9
+                    x[700] = 9
+                    x[1024] = 127
+                    x[1025] = 0.5
+                    x[1026] = 1.5
+                    x[1027] = -2.5
+                }
+                var c = [tk_block_q8k](repeating: tk_block_q8k(), count: blocks)
+                tk_quantize_q8k(x, &c, Int32(x.count))
+                for (b, r) in KQuantReference.quantize(x).enumerated() {
+                    let qs = withUnsafeBytes(of: c[b].qs) { Array($0.bindMemory(to: Int8.self)) }
+                    let sums = withUnsafeBytes(of: c[b].bsums) { Array($0.bindMemory(to: Int16.self)) }
+                    #expect(
+                        c[b].d == r.d && qs == r.qs && sums == r.bsums, "level \(used): block \(b) of \(blocks)")
+                }
             }
         }
+        tk_set_simd_level(99)
     }
 
     @Test(arguments: [GGMLType.q5_0, .q4_K, .q6_K])
