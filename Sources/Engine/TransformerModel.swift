@@ -10,6 +10,9 @@ public struct SequenceChunk: Sendable {
     public var startPosition: Int
     /// KV-cache blocks of the sequence; must cover `startPosition + tokens.count` positions.
     public var blockTable: [Int32]
+    /// In a split cache, the blocks of the sliding-window layers (`KVBlockTables.window`): they must cover each
+    /// row's window.
+    public var windowTable: [Int32]?
     /// Whether to return logits for the chunk's last token.
     public var wantsLogits: Bool
     /// Length of the request's prompt: it decides which attention kernel each row uses (`AttentionKernelChoice`).
@@ -118,19 +121,23 @@ public final class TransformerModel: @unchecked Sendable {
             if let n = layer.kNorm {
                 Ops.rmsNorm(ws.k, n, into: ws.k, rows: rowCount * c.kvHeadCount, width: c.headDim, eps: c.rmsNormEps)
             }
+            let tables = chunks.map {
+                cache.table(layer: layerIndex, KVBlockTables(full: $0.blockTable, window: $0.windowTable))
+            }
             for row in 0..<rowCount {
                 layerRope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
                 layerRope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
                 // Gemma scales the queries (llama.cpp: before attention, whose own scale is then 1).
                 if c.isGemma { Ops.scale(ws.q + row * c.qDim, by: c.attentionScale, count: c.qDim) }
                 cache.store(
-                    layer: layerIndex, table: chunks[rowChunk[row]].blockTable, position: rowPosition[row],
+                    layer: layerIndex, table: tables[rowChunk[row]], position: rowPosition[row],
                     k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
             }
             afterLayer?(layerIndex)
             partials.withUnsafeMutableBufferPointer { p in
                 attention(
-                    layer: layerIndex, window: sliding ? c.slidingWindow : nil, plan: plan, chunks: chunks,
+                    layer: layerIndex, window: sliding ? c.slidingWindow : nil, plan: plan, tables: tables,
+                    starts: chunks.map(\.startPosition),
                     rowChunk: rowChunk, rowPosition: rowPosition,
                     cache: cache, ws: ws, gathered: gathered, partials: p.baseAddress)
             }
@@ -222,7 +229,8 @@ public final class TransformerModel: @unchecked Sendable {
     /// kernel read their sequence's keys and values gathered for this layer into fp32 tiles; split rows' chunks run as
     /// separate tasks and are merged in order afterwards; the others read the fp16 cache directly.
     private func attention(
-        layer: Int, window: Int?, plan: AttentionPlan, chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int],
+        layer: Int, window: Int?, plan: AttentionPlan, tables: [[Int32]], starts: [Int], rowChunk: [Int],
+        rowPosition: [Int],
         cache: PagedKVCache, ws: Workspace.Buffers, gathered: TiledKVBuffer.Layout,
         partials: UnsafeMutablePointer<Float>?
     ) {
@@ -232,24 +240,30 @@ public final class TransformerModel: @unchecked Sendable {
         // Gemma's queries arrive scaled.
         let scale: Float = c.isGemma ? 1 : 1 / Float(hd).squareRoot()
         let stride = AttentionPlan.partialStride(headDim: hd)
-        let shared = UncheckedSendable((chunks, rowChunk, rowPosition, ws, plan, gathered, partials))
+        let shared = UncheckedSendable((tables, rowChunk, rowPosition, ws, plan, gathered, partials))
         if !plan.gatherTasks.isEmpty {
             pool.parallelRanges(plan.gatherTasks.count) { begin, end in
-                let (chunks, _, _, _, plan, gathered, _) = shared.value
+                let (tables, _, _, _, plan, gathered, _) = shared.value
                 for (ci, kvHead) in plan.gatherTasks[begin..<end] {
                     let (kt, v) = gathered.head(chunk: ci, kvHead: kvHead)
-                    chunks[ci].blockTable.withUnsafeBufferPointer { t in
+                    // A sliding layer's tiled rows are those within its first window (the others use the window
+                    // kernels), so only that far is gathered, and only for a chunk that starts there: blocks before
+                    // a later row's window may be gone.
+                    let length =
+                        window.map { starts[ci] < $0 ? min(plan.tiledLength[ci], $0) : 0 } ?? plan.tiledLength[ci]
+                    guard length > 0 else { continue }
+                    tables[ci].withUnsafeBufferPointer { t in
                         tk_tile_kv(
                             cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd,
                             cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd, t.baseAddress,
-                            Int32(cache.blockSize), cache.blockElements, cache.kvDim, Int32(plan.tiledLength[ci]),
+                            Int32(cache.blockSize), cache.blockElements, cache.kvDim, Int32(length),
                             Int32(hd), kt, v)
                     }
                 }
             }
         }
         pool.parallelRanges(plan.tasks.count) { begin, end in
-            let (chunks, rowChunk, rowPosition, ws, plan, gathered, partials) = shared.value
+            let (tables, rowChunk, rowPosition, ws, plan, gathered, partials) = shared.value
             for task in plan.tasks[begin..<end] {
                 let (row, head) = (task.row, task.head)
                 let kvHead = head / group
@@ -260,7 +274,7 @@ public final class TransformerModel: @unchecked Sendable {
                 let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
                 let bs = Int32(cache.blockSize)
                 let first = window.map { max(0, length - $0) } ?? 0
-                chunks[rowChunk[row]].blockTable.withUnsafeBufferPointer { t in
+                tables[rowChunk[row]].withUnsafeBufferPointer { t in
                     switch plan.kernels[row] {
                     case .tiled where first > 0, .oneChunk where first > 0:
                         tk_attend_f16_window(

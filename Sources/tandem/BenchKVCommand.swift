@@ -152,7 +152,7 @@ struct BenchKVCommand: AsyncParsableCommand {
         var load: [Double] = []
         for _ in 0...repetitions {
             let start = ContinuousClock.now
-            cache.load(last!, count: tokens, table: table)
+            cache.load(last!, count: tokens, tables: KVBlockTables(full: table))
             load.append(seconds(since: start))
         }
         load.removeFirst()

@@ -43,6 +43,11 @@ public struct EngineStats: Sendable, Equatable {
     public var running = 0
     public var waiting = 0
     public var usedBlocks = 0
+    /// Blocks of the sliding-window layers held by requests (a split cache; 0 otherwise).
+    public var usedWindowBlocks = 0
+    /// Bytes of KV the held blocks of both kinds take.
+    public var heldKVBytes = 0
+    /// The fuller of the two kinds of block, 0...1.
     public var kvCacheUsage = 0.0
     public var prefixQueryTokens = 0
     public var prefixHitTokens = 0
@@ -93,14 +98,16 @@ public final class EngineCore: @unchecked Sendable {
         var config = config
         config.maxModelLength = min(config.maxModelLength, config.blockCount * config.blockSize)
         self.config = config
+        let window = model.config.slidingWindow.flatMap { model.config.slidingLayers.contains(true) ? $0 : nil }
+        let windowBlocks = window.map { config.windowBlockCount(window: $0) }
         cache = PagedKVCache(
             layerCount: model.config.layerCount, blockCount: config.blockCount, blockSize: config.blockSize,
-            kvDim: model.config.kvDim)
-        scheduler = Scheduler(config: config)
+            kvDim: model.config.kvDim, slidingLayers: model.config.slidingLayers, windowBlockCount: windowBlocks)
+        scheduler = Scheduler(config: config, window: window)
         fingerprint = model.fingerprint
         transferWindows = KVTransferWindows(model.config)
         let cache = cache
-        scheduler.loadKV = { r, payload, count in cache.load(payload, count: count, table: r.blockTable) }
+        scheduler.loadKV = { r, payload, count in cache.load(payload, count: count, tables: r.tables) }
         scheduler.startLoad = { [unowned self] r in self.startLoad(r) }
         // The thread keeps the engine alive until `shutdown()`.
         let thread = Thread { self.loop() }
@@ -304,6 +311,9 @@ public final class EngineCore: @unchecked Sendable {
                 blockTable: c.request.blockTable, wantsLogits: c.wantsLogits,
                 promptLength: c.request.prompt.count)
         }
+        for (i, c) in plan.enumerated() where c.request.usesWindowBlocks {
+            chunks[i].windowTable = c.request.windowTable
+        }
         for (i, c) in plan.enumerated() where c.request.params.promptLogprobs != nil && c.start < c.request.prompt.count
         {
             chunks[i].wantsAllLogits = true
@@ -323,7 +333,7 @@ public final class EngineCore: @unchecked Sendable {
                 : { layer in
                     for (r, range) in streams {
                         guard let carried = self.carried(range, layer: layer, of: r) else { continue }
-                        pending.append((r, cache.slice(layer: layer, range: carried, table: r.blockTable)))
+                        pending.append((r, cache.slice(layer: layer, range: carried, tables: r.tables)))
                     }
                     guard (layer + 1) % group == 0, layer + 1 < cache.layerCount else { return }
                     for (r, slice) in pending { r.kvLayerSink?.push(slice) }
@@ -367,7 +377,7 @@ public final class EngineCore: @unchecked Sendable {
             if r.streamedTokens < cachedEnd {
                 for layer in 0..<cache.layerCount {
                     guard let carried = carried(r.streamedTokens..<cachedEnd, layer: layer, of: r) else { continue }
-                    sink.push(cache.slice(layer: layer, range: carried, table: r.blockTable))
+                    sink.push(cache.slice(layer: layer, range: carried, tables: r.tables))
                 }
                 r.streamedTokens = cachedEnd
             }
@@ -453,7 +463,10 @@ public final class EngineCore: @unchecked Sendable {
         s.running = scheduler.running.count
         s.waiting = scheduler.waiting.count + scheduler.awaitingKV.count
         s.usedBlocks = scheduler.pool.usedCount
-        s.kvCacheUsage = scheduler.pool.usage
+        s.usedWindowBlocks = scheduler.windowPool?.usedCount ?? 0
+        s.heldKVBytes =
+            s.usedBlocks * cache.bytesPerBlock(window: false) + s.usedWindowBlocks * cache.bytesPerBlock(window: true)
+        s.kvCacheUsage = max(scheduler.pool.usage, scheduler.windowPool?.usage ?? 0)
         s.prefixQueryTokens = scheduler.prefixQueryTokens
         s.prefixHitTokens = scheduler.prefixHitTokens
         s.preemptions = scheduler.preemptions

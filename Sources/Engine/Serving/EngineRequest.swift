@@ -88,6 +88,12 @@ final class EngineRequest {
     /// Tokens whose KV is in the cache.
     var computed = 0
     var blockTable: [Int32] = []
+    /// In a split cache (`usesWindowBlocks`), the blocks of the sliding-window layers, position / blockSize as in
+    /// `blockTable`; -1 where none is held: before the window of the next position to compute.
+    var windowTable: [Int32] = []
+    var usesWindowBlocks = false
+    /// Entries of `windowTable` below this index were let go (or never taken).
+    var windowDroppedBelow = 0
     /// Chain hashes of the full blocks registered for prefix reuse, in order.
     var blockHashes: [UInt64] = []
     var cachedPromptTokens = -1
@@ -97,9 +103,9 @@ final class EngineRequest {
     var loadStarted = false
     /// Prompt tokens whose KV was loaded from elsewhere.
     var loadedTokens = 0
-    /// Blocks starting below this position are not offered to the prefix cache: their sliding-window layers were
-    /// loaded for the window only.
-    var privateBelow = 0
+    /// Window blocks starting below this position are not offered to the prefix cache: their sliding-window layers
+    /// were loaded for the window only.
+    var windowValidFrom = 0
     /// A producer's saver, from the connector when the request is first seen.
     var kvLayerSink: (any KVLayerSink)?
     /// Prompt positions already handed to `kvLayerSink` (for every layer).
@@ -156,6 +162,9 @@ final class EngineRequest {
         for id in point.tokens { released += stops.append(decoder.append(bytes(id))).delta }
         return released
     }
+
+    /// The request's blocks, as the cache and the model read them.
+    var tables: KVBlockTables { KVBlockTables(full: blockTable, window: usesWindowBlocks ? windowTable : nil) }
 
     /// Tokens still to run through the model before the next token can be sampled.
     var pendingTokens: Int { allTokens.count - computed }

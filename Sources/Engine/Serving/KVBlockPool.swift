@@ -91,15 +91,30 @@ public final class KVBlockPool {
         var taken: [Int32] = []
         var hashes: [UInt64] = []
         for (i, h) in blockHashes(of: tokens, promptLength: promptLength, limit: limit).enumerated() {
-            guard let block = cached[h],
-                blockTokens[Int(block)].elementsEqual(tokens[i * blockSize..<(i + 1) * blockSize]),
-                blockKernels[Int(block)] == kernels(ofBlock: i, promptLength: promptLength)
+            guard
+                let block = cachedBlock(
+                    hash: h, tokens: tokens[i * blockSize..<(i + 1) * blockSize],
+                    kernels: kernels(ofBlock: i, promptLength: promptLength))
             else { break }
-            hold(block)
+            take(block)
             taken.append(block)
             hashes.append(h)
         }
         return (taken, hashes)
+    }
+
+    /// The cached block with chain hash `hash` when it holds `tokens` computed by `kernels`; nothing is taken.
+    public func cachedBlock(hash: UInt64, tokens: ArraySlice<Int32>, kernels: UInt64) -> Int32? {
+        guard prefixCachingEnabled, let block = cached[hash], blockTokens[Int(block)].elementsEqual(tokens),
+            blockKernels[Int(block)] == kernels
+        else { return nil }
+        return block
+    }
+
+    /// Holds `block` (a cached one, free or not) for one more user.
+    public func take(_ block: Int32) {
+        if refCount[Int(block)] == 0 { unlink(block) }
+        refCount[Int(block)] += 1
     }
 
     /// Allocates `count` fresh blocks, evicting the least recently freed cached blocks; nil (and nothing taken) when
@@ -154,11 +169,6 @@ public final class KVBlockPool {
             blockTokens[Int(b)] = []
         }
         cached = [:]
-    }
-
-    private func hold(_ block: Int32) {
-        if refCount[Int(block)] == 0 { unlink(block) }
-        refCount[Int(block)] += 1
     }
 
     private func pushTail(_ b: Int32) {

@@ -99,8 +99,9 @@ public struct KVTransferWindows: Sendable, Equatable {
 }
 
 extension PagedKVCache {
-    /// Copies one layer's K and V of positions `range` of a sequence with block table `table`.
-    func slice(layer: Int, range: Range<Int>, table: [Int32]) -> KVLayerSlice {
+    /// Copies one layer's K and V of positions `range` of a sequence with `tables` (held for that layer).
+    func slice(layer: Int, range: Range<Int>, tables: KVBlockTables) -> KVLayerSlice {
+        let table = self.table(layer: layer, tables)
         let n = range.count
         var values = [UInt16](repeating: 0, count: 2 * n * kvDim)
         values.withUnsafeMutableBufferPointer { out in
@@ -115,15 +116,18 @@ extension PagedKVCache {
         return KVLayerSlice(layer: layer, tokenStart: range.lowerBound, tokenCount: n, kvDim: kvDim, values: values)
     }
 
-    /// Writes positions 0..<count of `payload` into a sequence with block table `table` (for a sliding-window layer,
-    /// from the first position it carries): one copy per run of positions that share a block (their rows are
-    /// contiguous there).
-    public func load(_ payload: KVPayload, count: Int, table: [Int32]) {
+    /// Writes positions 0..<count of `payload` into a sequence with `tables` (for a sliding-window layer, from the
+    /// first position it carries and the sequence holds a block for): one copy per run of positions that share a
+    /// block (their rows are contiguous there).
+    public func load(_ payload: KVPayload, count: Int, tables: KVBlockTables) {
         payload.values.withUnsafeBufferPointer { input in
             for layer in 0..<layerCount {
+                let table = self.table(layer: layer, tables)
+                var first = min(payload.layerStarts[layer], count)
+                while first < count, table[first / blockSize] < 0 { first = (first / blockSize + 1) * blockSize }
                 for part in [false, true] {
                     let base = input.baseAddress! + payload.offset(layer: layer, value: part)
-                    var t = min(payload.layerStarts[layer], count)
+                    var t = first
                     while t < count {
                         let slot = t % blockSize
                         let run = min(blockSize - slot, count - t)

@@ -1,0 +1,99 @@
+import Engine
+import Foundation
+import Testing
+
+/// The split KV cache: Gemma 3's sliding-window layers keep their KV in blocks of their own, held only for the
+/// positions a later query still sees. A long request then holds a window's worth of those blocks, not its length's;
+/// its tokens are those of the unsplit cache (`Generator`); and a prefix hit needs the window before it cached too.
+@Suite(.serialized) struct WindowBlocksTests {
+    static let bs = 16
+
+    static func longPrompt(_ sentence: String, count: Int) -> [Int32] {
+        GemmaEngineModel.tokenizer.encode(String(repeating: sentence, count: count))
+    }
+
+    static func greedy(_ tokens: Int) -> SamplingParams {
+        var params = SamplingParams()
+        params.maxTokens = tokens
+        params.temperature = 0
+        return params
+    }
+
+    /// The unsplit cache's tokens for `prompt`.
+    static func reference(_ prompt: [Int32], _ params: SamplingParams) throws -> [Int32] {
+        try Generator(model: GemmaEngineModel.model, tokenizer: GemmaEngineModel.tokenizer)
+            .generate(prompt: prompt, params: params).tokenIds
+    }
+
+    @Test func aLongRequestHoldsOneWindowOfBlocksAndGetsTheUnsplitTokens() async throws {
+        let engine = GemmaEngineModel.engine()
+        defer { engine.shutdown() }
+        let c = GemmaEngineModel.model.config
+        let window = try #require(c.slidingWindow)
+        let prompt = Self.longPrompt("A long river runs through the valley and the town beside it. ", count: 100)
+        #expect(prompt.count > 2 * window)
+        let params = Self.greedy(24)
+        let expected = try Self.reference(prompt, params)
+
+        let handle = try engine.submit(GenerationRequest(id: "long", promptTokens: prompt, params: params))
+        var ids: [Int32] = []
+        var mostWindowBlocks = 0
+        var last = engine.stats
+        for await out in handle.outputs {
+            ids += out.tokenIds
+            last = engine.stats
+            mostWindowBlocks = max(mostWindowBlocks, last.usedWindowBlocks)
+        }
+        #expect(ids == expected, "the split cache gives the unsplit cache's tokens")
+        // Every published step: the window (and the block it starts in), not the sequence.
+        let windowBound = (window + Self.bs - 1) / Self.bs + 1
+        #expect(mostWindowBlocks > 0 && mostWindowBlocks <= windowBound, "\(mostWindowBlocks) window blocks held")
+        let allLayers = c.layerCount * 2 * Self.bs * c.kvDim * 2
+        let slidingLayers = c.slidingLayers.filter { $0 }.count
+        let unsplit = last.usedBlocks * allLayers
+        let windowBytes = slidingLayers * 2 * Self.bs * c.kvDim * 2
+        #expect(last.heldKVBytes == unsplit - last.usedBlocks * windowBytes + last.usedWindowBlocks * windowBytes)
+        #expect(last.heldKVBytes < unsplit * 3 / 4)
+        print(
+            "gemma3, \(prompt.count)-token prompt: \(last.usedBlocks) blocks for the \(c.layerCount - slidingLayers)"
+                + " global layers, \(last.usedWindowBlocks) for the \(slidingLayers) sliding ones: \(last.heldKVBytes)"
+                + " bytes of KV held, \(unsplit) in one cache")
+        // Finished: both kinds let go (the stats are published after the step that ended it).
+        let deadline = Date().addingTimeInterval(10)
+        while engine.stats.usedBlocks + engine.stats.usedWindowBlocks > 0, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(engine.stats.usedBlocks == 0 && engine.stats.usedWindowBlocks == 0)
+    }
+
+    @Test func aPrefixHitTakesTheCachedWindowAndMissesWhenItWasEvicted() async throws {
+        // One request at a time: the window blocks (2 × 49) hold one long request's, so a second evicts the first's.
+        var config = EngineConfig(maxModelLength: 2048, blockCount: 256)
+        config.maxNumSeqs = 1
+        let engine = EngineCore(model: GemmaEngineModel.model, tokenizer: GemmaEngineModel.tokenizer, config: config)
+        defer { engine.shutdown() }
+        let params = Self.greedy(8)
+        let first = Self.longPrompt("The lighthouse keeper counts the ships that pass at night. ", count: 90)
+        let other = Self.longPrompt("Bread rises slowly in a warm kitchen on a winter morning. ", count: 90)
+        let suffix = GemmaEngineModel.tokenizer.encode(" Then the fog came in.", addSpecial: false)
+
+        _ = await collect(try engine.submit(GenerationRequest(id: "a", promptTokens: first, params: params)))
+        // Right after: the prefix and its last window are cached.
+        let extended = first + suffix
+        let want = try Self.reference(extended, params)
+        let hitsBefore = engine.stats.prefixHitTokens
+        let hit = await collect(try engine.submit(GenerationRequest(id: "b", promptTokens: extended, params: params)))
+        #expect(hit.ids == want)
+        #expect(engine.stats.prefixHitTokens - hitsBefore == first.count / Self.bs * Self.bs)
+
+        // Another long request takes the window blocks; the first prompt's global-layer blocks are still cached,
+        // but without its window the prefix is computed again.
+        _ = await collect(try engine.submit(GenerationRequest(id: "c", promptTokens: other, params: params)))
+        let again = first + GemmaEngineModel.tokenizer.encode(" Then the wind rose.", addSpecial: false)
+        let wantAgain = try Self.reference(again, params)
+        let hitsThen = engine.stats.prefixHitTokens
+        let miss = await collect(try engine.submit(GenerationRequest(id: "d", promptTokens: again, params: params)))
+        #expect(miss.ids == wantAgain, "a prefix whose window was evicted is computed, not read from other KV")
+        #expect(engine.stats.prefixHitTokens - hitsThen < first.count / Self.bs * Self.bs)
+    }
+}
