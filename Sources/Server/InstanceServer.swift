@@ -92,7 +92,7 @@ struct EngineService: Service {
         let engine = try await onThread { try Self.makeEngine(options) }
         let c = engine.config
         logger.info(
-            "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens, max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
+            "Model loaded: \(options.modelPath) (\(engine.model.config.architecture.rawValue), \(engine.model.config.layerCount) layers); KV cache \(c.blockCount) blocks × \(c.blockSize) tokens\(engine.windowBlockCount.map { " (sliding-window layers: \($0) blocks)" } ?? ""), max_model_len \(c.maxModelLength), max_num_seqs \(c.maxNumSeqs), \(options.threads) threads"
         )
         if let c = options.kvConnector {
             let mc = engine.model.config
@@ -149,8 +149,20 @@ struct EngineService: Service {
         guard o.blockSize >= 1, o.blockSize <= 1024 else {
             throw InstanceConfigError(description: "--block-size must be in 1...1024")
         }
-        let bytesPerBlock = mc.layerCount * 2 * mc.kvDim * 2 * o.blockSize
-        let blocks = o.kvBlockCount ?? max(1, (o.kvCacheBytes ?? (1 << 30)) / bytesPerBlock)
+        let layerBlockBytes = 2 * mc.kvDim * 2 * o.blockSize
+        let budget = o.kvCacheBytes ?? (1 << 30)
+        var blocks = o.kvBlockCount ?? max(1, budget / (mc.layerCount * layerBlockBytes))
+        let sliding = mc.slidingLayers.filter { $0 }.count
+        if o.kvBlockCount == nil, let window = mc.slidingWindow, sliding > 0, sliding < mc.layerCount {
+            // The sliding-window layers take a window's blocks per request (`EngineConfig.windowBlockCount`); what
+            // they leave of the budget goes to the other layers' blocks.
+            var probe = EngineConfig(maxModelLength: 1, blockCount: blocks)
+            probe.blockSize = o.blockSize
+            probe.maxNumSeqs = o.maxNumSeqs
+            probe.maxBatchedTokens = o.maxBatchedTokens
+            let left = budget - probe.windowBlockCount(window: window) * sliding * layerBlockBytes
+            blocks = max(blocks, left / ((mc.layerCount - sliding) * layerBlockBytes))
+        }
         guard blocks >= 1 else { throw InstanceConfigError(description: "the KV cache must hold at least 1 block") }
         let capacity = blocks * o.blockSize
         if let m = o.maxModelLength {

@@ -74,6 +74,8 @@ public final class EngineCore: @unchecked Sendable {
     /// Which positions of each layer a prompt's KV transfer carries (sliding-window layers: their window only).
     public let transferWindows: KVTransferWindows
     let cache: PagedKVCache
+    /// Blocks of the sliding-window layers, when the cache keeps them apart (a model with such layers).
+    public var windowBlockCount: Int? { cache.windowBlockCount }
     private let scheduler: Scheduler
     private let condition = NSCondition()
     // Guarded by `condition`:
