@@ -25,6 +25,18 @@ static inline uint16_t tk_float_to_half(float x) {
     return h;
 }
 
+// A Q4_K block's 6-bit sub-block scales and mins, from its 12 packed bytes `s`.
+static inline void tk_q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
 #if TK_X86
 #define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
 

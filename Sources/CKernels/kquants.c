@@ -237,15 +237,7 @@ static inline q4k_header q4k_read_header(const uint8_t *b, float xd) {
     memcpy(&mh, b + 2, 2);
     h.d = xd * tk_half_to_float(dh);
     h.dmin = -xd * tk_half_to_float(mh);
-    const uint8_t *s = b + 4;
-    for (int j = 0; j < 4; j++) {
-        h.sc[j] = s[j] & 63;
-        h.m[j] = s[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; j++) {
-        h.sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-        h.m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
+    tk_q4k_scales(b + 4, h.sc, h.m);
     return h;
 }
 

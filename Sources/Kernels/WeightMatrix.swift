@@ -2,8 +2,9 @@ import CKernels
 import Foundation
 import GGUF
 
-/// A copy of a Q4_1, Q5_0 or Q8_0 matrix repacked into groups of 16 interleaved rows (see CKernels' interleaved.c), which
-/// the matrix kernels read 16 (AVX-512) or 8 (AVX2) rows at a time.
+/// A copy of a Q4_1, Q5_0 or Q8_0 matrix (and with AVX-512, Q4_K) repacked into groups of 16 interleaved rows (see
+/// CKernels' interleaved.c and interleaved_k.c), which the matrix kernels read 16 (AVX-512) or 8 (AVX2) rows at a
+/// time.
 final class InterleavedRows: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
     let groups: Int
@@ -11,12 +12,26 @@ final class InterleavedRows: @unchecked Sendable {
     private let arena: WeightArena?
 
     init?(type: GGMLType, data: UnsafeRawPointer, rowBytes: Int, rows: Int, columns: Int, arena: WeightArena?) {
-        guard [.q4_1, .q5_0, .q8_0].contains(type), rows > 0, columns > 0, columns % 32 == 0 else { return nil }
+        guard rows > 0, columns > 0, columns % 32 == 0 else { return nil }
+        let id = Int32(type.rawValue)
+        let groupBytes: Int
+        if [.q4_1, .q5_0, .q8_0].contains(type) {
+            groupBytes = tk_interleaved_group_bytes(id, Int32(columns))
+        } else if type == .q4_K, columns % 256 == 0, tk_simd_level() == 2 {
+            // Only the AVX-512 kernel reads Q4_K interleaved; elsewhere the row kernels are faster.
+            groupBytes = tk_interleaved_k_group_bytes(id, Int32(columns))
+        } else {
+            return nil
+        }
         groups = (rows + 15) / 16
-        let size = groups * tk_interleaved_group_bytes(Int32(type.rawValue), Int32(columns))
+        let size = groups * groupBytes
         self.arena = arena
         bytes = arena?.allocate(size) ?? .allocate(byteCount: size, alignment: 64)
-        tk_repack_interleaved(Int32(type.rawValue), data, rowBytes, Int32(rows), Int32(columns), bytes)
+        if type == .q4_K {
+            tk_repack_interleaved_k(id, data, rowBytes, Int32(rows), Int32(columns), bytes)
+        } else {
+            tk_repack_interleaved(id, data, rowBytes, Int32(rows), Int32(columns), bytes)
+        }
     }
 
     deinit { if arena == nil { bytes.deallocate() } }
@@ -98,6 +113,16 @@ public struct WeightMatrix: @unchecked Sendable {
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
         scratch: inout ActivationBuffer
     ) {
+        if let packed = interleaved, type == .q4_K {
+            let q = scratch.quantizeK(x, rows: batch, columns: columns)
+            let args = UncheckedSendable((q, out, packed.bytes))
+            pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
+                _ = tk_matmul_interleaved_k(
+                    Int32(type.rawValue), args.value.2, Int32(columns), Int32(begin), Int32(end), Int32(rows),
+                    args.value.0, Int32(batch), args.value.1, Int32(rows))
+            }
+            return
+        }
         if let packed = interleaved {
             let q = scratch.quantize(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out, packed.bytes))
@@ -153,7 +178,7 @@ extension WeightMatrix {
         pool: ThreadPool, scratch: inout ActivationBuffer
     ) {
         let columns = matrices[0].columns
-        guard matrices.allSatisfy({ $0.interleaved != nil && $0.columns == columns }) else {
+        guard matrices.allSatisfy({ $0.interleaved != nil && $0.type != .q4_K && $0.columns == columns }) else {
             for (m, out) in zip(matrices, outputs) {
                 m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch)
             }

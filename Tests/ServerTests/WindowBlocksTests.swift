@@ -32,32 +32,43 @@ import Testing
         let window = try #require(c.slidingWindow)
         let prompt = Self.longPrompt("A long river runs through the valley and the town beside it. ", count: 100)
         #expect(prompt.count > 2 * window)
-        let params = Self.greedy(24)
-        let expected = try Self.reference(prompt, params)
+        let expected = try Self.reference(prompt, Self.greedy(24))
 
+        // A decode long enough to be seen running: the stats are polled (with a deadline) while it streams.
+        var params = Self.greedy(300)
+        params.ignoreEOS = true
         let handle = try engine.submit(GenerationRequest(id: "long", promptTokens: prompt, params: params))
-        var ids: [Int32] = []
-        var mostWindowBlocks = 0
-        var last = engine.stats
-        for await out in handle.outputs {
-            ids += out.tokenIds
-            last = engine.stats
-            mostWindowBlocks = max(mostWindowBlocks, last.usedWindowBlocks)
+        let promptBlocks = (prompt.count + Self.bs - 1) / Self.bs
+        let watcher = Task {
+            var mostWindowBlocks = 0
+            var decoding: EngineStats?
+            let deadline = Date().addingTimeInterval(120)
+            while Date() < deadline, !Task.isCancelled {
+                let s = engine.stats
+                mostWindowBlocks = max(mostWindowBlocks, s.usedWindowBlocks)
+                if decoding == nil, s.usedBlocks > promptBlocks { decoding = s }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+            return (mostWindowBlocks, decoding)
         }
-        #expect(ids == expected, "the split cache gives the unsplit cache's tokens")
+        let out = await collect(handle)
+        watcher.cancel()
+        let (mostWindowBlocks, seen) = await watcher.value
+        #expect(Array(out.ids.prefix(24)) == expected, "the split cache gives the unsplit cache's tokens")
+        let last = try #require(seen, "the decode was seen running")
         // Every published step: the window (and the block it starts in), not the sequence.
         let windowBound = (window + Self.bs - 1) / Self.bs + 1
         #expect(mostWindowBlocks > 0 && mostWindowBlocks <= windowBound, "\(mostWindowBlocks) window blocks held")
         let allLayers = c.layerCount * 2 * Self.bs * c.kvDim * 2
         let slidingLayers = c.slidingLayers.filter { $0 }.count
-        let unsplit = last.usedBlocks * allLayers
         let windowBytes = slidingLayers * 2 * Self.bs * c.kvDim * 2
+        let unsplit = last.usedBlocks * allLayers
         #expect(last.heldKVBytes == unsplit - last.usedBlocks * windowBytes + last.usedWindowBlocks * windowBytes)
         #expect(last.heldKVBytes < unsplit * 3 / 4)
         print(
-            "gemma3, \(prompt.count)-token prompt: \(last.usedBlocks) blocks for the \(c.layerCount - slidingLayers)"
-                + " global layers, \(last.usedWindowBlocks) for the \(slidingLayers) sliding ones: \(last.heldKVBytes)"
-                + " bytes of KV held, \(unsplit) in one cache")
+            "gemma3, \(prompt.count)-token prompt, decoding: \(last.usedBlocks) blocks for the"
+                + " \(c.layerCount - slidingLayers) global layers, \(last.usedWindowBlocks) for the \(slidingLayers)"
+                + " sliding ones: \(last.heldKVBytes) bytes of KV held, \(unsplit) in one cache")
         // Finished: both kinds let go (the stats are published after the step that ended it).
         let deadline = Date().addingTimeInterval(10)
         while engine.stats.usedBlocks + engine.stats.usedWindowBlocks > 0, Date() < deadline {

@@ -89,6 +89,15 @@ int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows,
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                  const tk_block_q8 *x, int n_act, float *out, int out_stride);
 
+/// Bytes of one group of 16 interleaved Q4_K rows (`type` 12) of n columns (a multiple of 256); 0 for another type.
+size_t tk_interleaved_k_group_bytes(int type, int n);
+/// Repacks `rows` Q4_K rows of n columns into groups of 16 interleaved rows (see interleaved_k.c; the last group
+/// padded with zero rows). Returns 0, or -1 for another type.
+int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int rows, int n, void *dst);
+/// tk_matmul_interleaved for repacked Q4_K matrices over Q8_K activations, with tk_dot_k's arithmetic.
+int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                            const tk_block_q8k *x, int n_act, float *out, int out_stride);
+
 /// Dot product of n fp16 values with n floats.
 float tk_dot_f16_f32(const uint16_t *a, const float *b, int n);
 /// y[i] += alpha * (float)a[i] for n fp16 values.
