@@ -479,16 +479,107 @@ TK_TILED_FIXED(attend_tiled_avx2_128, 128)
 TK_TILED_FIXED(attend_tiled_avx2_256, 256)
 #endif
 
-void tk_attend_tiled(const float *q, int head_dim, int length, const float *kt, const float *v, float scale,
-                     float *out) {
+#if TK_X86
+// AVX-512, up to four query heads of one KV head at once (grouped-query attention): each key tile is read once for
+// all of them, and V in quarters of 64 dimensions whose accumulators (four per head) stay in registers for the
+// tile's keys. Per head and lane the steps are the AVX2 kernel's (each key's score an FMA chain over the head
+// dimension, each output dimension an FMA chain over the keys, the same rescaling), so the bits are the same.
+#define TK_V512A __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define TK_TILED_HEADS_512(NAME, HD)                                                                           \
+    TK_V512A static void NAME(const float *q, int heads, int length, const float *kt, const float *v, float scale, \
+                              float *out) {                                                                    \
+        float acc[4][HD] __attribute__((aligned(64)));                                                         \
+        float m[4], s_sum[4];                                                                                  \
+        for (int h = 0; h < heads; h++) {                                                                      \
+            for (int i = 0; i < HD; i++) acc[h][i] = 0.0f;                                                     \
+            m[h] = -INFINITY;                                                                                  \
+            s_sum[h] = 0.0f;                                                                                   \
+        }                                                                                                      \
+        const __m512 vscale = _mm512_set1_ps(scale);                                                           \
+        for (int start = 0; start < length; start += TK_TILE) {                                                \
+            const int n = length - start < TK_TILE ? length - start : TK_TILE;                                 \
+            const float *block = kt + (size_t)start * HD;                                                      \
+            const int groups = (n + 15) / 16;                                                                  \
+            __m512 d[4][TK_TILE / 16];                                                                         \
+            for (int h = 0; h < 4; h++)                                                                        \
+                for (int g = 0; g < TK_TILE / 16; g++) d[h][g] = _mm512_setzero_ps();                          \
+            for (int i = 0; i < HD; i++) {                                                                     \
+                const float *row = block + i * TK_TILE;                                                        \
+                __m512 k[TK_TILE / 16];                                                                        \
+                for (int g = 0; g < groups; g++) k[g] = _mm512_loadu_ps(row + 16 * g);                         \
+                for (int h = 0; h < heads; h++) {                                                              \
+                    const __m512 qi = _mm512_set1_ps(q[h * HD + i]);                                           \
+                    for (int g = 0; g < groups; g++) d[h][g] = _mm512_fmadd_ps(k[g], qi, d[h][g]);             \
+                }                                                                                              \
+            }                                                                                                  \
+            float e[4][TK_TILE], ms[4];                                                                        \
+            for (int h = 0; h < heads; h++) {                                                                  \
+                for (int g = 0; g < groups; g++) _mm512_storeu_ps(e[h] + 16 * g, _mm512_mul_ps(d[h][g], vscale)); \
+                ms[h] = tile_update(e[h], n, &m[h], &s_sum[h], exps_avx2);                                     \
+            }                                                                                                  \
+            for (int c = 0; c < HD; c += 64) {                                                                 \
+                __m512 a[4][4];                                                                                \
+                for (int h = 0; h < heads; h++) {                                                              \
+                    for (int j = 0; j < 4; j++) {                                                              \
+                        a[h][j] = _mm512_load_ps(acc[h] + c + 16 * j);                                         \
+                        if (ms[h] != 1.0f) a[h][j] = _mm512_mul_ps(a[h][j], _mm512_set1_ps(ms[h]));            \
+                    }                                                                                          \
+                }                                                                                              \
+                const float *vr = v + (size_t)start * HD + c;                                                  \
+                for (int t = 0; t < n; t++, vr += HD) {                                                        \
+                    __m512 vv[4];                                                                              \
+                    for (int j = 0; j < 4; j++) vv[j] = _mm512_loadu_ps(vr + 16 * j);                          \
+                    for (int h = 0; h < heads; h++) {                                                          \
+                        const __m512 et = _mm512_set1_ps(e[h][t]);                                             \
+                        for (int j = 0; j < 4; j++) a[h][j] = _mm512_fmadd_ps(vv[j], et, a[h][j]);             \
+                    }                                                                                          \
+                }                                                                                              \
+                for (int h = 0; h < heads; h++)                                                                \
+                    for (int j = 0; j < 4; j++) _mm512_store_ps(acc[h] + c + 16 * j, a[h][j]);                 \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int h = 0; h < heads; h++) {                                                                      \
+            const __m512 vinv = _mm512_set1_ps(s_sum[h] == 0.0f ? 0.0f : 1.0f / s_sum[h]);                     \
+            for (int i = 0; i < HD; i += 16)                                                                   \
+                _mm512_storeu_ps(out + h * HD + i, _mm512_mul_ps(_mm512_load_ps(acc[h] + i), vinv));           \
+        }                                                                                                      \
+    }
+
+TK_TILED_HEADS_512(attend_tiled_heads_512_64, 64)
+TK_TILED_HEADS_512(attend_tiled_heads_512_128, 128)
+TK_TILED_HEADS_512(attend_tiled_heads_512_256, 256)
+#endif
+
+void tk_attend_tiled_heads(const float *q, int heads, int head_dim, int length, const float *kt, const float *v,
+                           float scale, float *out) {
     if (head_dim > 512) return;
 #if TK_X86
+    if (tk_simd_level() == 2 && (head_dim == 64 || head_dim == 128 || head_dim == 256)) {
+        for (int h = 0; h < heads; h += 4) {
+            const int group = heads - h < 4 ? heads - h : 4;
+            (head_dim == 64    ? attend_tiled_heads_512_64
+             : head_dim == 128 ? attend_tiled_heads_512_128
+                               : attend_tiled_heads_512_256)(q + (size_t)h * head_dim, group, length, kt, v, scale,
+                                                             out + (size_t)h * head_dim);
+        }
+        return;
+    }
     if (tk_simd_level() >= 1 && (head_dim == 64 || head_dim == 128 || head_dim == 256)) {
-        (head_dim == 64    ? attend_tiled_avx2_64
-         : head_dim == 128 ? attend_tiled_avx2_128
-                           : attend_tiled_avx2_256)(q, length, kt, v, scale, out);
+        for (int h = 0; h < heads; h++) {
+            (head_dim == 64    ? attend_tiled_avx2_64
+             : head_dim == 128 ? attend_tiled_avx2_128
+                               : attend_tiled_avx2_256)(q + (size_t)h * head_dim, length, kt, v, scale,
+                                                        out + (size_t)h * head_dim);
+        }
         return;
     }
 #endif
-    attend_tiled_scalar(q, head_dim, length, kt, v, scale, out);
+    for (int h = 0; h < heads; h++) {
+        attend_tiled_scalar(q + (size_t)h * head_dim, head_dim, length, kt, v, scale, out + (size_t)h * head_dim);
+    }
+}
+
+void tk_attend_tiled(const float *q, int head_dim, int length, const float *kt, const float *v, float scale,
+                     float *out) {
+    tk_attend_tiled_heads(q, 1, head_dim, length, kt, v, scale, out);
 }

@@ -3,8 +3,9 @@ import Foundation
 /// How a forward pass lays out its attention; the same for every layer, so it is built once per pass.
 ///
 /// It holds each row's kernel (`AttentionKernelChoice`), how far each sequence's keys must be gathered for its tiled
-/// rows, and the work items: one per (row, head), or per (row, head, chunk of cells) for a split row, whose chunk
-/// results then wait in a partials buffer to be merged in order. A row's cost grows with its position, so rows are
+/// rows, and the work items: one per (row, head), per (row, KV head) for a tiled row (its query heads go together
+/// through the gathered keys), or per (row, head, chunk of cells) for a split row, whose chunk results then wait in a
+/// partials buffer to be merged in order. A row's cost grows with its position, so rows are
 /// handed out first, last, second, second to last, ...: each thread's contiguous range of items gets about the same
 /// work.
 struct AttentionPlan {
@@ -13,8 +14,8 @@ struct AttentionPlan {
     let tiledLength: [Int]
     /// (chunk, KV head) pairs whose keys and values are gathered for tiled rows.
     let gatherTasks: [(chunk: Int, kvHead: Int)]
-    /// The work items; `part` is -1 except for split rows.
-    let tasks: [(row: Int, head: Int, part: Int)]
+    /// The work items: query heads `head ..< head + heads` of `row`; `part` is -1 except for split rows.
+    let tasks: [(row: Int, head: Int, part: Int, heads: Int)]
     /// Rows using the split kernel, and where each one's partial results start (in partials).
     let splitRows: [Int]
     let partialBase: [Int]
@@ -34,7 +35,8 @@ struct AttentionPlan {
         }
         self.tiledLength = tiledLength
         gatherTasks = chunks.indices.filter { tiledLength[$0] > 0 }.flatMap { ci in (0..<kvHeadCount).map { (ci, $0) } }
-        var tasks: [(row: Int, head: Int, part: Int)] = []
+        var tasks: [(row: Int, head: Int, part: Int, heads: Int)] = []
+        let group = headCount / kvHeadCount
         var splitRows: [Int] = []
         var partialBase = [Int](repeating: -1, count: rows)
         var partialCount = 0
@@ -43,9 +45,11 @@ struct AttentionPlan {
                 splitRows.append(row)
                 partialBase[row] = partialCount
                 partialCount += headCount * parts
-                for head in 0..<headCount { for part in 0..<parts { tasks.append((row, head, part)) } }
+                for head in 0..<headCount { for part in 0..<parts { tasks.append((row, head, part, 1)) } }
+            } else if kernels[row] == .tiled {
+                for kvHead in 0..<kvHeadCount { tasks.append((row, kvHead * group, -1, group)) }
             } else {
-                for head in 0..<headCount { tasks.append((row, head, -1)) }
+                for head in 0..<headCount { tasks.append((row, head, -1, 1)) }
             }
         }
         self.tasks = tasks

@@ -265,39 +265,22 @@ public final class TransformerModel: @unchecked Sendable {
         pool.parallelRanges(plan.tasks.count) { begin, end in
             let (tables, rowChunk, rowPosition, ws, plan, gathered, partials) = shared.value
             for task in plan.tasks[begin..<end] {
-                let (row, head) = (task.row, task.head)
-                let kvHead = head / group
+                let row = task.row
                 let length = rowPosition[row] + 1
-                let q = ws.q + row * c.qDim + head * hd
-                let out = ws.attn + row * c.qDim + head * hd
-                let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
-                let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
-                let bs = Int32(cache.blockSize)
                 let first = window.map { max(0, length - $0) } ?? 0
-                tables[rowChunk[row]].withUnsafeBufferPointer { t in
-                    switch plan.kernels[row] {
-                    case .tiled where first > 0, .oneChunk where first > 0:
-                        tk_attend_f16_window(
-                            q, Int32(hd), Int32(first), Int32(length), kBase, vBase, t.baseAddress, bs,
-                            cache.blockElements, cache.kvDim, scale, out)
-                    case .split(let cells, let parts) where first > 0:
-                        let result = partials! + (plan.partialBase[row] + head * parts + task.part) * stride
-                        tk_attend_part_window(
-                            q, Int32(hd), Int32(first), Int32(length), Int32(cells), Int32(parts), Int32(task.part),
-                            kBase, vBase, t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
-                    case .tiled:
-                        let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
-                        tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
-                    case .split(let cells, let parts):
-                        let result = partials! + (plan.partialBase[row] + head * parts + task.part) * stride
-                        tk_attend_part(
-                            q, Int32(hd), Int32(length), Int32(cells), Int32(parts), Int32(task.part), kBase, vBase,
-                            t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
-                    case .oneChunk:
-                        tk_attend_f16(
-                            q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
-                            cache.kvDim, scale, out)
-                    }
+                if task.heads > 1, first == 0 {
+                    // A tiled row's query heads of one KV head, together over its gathered keys.
+                    let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: task.head / group)
+                    let at = row * c.qDim + task.head * hd
+                    tk_attend_tiled_heads(
+                        ws.q + at, Int32(task.heads), Int32(hd), Int32(length), kt, v, scale, ws.attn + at)
+                    continue
+                }
+                for head in task.head..<(task.head + task.heads) {
+                    attendOne(
+                        layer: layer, cache: cache, row: row, head: head, part: task.part, length: length,
+                        first: first, tables: tables,
+                        rowChunk: rowChunk, ws: ws, plan: plan, gathered: gathered, partials: partials)
                 }
             }
         }
@@ -307,6 +290,50 @@ public final class TransformerModel: @unchecked Sendable {
                 tk_merge_parts(
                     partials! + (plan.partialBase[row] + head * parts) * stride, Int32(parts), Int32(hd),
                     ws.attn + row * c.qDim + head * hd)
+            }
+        }
+    }
+
+    /// One query head of one row, by its row's kernel.
+    private func attendOne(
+        layer: Int, cache: PagedKVCache, row: Int, head: Int, part: Int, length: Int, first: Int, tables: [[Int32]],
+        rowChunk: [Int], ws: Workspace.Buffers, plan: AttentionPlan, gathered: TiledKVBuffer.Layout,
+        partials: UnsafeMutablePointer<Float>?
+    ) {
+        let c = config
+        let hd = c.headDim
+        let group = c.headCount / c.kvHeadCount
+        let scale: Float = c.isGemma ? 1 : 1 / Float(hd).squareRoot()
+        let stride = AttentionPlan.partialStride(headDim: hd)
+        let kvHead = head / group
+        let q = ws.q + row * c.qDim + head * hd
+        let out = ws.attn + row * c.qDim + head * hd
+        let kBase = cache.blockStart(layer: layer, value: false, block: 0) + kvHead * hd
+        let vBase = cache.blockStart(layer: layer, value: true, block: 0) + kvHead * hd
+        let bs = Int32(cache.blockSize)
+        tables[rowChunk[row]].withUnsafeBufferPointer { t in
+            switch plan.kernels[row] {
+            case .tiled where first > 0, .oneChunk where first > 0:
+                tk_attend_f16_window(
+                    q, Int32(hd), Int32(first), Int32(length), kBase, vBase, t.baseAddress, bs,
+                    cache.blockElements, cache.kvDim, scale, out)
+            case .split(let cells, let parts) where first > 0:
+                let result = partials! + (plan.partialBase[row] + head * parts + part) * stride
+                tk_attend_part_window(
+                    q, Int32(hd), Int32(first), Int32(length), Int32(cells), Int32(parts), Int32(part),
+                    kBase, vBase, t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
+            case .tiled:
+                let (kt, v) = gathered.head(chunk: rowChunk[row], kvHead: kvHead)
+                tk_attend_tiled(q, Int32(hd), Int32(length), kt, v, scale, out)
+            case .split(let cells, let parts):
+                let result = partials! + (plan.partialBase[row] + head * parts + part) * stride
+                tk_attend_part(
+                    q, Int32(hd), Int32(length), Int32(cells), Int32(parts), Int32(part), kBase, vBase,
+                    t.baseAddress, bs, cache.blockElements, cache.kvDim, scale, result)
+            case .oneChunk:
+                tk_attend_f16(
+                    q, Int32(hd), Int32(length), kBase, vBase, t.baseAddress, bs, cache.blockElements,
+                    cache.kvDim, scale, out)
             }
         }
     }

@@ -61,10 +61,10 @@ import Testing
         }
     }
 
-    /// Tiles of 64 keys, across tile boundaries.
+    /// Tiles of 64 keys, across tile boundaries (head 256: Gemma 3's).
     @Test func tiledMatchesReference() {
         var rng = KernelTests.Rng(state: 17)
-        for headDim in [64, 128, 40] {
+        for headDim in [64, 128, 256, 40] {
             let head = PagedHead(headDim: headDim, blocks: 14, rng: &rng)
             for length in [1, 7, 63, 64, 65, 130, 200] {
                 let q = (0..<headDim).map { _ in rng.float(2) }
@@ -77,6 +77,38 @@ import Testing
                     Int32(headDim), &kt, &vf)
                 expectEveryLevel(expected, "head \(headDim), length \(length)") { out in
                     tk_attend_tiled(q, Int32(headDim), Int32(length), kt, vf, 0.125, out)
+                }
+            }
+        }
+    }
+
+    /// Several query heads over one KV head's tiles (grouped-query attention, up to four at once, six as four and
+    /// two): each head's output is bitwise its lone reference. The keys grow with their position, so every head's
+    /// running maximum rises tile after tile, each by its own factor.
+    @Test func tiledHeadsMatchTheReferencePerHead() {
+        var rng = KernelTests.Rng(state: 19)
+        for headDim in [64, 256] {
+            let length = 200
+            let keys = (0..<length).map { t in
+                (0..<headDim).map { _ in HalfFloat.fromFloat(rng.float(1) * (1 + Float(t) / 50)) }
+            }
+            let values = (0..<length).map { _ in (0..<headDim).map { _ in HalfFloat.fromFloat(rng.float(3)) } }
+            let table = (0..<Int32((length + 15) / 16)).map { $0 }
+            let kCache = keys.flatMap { $0 } + [UInt16](repeating: 0, count: (table.count * 16 - length) * headDim)
+            let vCache = values.flatMap { $0 } + [UInt16](repeating: 0, count: (table.count * 16 - length) * headDim)
+            for (heads, n) in [(4, 130), (3, 64), (6, 200), (1, 7)] {
+                let q = (0..<(heads * headDim)).map { _ in rng.float(2) }
+                var expected: [Float] = []
+                for h in 0..<heads {
+                    expected += ReferenceKernels.attendTiled(
+                        q: Array(q[(h * headDim)..<((h + 1) * headDim)]), keys: Array(keys.prefix(n)),
+                        values: Array(values.prefix(n)), scale: 0.125)
+                }
+                var kt = [Float](repeating: .nan, count: (n + 63) / 64 * 64 * headDim)
+                var vf = [Float](repeating: .nan, count: n * headDim)
+                tk_tile_kv(kCache, vCache, table, 16, 16 * headDim, headDim, Int32(n), Int32(headDim), &kt, &vf)
+                expectEveryLevel(expected, "head \(headDim), \(heads) heads, length \(n)") { out in
+                    tk_attend_tiled_heads(q, Int32(heads), Int32(headDim), Int32(n), kt, vf, 0.125, out)
                 }
             }
         }

@@ -153,6 +153,10 @@ void tk_tile_kv(const uint16_t *k_base, const uint16_t *v_base, const int32_t *t
 /// of V as fp32 FMA chains, each tile's softmax sum added in double. `kt` and `v` come from tk_tile_kv.
 void tk_attend_tiled(const float *q, int head_dim, int length, const float *kt, const float *v, float scale,
                      float *out);
+/// tk_attend_tiled for `heads` query heads that share the keys (grouped-query attention), their rows consecutive in
+/// q and in out: each head's result has tk_attend_tiled's bits, and the keys are read once for up to four of them.
+void tk_attend_tiled_heads(const float *q, int heads, int head_dim, int length, const float *kt, const float *v,
+                           float scale, float *out);
 #ifdef __cplusplus
 }
 #endif
