@@ -485,11 +485,11 @@ TK_TILED_FIXED(attend_tiled_avx2_256, 256)
 // tile's keys. Per head and lane the steps are the AVX2 kernel's (each key's score an FMA chain over the head
 // dimension, each output dimension an FMA chain over the keys, the same rescaling), so the bits are the same.
 #define TK_V512A __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
-#define TK_TILED_HEADS_512(NAME, HD)                                                                           \
-    TK_V512A static void NAME(const float *q, int heads, int length, const float *kt, const float *v, float scale, \
-                              float *out) {                                                                    \
-        float acc[4][HD] __attribute__((aligned(64)));                                                         \
-        float m[4], s_sum[4];                                                                                  \
+#define TK_TILED_HEADS_512(NAME, HD, NH)                                                                       \
+    TK_V512A static void NAME(const float *q, int length, const float *kt, const float *v, float scale, float *out) { \
+        enum { heads = NH };                                                                                   \
+        float acc[NH][HD] __attribute__((aligned(64)));                                                        \
+        float m[NH], s_sum[NH];                                                                                \
         for (int h = 0; h < heads; h++) {                                                                      \
             for (int i = 0; i < HD; i++) acc[h][i] = 0.0f;                                                     \
             m[h] = -INFINITY;                                                                                  \
@@ -499,9 +499,10 @@ TK_TILED_FIXED(attend_tiled_avx2_256, 256)
         for (int start = 0; start < length; start += TK_TILE) {                                                \
             const int n = length - start < TK_TILE ? length - start : TK_TILE;                                 \
             const float *block = kt + (size_t)start * HD;                                                      \
-            const int groups = (n + 15) / 16;                                                                  \
-            __m512 d[4][TK_TILE / 16];                                                                         \
-            for (int h = 0; h < 4; h++)                                                                        \
+            /* Whole tiles (tk_tile_kv pads them with zero keys): the scores past n are never used. */      \
+            enum { groups = TK_TILE / 16 };                                                                    \
+            __m512 d[NH][TK_TILE / 16];                                                                        \
+            for (int h = 0; h < NH; h++)                                                                       \
                 for (int g = 0; g < TK_TILE / 16; g++) d[h][g] = _mm512_setzero_ps();                          \
             for (int i = 0; i < HD; i++) {                                                                     \
                 const float *row = block + i * TK_TILE;                                                        \
@@ -512,13 +513,13 @@ TK_TILED_FIXED(attend_tiled_avx2_256, 256)
                     for (int g = 0; g < groups; g++) d[h][g] = _mm512_fmadd_ps(k[g], qi, d[h][g]);             \
                 }                                                                                              \
             }                                                                                                  \
-            float e[4][TK_TILE], ms[4];                                                                        \
+            float e[NH][TK_TILE], ms[NH];                                                                      \
             for (int h = 0; h < heads; h++) {                                                                  \
                 for (int g = 0; g < groups; g++) _mm512_storeu_ps(e[h] + 16 * g, _mm512_mul_ps(d[h][g], vscale)); \
                 ms[h] = tile_update(e[h], n, &m[h], &s_sum[h], exps_avx2);                                     \
             }                                                                                                  \
             for (int c = 0; c < HD; c += 64) {                                                                 \
-                __m512 a[4][4];                                                                                \
+                __m512 a[NH][4];                                                                               \
                 for (int h = 0; h < heads; h++) {                                                              \
                     for (int j = 0; j < 4; j++) {                                                              \
                         a[h][j] = _mm512_load_ps(acc[h] + c + 16 * j);                                         \
@@ -545,9 +546,19 @@ TK_TILED_FIXED(attend_tiled_avx2_256, 256)
         }                                                                                                      \
     }
 
-TK_TILED_HEADS_512(attend_tiled_heads_512_64, 64)
-TK_TILED_HEADS_512(attend_tiled_heads_512_128, 128)
-TK_TILED_HEADS_512(attend_tiled_heads_512_256, 256)
+#define TK_TILED_HEADS_SIZES(HD)                                                                               \
+    TK_TILED_HEADS_512(attend_tiled_heads_512_##HD##_1, HD, 1)                                                 \
+    TK_TILED_HEADS_512(attend_tiled_heads_512_##HD##_2, HD, 2)                                                 \
+    TK_TILED_HEADS_512(attend_tiled_heads_512_##HD##_3, HD, 3)                                                 \
+    TK_TILED_HEADS_512(attend_tiled_heads_512_##HD##_4, HD, 4)                                                 \
+    static void (*const attend_tiled_heads_512_##HD[4])(const float *, int, const float *, const float *, float, \
+                                                        float *) = {                                          \
+        attend_tiled_heads_512_##HD##_1, attend_tiled_heads_512_##HD##_2, attend_tiled_heads_512_##HD##_3,    \
+        attend_tiled_heads_512_##HD##_4};
+
+TK_TILED_HEADS_SIZES(64)
+TK_TILED_HEADS_SIZES(128)
+TK_TILED_HEADS_SIZES(256)
 #endif
 
 void tk_attend_tiled_heads(const float *q, int heads, int head_dim, int length, const float *kt, const float *v,
@@ -559,8 +570,8 @@ void tk_attend_tiled_heads(const float *q, int heads, int head_dim, int length, 
             const int group = heads - h < 4 ? heads - h : 4;
             (head_dim == 64    ? attend_tiled_heads_512_64
              : head_dim == 128 ? attend_tiled_heads_512_128
-                               : attend_tiled_heads_512_256)(q + (size_t)h * head_dim, group, length, kt, v, scale,
-                                                             out + (size_t)h * head_dim);
+                               : attend_tiled_heads_512_256)[group - 1](q + (size_t)h * head_dim, length, kt, v, scale,
+                                                                        out + (size_t)h * head_dim);
         }
         return;
     }
