@@ -1,6 +1,7 @@
-// Matrix kernels for Q4_K weights repacked into groups of 16 interleaved rows, over Q8_K activations. See CKernels.h.
+// Matrix kernels for Q4_K and Q6_K weights repacked into groups of 16 interleaved rows, over Q8_K activations. See
+// CKernels.h.
 //
-// Layout of one super-block (256 columns) of one group (16 rows), 2368 bytes:
+// Q4_K: layout of one super-block (256 columns) of one group (16 rows), 2368 bytes:
 //   d[16] fp16 | dmin[16] fp16 | sc[8][16]: sub-block s's 6-bit scale of row r at 16s + r |
 //   m[4][16][2]: for pair p, row r's mins of sub-blocks 2p and 2p+1 side by side |
 //   32 chunks of 64 bytes: chunk 8j + k holds, for each row r, the row's packed bytes 32j + 4k .. 32j + 4k + 3 (low
@@ -12,25 +13,57 @@
 // accumulated with one FMA each (d_x·d_w); the mins as four lanes (m_2p·s_2p + m_2p+1·s_2p+1, one FMA each with
 // −d_x·dmin_w); at the end the eight lanes reduced as hsum8 and ((m0 + m2) + (m1 + m3)) added. Here the lanes are
 // vectors whose elements are rows, so every path, batch size and split gives the same bits as tk_dot_k.
+//
+// Q6_K: one super-block of one group, 3360 bytes: d[16] fp16 | sc[16][16]: the int8 scale of 16-value sub-block s of
+// row r at 16s + r | for each half of 128 values: 8 chunks of 64 bytes, chunk k holding each row's high-bit bytes
+// qh[4k..4k+3] of the half, then 16 chunks, chunk 8p + k holding each row's low-nibble bytes ql[32p + 4k..+3] (low
+// nibbles: group p of 32 values, high nibbles: group p + 2). Its arithmetic is tk_dot_k's too: eight integer lanes per
+// super-block (lane k: columns 4k..4k+3 of every group of 32, times their sub-block scale), one FMA each with
+// d_x·d_w, reduced as hsum8.
 #include "CKernels.h"
 
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
-enum { Q4K_ROW_BYTES = 144, Q4K_GROUP_BYTES = 2368 };
+enum { Q4K_ROW_BYTES = 144, Q4K_GROUP_BYTES = 2368, Q6K_ROW_BYTES = 210, Q6K_GROUP_BYTES = 3360 };
 
-size_t tk_interleaved_k_group_bytes(int type, int n) {
-    return type == 12 ? (size_t)Q4K_GROUP_BYTES * (size_t)(n / 256) : 0;
+static size_t group_block_bytes(int type) { return type == 12 ? Q4K_GROUP_BYTES : type == 14 ? Q6K_GROUP_BYTES : 0; }
+
+size_t tk_interleaved_k_group_bytes(int type, int n) { return group_block_bytes(type) * (size_t)(n / 256); }
+
+static void repack_q6_k(const uint8_t *src, size_t row_bytes, int rows, int nsb, uint8_t *out) {
+    const int groups = (rows + 15) / 16;
+    for (int g = 0; g < groups; g++) {
+        for (int r = 0; r < 16 && g * 16 + r < rows; r++) {
+            const uint8_t *row = src + (size_t)(g * 16 + r) * row_bytes;
+            for (int i = 0; i < nsb; i++) {
+                const uint8_t *b = row + Q6K_ROW_BYTES * i;
+                uint8_t *blk = out + ((size_t)g * nsb + i) * Q6K_GROUP_BYTES;
+                memcpy(blk + 2 * r, b + 208, 2);
+                for (int s = 0; s < 16; s++) blk[32 + 16 * s + r] = b[192 + s];
+                for (int h = 0; h < 2; h++) {
+                    uint8_t *base = blk + 288 + 1536 * h;
+                    for (int k = 0; k < 8; k++) memcpy(base + 64 * k + 4 * r, b + 128 + 32 * h + 4 * k, 4);
+                    for (int c = 0; c < 16; c++) memcpy(base + 512 + 64 * c + 4 * r, b + 64 * h + 4 * c, 4);
+                }
+            }
+        }
+    }
 }
 
 int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int rows, int n, void *dst) {
-    if (type != 12) return -1;
+    if (type != 12 && type != 14) return -1;
     const int nsb = n / 256;
     const int groups = (rows + 15) / 16;
     uint8_t *out = dst;
-    memset(out, 0, (size_t)groups * (size_t)nsb * Q4K_GROUP_BYTES);
+    memset(out, 0, (size_t)groups * (size_t)nsb * group_block_bytes(type));
+    if (type == 14) {
+        repack_q6_k(src, row_bytes, rows, nsb, out);
+        return 0;
+    }
     for (int g = 0; g < groups; g++) {
         for (int r = 0; r < 16 && g * 16 + r < rows; r++) {
             const uint8_t *row = (const uint8_t *)src + (size_t)(g * 16 + r) * row_bytes;
@@ -85,6 +118,36 @@ static void q4k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, f
         }
         out[r] = (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) +
                  ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+    }
+}
+
+static void q6k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, float out[16]) {
+    for (int r = 0; r < 16; r++) {
+        float acc[8] = {0};
+        for (int i = 0; i < nsb; i++) {
+            const uint8_t *blk = g + (size_t)i * Q6K_GROUP_BYTES;
+            uint16_t dh;
+            memcpy(&dh, blk + 2 * r, 2);
+            int lanes[8] = {0};
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *base = blk + 288 + 1536 * h;
+                for (int grp = 0; grp < 4; grp++) {
+                    const int e0 = 128 * h + 32 * grp;
+                    for (int k = 0; k < 8; k++) {
+                        for (int b = 0; b < 4; b++) {
+                            const uint8_t ql = base[512 + 64 * (8 * (grp & 1) + k) + 4 * r + b];
+                            const uint8_t qh = base[64 * k + 4 * r + b];
+                            const int q = ((grp >> 1 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * grp)) & 3) << 4)) - 32;
+                            const int l = 4 * k + b;
+                            lanes[k] += (int8_t)blk[32 + 16 * ((e0 + l) / 16) + r] * (q * x[i].qs[e0 + l]);
+                        }
+                    }
+                }
+            }
+            const float d = x[i].d * tk_half_to_float(dh);
+            for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+        }
+        out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     }
 }
 
@@ -167,10 +230,132 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
 
 TK_X16_Q4_K(x16_q4_k_1, 1)
 TK_X16_Q4_K(x16_q4_k_2, 2)
+
+// 16 rows' int8 scales as int16 pairs (s, s) per row.
+TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
+    const __m512i s = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc16));
+    return _mm512_or_si512(_mm512_and_si512(s, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(s, 16));
+}
+
+// Q6_K: (q - 32)·x pair sums as vpmaddubsw(q, x) minus 32·(x pair) (corr: per activation row, super-block, group
+// and lane, the two pairs' 32·sums as int16 halves), then vpdpwssd by the sub-block scale into the lane.
+#define TK_X16_Q6_K(NAME, NA)                                                                                      \
+    TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, const int32_t *corr, \
+                              float *out, size_t os, int valid) {                                                \
+        __m512 acc[NA][8];                                                                                       \
+        for (int a = 0; a < NA; a++)                                                                             \
+            for (int k = 0; k < 8; k++) acc[a][k] = _mm512_setzero_ps();                                         \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);                                     \
+        for (int i = 0; i < nsb; i++, g += Q6K_GROUP_BYTES) {                                                    \
+            for (int l = 0; l < Q6K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
+            __m512i sumi[NA][8];                                                                                 \
+            for (int a = 0; a < NA; a++)                                                                         \
+                for (int k = 0; k < 8; k++) sumi[a][k] = _mm512_setzero_si512();                                 \
+            for (int h = 0; h < 2; h++) {                                                                        \
+                const uint8_t *base = g + 288 + 1536 * h;                                                        \
+                for (int p = 0; p < 2; p++) {                                                                    \
+                    const __m512i sl[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p)),                    \
+                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 1))};               \
+                    const __m512i sh[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 4)),                \
+                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 5))};               \
+                    for (int k = 0; k < 8; k++) {                                                                \
+                        const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k)));    \
+                        const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                    \
+                        const __m512i lo = _mm512_or_si512(                                                      \
+                            _mm512_and_si512(ql, m4),                                                            \
+                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));           \
+                        const __m512i hi = _mm512_or_si512(                                                      \
+                            _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                      \
+                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));       \
+                        for (int a = 0; a < NA; a++) {                                                           \
+                            const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;                  \
+                            const int32_t *c = corr + ((a * xstride + i) * 8 + 4 * h + p) * 8 + k;               \
+                            const __m512i pl = _mm512_sub_epi16(                                                 \
+                                _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y))), _mm512_set1_epi32(c[0])); \
+                            const __m512i ph = _mm512_sub_epi16(                                                 \
+                                _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 64))), _mm512_set1_epi32(c[16])); \
+                            sumi[a][k] = _mm512_dpwssd_epi32(                                                    \
+                                _mm512_dpwssd_epi32(sumi[a][k], pl, sl[k >> 2]), ph, sh[k >> 2]);                \
+                        }                                                                                        \
+                    }                                                                                            \
+                }                                                                                                \
+            }                                                                                                    \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
+            for (int a = 0; a < NA; a++) {                                                                       \
+                const __m512 d = _mm512_mul_ps(_mm512_set1_ps(x[a * xstride + i].d), dv);                        \
+                for (int k = 0; k < 8; k++) acc[a][k] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[a][k]), acc[a][k]); \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int a = 0; a < NA; a++) {                                                                           \
+            const __m512 lanes = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[a][0], acc[a][4]),                \
+                                                             _mm512_add_ps(acc[a][2], acc[a][6])),               \
+                                               _mm512_add_ps(_mm512_add_ps(acc[a][1], acc[a][5]),                \
+                                                             _mm512_add_ps(acc[a][3], acc[a][7])));              \
+            float r[16];                                                                                         \
+            _mm512_storeu_ps(r, lanes);                                                                          \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+        }                                                                                                        \
+    }
+
+TK_X16_Q6_K(x16_q6_k_1, 1)
+TK_X16_Q6_K(x16_q6_k_2, 2)
 #endif
+
+// For each activation row and super-block, per group of 32 values (h · 4 + g) and lane k: 32 times the sums of the
+// lane's two pairs of quants, as the low and high int16 of one int32 (TK_X16_Q6_K).
+static void q6k_corrections(const tk_block_q8k *x, int n_act, int nsb, int32_t *corr) {
+    for (int bi = 0; bi < n_act * nsb; bi++) {
+        for (int grp = 0; grp < 8; grp++) {
+            for (int k = 0; k < 8; k++) {
+                const int8_t *y = x[bi].qs + 32 * grp + 4 * k;
+                const int lo = 32 * (y[0] + y[1]), hi = 32 * (y[2] + y[3]);
+                corr[(bi * 8 + grp) * 8 + k] = (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo);
+            }
+        }
+    }
+}
+
+static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int group_end, int rows,
+                       const tk_block_q8k *x, int n_act, float *out, int out_stride) {
+    const size_t group_bytes = (size_t)Q6K_GROUP_BYTES * (size_t)nsb;
+    int32_t *corr = 0;
+#if TK_X86
+    if (tk_simd_level() == 2) {
+        corr = malloc((size_t)n_act * nsb * 64 * sizeof(int32_t));
+        if (!corr) return -1;
+        q6k_corrections(x, n_act, nsb, corr);
+    }
+#endif
+    for (int g = group_begin; g < group_end; g++) {
+        const uint8_t *gp = packed + (size_t)g * group_bytes;
+        const int first = g * 16;
+        const int valid = rows - first < 16 ? rows - first : 16;
+        int b = 0;
+#if TK_X86
+        if (corr) {
+            for (; b + 2 <= n_act; b += 2) {
+                x16_q6_k_2(gp, nsb, x + (size_t)b * nsb, nsb, corr + (size_t)b * nsb * 64,
+                           out + (size_t)b * out_stride + first, out_stride, valid);
+            }
+            for (; b < n_act; b++) {
+                x16_q6_k_1(gp, nsb, x + (size_t)b * nsb, nsb, corr + (size_t)b * nsb * 64,
+                           out + (size_t)b * out_stride + first, out_stride, valid);
+            }
+        }
+#endif
+        for (; b < n_act; b++) {
+            float r[16];
+            q6k_group_scalar(gp, nsb, x + (size_t)b * nsb, r);
+            for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+        }
+    }
+    free(corr);
+    return 0;
+}
 
 int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                             const tk_block_q8k *x, int n_act, float *out, int out_stride) {
+    if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, out, out_stride);
     if (type != 12) return -1;
     const int nsb = n / 256;
     const size_t group_bytes = (size_t)Q4K_GROUP_BYTES * (size_t)nsb;

@@ -178,16 +178,18 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    /// Q4_K repacked into groups of 16 interleaved rows: at every level, for 1 to 7 activation rows and a last group
-    /// of fewer than 16 rows, every output is bitwise the Swift reference's dot product.
-    @Test func interleavedQ4KEqualsTheReferenceBitwiseAtEveryLevel() {
+    /// Q4_K and Q6_K repacked into groups of 16 interleaved rows: at every level, for 1 to 7 activation rows and a
+    /// last group of fewer than 16 rows, every output is bitwise the Swift reference's dot product.
+    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    func interleavedKQuantsEqualTheReferenceBitwiseAtEveryLevel(type: GGMLType) {
         var rng = Rng(state: 41)
+        let id = Int32(type.rawValue)
         for (rows, columns) in [(37, 256), (16, 1024), (5, 512)] {
-            let weights = randomRow(.q4_K, blocks: rows * columns / 256, rng: &rng)
-            let rowBytes = columns / 256 * 144
+            let weights = randomRow(type, blocks: rows * columns / 256, rng: &rng)
+            let rowBytes = columns / 256 * (type == .q4_K ? 144 : 210)
             let groups = (rows + 15) / 16
-            var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(12, Int32(columns)))
-            #expect(tk_repack_interleaved_k(12, weights, rowBytes, Int32(rows), Int32(columns), &packed) == 0)
+            var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(id, Int32(columns)))
+            #expect(tk_repack_interleaved_k(id, weights, rowBytes, Int32(rows), Int32(columns), &packed) == 0)
             let batch = 7
             let x = (0..<(batch * columns)).map { _ in rng.float(3) }
             var q = [tk_block_q8k](repeating: tk_block_q8k(), count: batch * columns / 256)
@@ -197,12 +199,14 @@ import Testing
                 for n in [1, 2, 3, 7] {
                     var out = [Float](repeating: .nan, count: n * rows)
                     tk_matmul_interleaved_k(
-                        12, packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(n), &out, Int32(rows))
+                        id, packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(n), &out, Int32(rows))
                     for b in 0..<n {
                         let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
                         for r in 0..<rows {
                             let expected = weights.withUnsafeBytes {
-                                KQuantReference.dotQ4_K(row: $0.baseAddress! + r * rowBytes, blocks: blocks)
+                                type == .q4_K
+                                    ? KQuantReference.dotQ4_K(row: $0.baseAddress! + r * rowBytes, blocks: blocks)
+                                    : KQuantReference.dotQ6_K(row: $0.baseAddress! + r * rowBytes, blocks: blocks)
                             }
                             #expect(
                                 out[b * rows + r].bitPattern == expected.bitPattern,
