@@ -14,6 +14,10 @@
 // −d_x·dmin_w); at the end the eight lanes reduced as hsum8 and ((m0 + m2) + (m1 + m3)) added. Here the lanes are
 // vectors whose elements are rows, so every path, batch size and split gives the same bits as tk_dot_k.
 //
+// Q5_K: Q4_K's layout with 8 chunks of 64 bytes of fifth bits before the nibbles (chunk k holds each row's qh bytes
+// 4k..4k+3; bit s of a byte belongs to sub-block s), 2880 bytes; nibble chunks at 832. Its mins, as ggml's AVX2
+// vec_dot_q5_K_q8_K has them, are summed in integers per super-block and accumulated by one FMA.
+//
 // Q6_K: one super-block of one group, 3360 bytes: d[16] fp16 | sc[16][16]: the int8 scale of 16-value sub-block s of
 // row r at 16s + r | for each half of 128 values: 8 chunks of 64 bytes, chunk k holding each row's high-bit bytes
 // qh[4k..4k+3] of the half, then 16 chunks, chunk 8p + k holding each row's low-nibble bytes ql[32p + 4k..+3] (low
@@ -28,9 +32,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { Q4K_ROW_BYTES = 144, Q4K_GROUP_BYTES = 2368, Q6K_ROW_BYTES = 210, Q6K_GROUP_BYTES = 3360 };
+enum {
+    Q4K_ROW_BYTES = 144,
+    Q4K_GROUP_BYTES = 2368,
+    Q5K_ROW_BYTES = 176,
+    Q5K_GROUP_BYTES = 2880,
+    Q6K_ROW_BYTES = 210,
+    Q6K_GROUP_BYTES = 3360
+};
 
-static size_t group_block_bytes(int type) { return type == 12 ? Q4K_GROUP_BYTES : type == 14 ? Q6K_GROUP_BYTES : 0; }
+static size_t group_block_bytes(int type) {
+    return type == 12 ? Q4K_GROUP_BYTES : type == 13 ? Q5K_GROUP_BYTES : type == 14 ? Q6K_GROUP_BYTES : 0;
+}
 
 size_t tk_interleaved_k_group_bytes(int type, int n) { return group_block_bytes(type) * (size_t)(n / 256); }
 
@@ -55,7 +68,7 @@ static void repack_q6_k(const uint8_t *src, size_t row_bytes, int rows, int nsb,
 }
 
 int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int rows, int n, void *dst) {
-    if (type != 12 && type != 14) return -1;
+    if (type != 12 && type != 13 && type != 14) return -1;
     const int nsb = n / 256;
     const int groups = (rows + 15) / 16;
     uint8_t *out = dst;
@@ -64,12 +77,14 @@ int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int row
         repack_q6_k(src, row_bytes, rows, nsb, out);
         return 0;
     }
+    const int five = type == 13;
+    const size_t block_bytes = five ? Q5K_ROW_BYTES : Q4K_ROW_BYTES, group_bytes = group_block_bytes(type);
     for (int g = 0; g < groups; g++) {
         for (int r = 0; r < 16 && g * 16 + r < rows; r++) {
             const uint8_t *row = (const uint8_t *)src + (size_t)(g * 16 + r) * row_bytes;
             for (int i = 0; i < nsb; i++) {
-                const uint8_t *b = row + Q4K_ROW_BYTES * i;
-                uint8_t *blk = out + ((size_t)g * nsb + i) * Q4K_GROUP_BYTES;
+                const uint8_t *b = row + block_bytes * i;
+                uint8_t *blk = out + ((size_t)g * nsb + i) * group_bytes;
                 uint8_t sc[8], m[8];
                 tk_q4k_scales(b + 4, sc, m);
                 memcpy(blk + 2 * r, b, 2);
@@ -79,19 +94,26 @@ int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int row
                     blk[192 + 32 * p + 2 * r] = m[2 * p];
                     blk[192 + 32 * p + 2 * r + 1] = m[2 * p + 1];
                 }
-                for (int c = 0; c < 32; c++) memcpy(blk + 320 + 64 * c + 4 * r, b + 16 + 4 * c, 4);
+                if (five) {
+                    for (int k = 0; k < 8; k++) memcpy(blk + 320 + 64 * k + 4 * r, b + 16 + 4 * k, 4);
+                    for (int c = 0; c < 32; c++) memcpy(blk + 832 + 64 * c + 4 * r, b + 48 + 4 * c, 4);
+                } else {
+                    for (int c = 0; c < 32; c++) memcpy(blk + 320 + 64 * c + 4 * r, b + 16 + 4 * c, 4);
+                }
             }
         }
     }
     return 0;
 }
 
-// The scalar path: the reference order, row by row.
-static void q4k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, float out[16]) {
+// The scalar path: the reference order, row by row (`five`: Q5_K).
+static void q45k_group_scalar(const uint8_t *g, int nsb, int five, const tk_block_q8k *x, float out[16]) {
+    const size_t group_bytes = five ? Q5K_GROUP_BYTES : Q4K_GROUP_BYTES;
+    const int nibbles = five ? 832 : 320;
     for (int r = 0; r < 16; r++) {
-        float acc[8] = {0}, acc_m[4] = {0};
+        float acc[8] = {0}, acc_m[4] = {0}, mins = 0.0f;
         for (int i = 0; i < nsb; i++) {
-            const uint8_t *b = g + (size_t)i * Q4K_GROUP_BYTES;
+            const uint8_t *b = g + (size_t)i * group_bytes;
             uint16_t dh, mh;
             memcpy(&dh, b + 2 * r, 2);
             memcpy(&mh, b + 32 + 2 * r, 2);
@@ -101,23 +123,29 @@ static void q4k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, f
                 const int s0 = b[64 + 16 * (2 * j) + r], s1 = b[64 + 16 * (2 * j + 1) + r];
                 for (int k = 0; k < 8; k++) {
                     for (int e = 0; e < 4; e++) {
-                        const uint8_t q = b[320 + 64 * (8 * j + k) + 4 * r + e];
-                        lanes[k] += s0 * ((q & 0x0F) * y[64 * j + 4 * k + e]);
-                        lanes[k] += s1 * ((q >> 4) * y[64 * j + 32 + 4 * k + e]);
+                        const uint8_t q = b[nibbles + 64 * (8 * j + k) + 4 * r + e];
+                        const uint8_t h = five ? b[320 + 64 * k + 4 * r + e] : 0;
+                        const int lo = (q & 0x0F) | (((h >> (2 * j)) & 1) << 4);
+                        const int hi = (q >> 4) | (((h >> (2 * j + 1)) & 1) << 4);
+                        lanes[k] += s0 * (lo * y[64 * j + 4 * k + e]);
+                        lanes[k] += s1 * (hi * y[64 * j + 32 + 4 * k + e]);
                     }
                 }
             }
             const float d = x[i].d * tk_half_to_float(dh), dmin = -x[i].d * tk_half_to_float(mh);
+            int min_sum = 0;
             for (int p = 0; p < 4; p++) {
                 const int sum0 = x[i].bsums[4 * p] + x[i].bsums[4 * p + 1];
                 const int sum1 = x[i].bsums[4 * p + 2] + x[i].bsums[4 * p + 3];
-                const int mins = b[192 + 32 * p + 2 * r] * sum0 + b[192 + 32 * p + 2 * r + 1] * sum1;
-                acc_m[p] = fmaf(dmin, (float)mins, acc_m[p]);
+                const int m = b[192 + 32 * p + 2 * r] * sum0 + b[192 + 32 * p + 2 * r + 1] * sum1;
+                acc_m[p] = fmaf(dmin, (float)m, acc_m[p]);
+                min_sum += m;
             }
+            mins = fmaf(dmin, (float)min_sum, mins);
             for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
         }
         out[r] = (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) +
-                 ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+                 (five ? mins : ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])));
     }
 }
 
@@ -171,26 +199,33 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
 
 // NA activation rows against one group: the integer lanes per super-block with vpmaddubsw (quant pairs times
 // activation pairs, within int16) and vpdpwssd (times the sub-block scale, into the lane's int32).
-#define TK_X16_Q4_K(NAME, NA)                                                                                      \
+#define TK_X16_Q45_K(NAME, NA, FIVE)                                                                               \
     TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, float *out,      \
                               size_t os, int valid) {                                                            \
+        enum { GB = FIVE ? Q5K_GROUP_BYTES : Q4K_GROUP_BYTES, NIB = FIVE ? 832 : 320 };                          \
         __m512 acc[NA][8], accm[NA][4];                                                                          \
         for (int a = 0; a < NA; a++) {                                                                           \
             for (int k = 0; k < 8; k++) acc[a][k] = _mm512_setzero_ps();                                         \
             for (int p = 0; p < 4; p++) accm[a][p] = _mm512_setzero_ps();                                        \
         }                                                                                                        \
-        const __m512i m4 = _mm512_set1_epi8(0x0F);                                                               \
-        for (int i = 0; i < nsb; i++, g += Q4K_GROUP_BYTES) {                                                    \
-            for (int l = 0; l < Q4K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);                                    \
+        for (int i = 0; i < nsb; i++, g += GB) {                                                                 \
+            for (int l = 0; l < GB; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);           \
             __m512i sumi[NA][8];                                                                                 \
             for (int a = 0; a < NA; a++)                                                                         \
                 for (int k = 0; k < 8; k++) sumi[a][k] = _mm512_setzero_si512();                                 \
             for (int j = 0; j < 4; j++) {                                                                        \
                 const __m512i s0 = scale_pairs(g + 64 + 16 * (2 * j)), s1 = scale_pairs(g + 64 + 16 * (2 * j + 1)); \
                 for (int k = 0; k < 8; k++) {                                                                    \
-                    const __m512i b = _mm512_loadu_si512((const void *)(g + 320 + 64 * (8 * j + k)));            \
-                    const __m512i lo = _mm512_and_si512(b, m4);                                                  \
-                    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);                            \
+                    const __m512i b = _mm512_loadu_si512((const void *)(g + NIB + 64 * (8 * j + k)));            \
+                    __m512i lo = _mm512_and_si512(b, m4);                                                        \
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);                                  \
+                    if (FIVE) {                                                                                  \
+                        const __m512i hb = _mm512_loadu_si512((const void *)(g + 320 + 64 * k));                 \
+                        lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2 * j), one), 4)); \
+                        hi = _mm512_or_si512(                                                                    \
+                            hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2 * j + 1), one), 4));  \
+                    }                                                                                            \
                     for (int a = 0; a < NA; a++) {                                                               \
                         const int8_t *y = x[a * xstride + i].qs + 64 * j + 4 * k;                                \
                         const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));               \
@@ -206,13 +241,20 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                 const __m512 d = _mm512_mul_ps(_mm512_set1_ps(xa->d), dv);                                       \
                 const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(-xa->d), mv);                                     \
                 for (int k = 0; k < 8; k++) acc[a][k] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[a][k]), acc[a][k]); \
+                __m512i min_sum = _mm512_setzero_si512();                                                        \
                 for (int p = 0; p < 4; p++) {                                                                    \
                     const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * p))); \
                     const int sum0 = xa->bsums[4 * p] + xa->bsums[4 * p + 1];                                    \
                     const int sum1 = xa->bsums[4 * p + 2] + xa->bsums[4 * p + 3];                                \
                     const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)sum1 << 16) | (uint16_t)sum0));      \
-                    accm[a][p] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(_mm512_madd_epi16(mp, sums)), accm[a][p]); \
+                    const __m512i m = _mm512_madd_epi16(mp, sums);                                               \
+                    if (FIVE) {                                                                                  \
+                        min_sum = _mm512_add_epi32(min_sum, m);                                                  \
+                    } else {                                                                                     \
+                        accm[a][p] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(m), accm[a][p]);                     \
+                    }                                                                                            \
                 }                                                                                                \
+                if (FIVE) accm[a][0] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(min_sum), accm[a][0]);             \
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
@@ -220,16 +262,19 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                                                              _mm512_add_ps(acc[a][2], acc[a][6])),               \
                                                _mm512_add_ps(_mm512_add_ps(acc[a][1], acc[a][5]),                \
                                                              _mm512_add_ps(acc[a][3], acc[a][7])));              \
-            const __m512 mins = _mm512_add_ps(_mm512_add_ps(accm[a][0], accm[a][2]),                             \
-                                              _mm512_add_ps(accm[a][1], accm[a][3]));                            \
+            const __m512 mins = FIVE ? accm[a][0]                                                                \
+                                     : _mm512_add_ps(_mm512_add_ps(accm[a][0], accm[a][2]),                      \
+                                                     _mm512_add_ps(accm[a][1], accm[a][3]));                     \
             float r[16];                                                                                         \
             _mm512_storeu_ps(r, _mm512_add_ps(lanes, mins));                                                     \
             for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
         }                                                                                                        \
     }
 
-TK_X16_Q4_K(x16_q4_k_1, 1)
-TK_X16_Q4_K(x16_q4_k_2, 2)
+TK_X16_Q45_K(x16_q4_k_1, 1, 0)
+TK_X16_Q45_K(x16_q4_k_2, 2, 0)
+TK_X16_Q45_K(x16_q5_k_1, 1, 1)
+TK_X16_Q45_K(x16_q5_k_2, 2, 1)
 
 // 16 rows' int8 scales as int16 pairs (s, s) per row.
 TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
@@ -356,9 +401,9 @@ static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int grou
 int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                             const tk_block_q8k *x, int n_act, float *out, int out_stride) {
     if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, out, out_stride);
-    if (type != 12) return -1;
-    const int nsb = n / 256;
-    const size_t group_bytes = (size_t)Q4K_GROUP_BYTES * (size_t)nsb;
+    if (type != 12 && type != 13) return -1;
+    const int nsb = n / 256, five = type == 13;
+    const size_t group_bytes = group_block_bytes(type) * (size_t)nsb;
     const int level = tk_simd_level();
     (void)level;
     for (int g = group_begin; g < group_end; g++) {
@@ -368,17 +413,21 @@ int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin
         int b = 0;
 #if TK_X86
         if (level == 2) {
+            void (*one)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
+                five ? x16_q5_k_1 : x16_q4_k_1;
+            void (*two)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
+                five ? x16_q5_k_2 : x16_q4_k_2;
             for (; b + 2 <= n_act; b += 2) {
-                x16_q4_k_2(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+                two(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
             }
             for (; b < n_act; b++) {
-                x16_q4_k_1(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+                one(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
             }
         }
 #endif
         for (; b < n_act; b++) {
             float r[16];
-            q4k_group_scalar(gp, nsb, x + (size_t)b * nsb, r);
+            q45k_group_scalar(gp, nsb, five, x + (size_t)b * nsb, r);
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }
     }

@@ -1,4 +1,4 @@
-// Dot products of Q5_0 and the K-quants (Q4_K, Q6_K) with 8-bit activations, scalar and AVX2, with run-time dispatch.
+// Dot products of Q5_0 and the K-quants (Q4_K, Q5_K, Q6_K) with 8-bit activations, scalar and AVX2, with run-time dispatch.
 //
 // Every path computes the same integer sums in the same eight lanes (lane k holds products 4k..4k+3 of each 32-value
 // group, times their sub-block scale), turns them into floats once per block, accumulates them with one FMA per lane
@@ -97,7 +97,7 @@ void tk_quantize_q8k(const float *x, tk_block_q8k *y, int n) {
 // ---------------------------------------------------------------------------------------------------------------------
 // Q5_0: 22-byte blocks of 32 (fp16 scale, 32 high bits, 16 bytes of low nibbles); value = 5-bit quant - 16.
 
-enum { Q5_0_BYTES = 22, Q4_K_BYTES = 144, Q6_K_BYTES = 210 };
+enum { Q5_0_BYTES = 22, Q4_K_BYTES = 144, Q5_K_BYTES = 176, Q6_K_BYTES = 210 };
 
 static float tk_dot_q5_0_scalar(const uint8_t *w, const tk_block_q8 *x, int nb) {
     float acc[8] = {0};
@@ -359,6 +359,67 @@ TK_AVX2 static void dot4_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, size
 
 
 // ---------------------------------------------------------------------------------------------------------------------
+// Q5_K: 176-byte blocks of 256: fp16 d and dmin, 12 bytes of 6-bit scales and mins (as Q4_K), 32 bytes of fifth bits
+// (bit s of byte l: value l of sub-block s), 128 bytes of nibbles as Q4_K's. The lanes are Q4_K's; the mins, as
+// ggml's AVX2 vec_dot_q5_K_q8_K takes them, are summed in integers per block and accumulated by one FMA.
+
+static float dot_q5_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    float acc[8] = {0}, mins = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q5_K_BYTES;
+        const q4k_header h = q4k_read_header(b, x[i].d);
+        const uint8_t *qh = b + 16, *qs = b + 48;
+        int lanes[8] = {0};
+        for (int s = 0; s < 8; s++) {
+            for (int l = 0; l < 32; l++) {
+                const uint8_t packed = qs[32 * (s / 2) + l];
+                const int q = ((s & 1) ? packed >> 4 : packed & 0x0F) | (((qh[l] >> s) & 1) << 4);
+                lanes[l / 4] += h.sc[s] * (q * x[i].qs[32 * s + l]);
+            }
+        }
+        int min_sum = 0;
+        for (int s = 0; s < 8; s++) min_sum += h.m[s] * (x[i].bsums[2 * s] + x[i].bsums[2 * s + 1]);
+        mins = fmaf(h.dmin, (float)min_sum, mins);
+        for (int k = 0; k < 8; k++) acc[k] = fmaf(h.d, (float)lanes[k], acc[k]);
+    }
+    return tk_hsum8_scalar(acc) + mins;
+}
+
+#if TK_X86
+TK_AVX2 static float dot_q5_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q5_K_BYTES;
+        const q4k_header h = q4k_read_header(b, x[i].d);
+        const uint8_t *qs = b + 48;
+        const int8_t *y = x[i].qs;
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            const __m256i hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one), 4);
+            const __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one), 4);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), hl);
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), hh);
+            const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * j)));
+            const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * j + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(h.sc[2 * j]), pl));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16(h.sc[2 * j + 1]), ph));
+        }
+        const __m128i b0 = _mm_loadu_si128((const __m128i *)x[i].bsums);
+        const __m128i b1 = _mm_loadu_si128((const __m128i *)(x[i].bsums + 8));
+        const __m128i prod = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)h.m)), _mm_hadd_epi16(b0, b1));
+        const __m128i sum = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+        mins = fmaf(h.dmin, (float)_mm_cvtsi128_si32(sum), mins);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h.d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc) + mins;
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------------
 // Q6_K: 210-byte blocks of 256: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales (one per 16
 // values), fp16 d. value = d·scale·(6-bit quant - 32).
 
@@ -495,6 +556,11 @@ static tk_dot_k_fn tk_pick_k(int type) {
         if (level >= 1) return dot_q4_k_avx2;
 #endif
         return dot_q4_k_scalar;
+    case 13:
+#if TK_X86
+        if (level >= 1) return dot_q5_k_avx2;
+#endif
+        return dot_q5_k_scalar;
     case 14:
 #if TK_X86
         if (level >= 1) return dot_q6_k_avx2;

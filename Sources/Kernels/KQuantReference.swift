@@ -56,21 +56,23 @@ public enum KQuantReference {
         return hsum8(acc)
     }
 
+    /// A K-quant row (Q4_K, Q5_K or Q6_K) · Q8_K activations.
+    public static func dotK(_ type: GGMLType, row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        switch type {
+        case .q4_K: return dotQ4_K(row: row, blocks: blocks)
+        case .q5_K: return dotQ5_K(row: row, blocks: blocks)
+        case .q6_K: return dotQ6_K(row: row, blocks: blocks)
+        default: preconditionFailure("\(type.name) is not a K-quant with a kernel")
+        }
+    }
+
     /// Q4_K row · Q8_K activations.
     public static func dotQ4_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
         var acc = [Float](repeating: 0, count: 8)
         var accMin = [Float](repeating: 0, count: 4)
         for (i, x) in blocks.enumerated() {
             let b = row + i * 144
-            let s = (0..<12).map { Int(b.load(fromByteOffset: 4 + $0, as: UInt8.self)) }
-            var sc = [Int](repeating: 0, count: 8)
-            var m = sc
-            for j in 0..<4 {
-                sc[j] = s[j] & 63
-                m[j] = s[j + 4] & 63
-                sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4)
-                m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4)
-            }
+            let (sc, m) = scalesAndMins(b + 4)
             var lanes = [Int](repeating: 0, count: 8)
             for j in 0..<4 {
                 for e in 0..<32 {
@@ -89,6 +91,46 @@ public enum KQuantReference {
             for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
         }
         return hsum8(acc) + ((accMin[0] + accMin[2]) + (accMin[1] + accMin[3]))
+    }
+
+    /// The 6-bit sub-block scales and mins of a Q4_K or Q5_K block, from its 12 packed bytes at `p`.
+    static func scalesAndMins(_ p: UnsafeRawPointer) -> (scales: [Int], mins: [Int]) {
+        let s = (0..<12).map { Int(p.load(fromByteOffset: $0, as: UInt8.self)) }
+        var sc = [Int](repeating: 0, count: 8)
+        var m = sc
+        for j in 0..<4 {
+            sc[j] = s[j] & 63
+            m[j] = s[j + 4] & 63
+            sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4)
+            m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4)
+        }
+        return (sc, m)
+    }
+
+    /// Q5_K row · Q8_K activations: Q4_K's lanes with a fifth bit per quant (bit s of qh[l] for value l of
+    /// sub-block s); the mins summed in integers per block and accumulated with one FMA (ggml's AVX2 order).
+    public static func dotQ5_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        var acc = [Float](repeating: 0, count: 8)
+        var mins: Float = 0
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 176
+            let (sc, m) = scalesAndMins(b + 4)
+            var lanes = [Int](repeating: 0, count: 8)
+            for s in 0..<8 {
+                for l in 0..<32 {
+                    let packed = Int(b.load(fromByteOffset: 48 + 32 * (s / 2) + l, as: UInt8.self))
+                    let high = Int(b.load(fromByteOffset: 16 + l, as: UInt8.self)) >> s & 1
+                    let q = (s % 2 == 0 ? packed & 0x0F : packed >> 4) | high << 4
+                    lanes[l / 4] += sc[s] * (q * Int(x.qs[32 * s + l]))
+                }
+            }
+            var minSum = 0
+            for s in 0..<8 { minSum += m[s] * (Int(x.bsums[2 * s]) + Int(x.bsums[2 * s + 1])) }
+            mins = mins.addingProduct(-x.d * half(b, 2), Float(minSum))
+            let d = x.d * half(b, 0)
+            for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
+        }
+        return hsum8(acc) + mins
     }
 
     /// Q6_K row · Q8_K activations.

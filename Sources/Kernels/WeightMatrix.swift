@@ -2,7 +2,7 @@ import CKernels
 import Foundation
 import GGUF
 
-/// A copy of a Q4_1, Q5_0 or Q8_0 matrix (and with AVX-512, Q4_K or Q6_K) repacked into groups of 16 interleaved rows (see
+/// A copy of a Q4_1, Q5_0 or Q8_0 matrix (and with AVX-512, Q4_K, Q5_K or Q6_K) repacked into groups of 16 interleaved rows (see
 /// CKernels' interleaved.c and interleaved_k.c), which the matrix kernels read 16 (AVX-512) or 8 (AVX2) rows at a
 /// time.
 final class InterleavedRows: @unchecked Sendable {
@@ -17,7 +17,7 @@ final class InterleavedRows: @unchecked Sendable {
         let groupBytes: Int
         if [.q4_1, .q5_0, .q8_0].contains(type) {
             groupBytes = tk_interleaved_group_bytes(id, Int32(columns))
-        } else if type == .q4_K || type == .q6_K, columns % 256 == 0, tk_simd_level() == 2 {
+        } else if [.q4_K, .q5_K, .q6_K].contains(type), columns % 256 == 0, tk_simd_level() == 2 {
             // Only the AVX-512 kernels read K-quants interleaved; elsewhere the row kernels are faster.
             groupBytes = tk_interleaved_k_group_bytes(id, Int32(columns))
         } else {
@@ -27,7 +27,7 @@ final class InterleavedRows: @unchecked Sendable {
         let size = groups * groupBytes
         self.arena = arena
         bytes = arena?.allocate(size) ?? .allocate(byteCount: size, alignment: 64)
-        if type == .q4_K || type == .q6_K {
+        if [.q4_K, .q5_K, .q6_K].contains(type) {
             tk_repack_interleaved_k(id, data, rowBytes, Int32(rows), Int32(columns), bytes)
         } else {
             tk_repack_interleaved(id, data, rowBytes, Int32(rows), Int32(columns), bytes)
@@ -100,7 +100,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Whether a quantized-activation SIMD kernel exists for this type.
     public var hasIntegerKernel: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 || type == .q5_0 }
     /// Whether a K-quant kernel over Q8_K activations exists for this type.
-    public var hasKQuantKernel: Bool { (type == .q4_K || type == .q6_K) && columns % 256 == 0 }
+    public var hasKQuantKernel: Bool { [.q4_K, .q5_K, .q6_K].contains(type) && columns % 256 == 0 }
 
     /// Pointer to row `r`'s bytes.
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
@@ -113,7 +113,7 @@ public struct WeightMatrix: @unchecked Sendable {
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
         scratch: inout ActivationBuffer
     ) {
-        if let packed = interleaved, type == .q4_K || type == .q6_K {
+        if let packed = interleaved, hasKQuantKernel {
             let q = scratch.quantizeK(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out, packed.bytes))
             pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in

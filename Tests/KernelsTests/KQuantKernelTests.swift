@@ -19,7 +19,7 @@ import Testing
             }
             switch type {
             case .q5_0: putHalf(rng.float(0.05), at: 0)
-            case .q4_K:
+            case .q4_K, .q5_K:
                 putHalf(rng.float(0.01), at: 0)
                 putHalf(rng.float(0.01), at: 2)
             default: putHalf(rng.float(0.01), at: 208)
@@ -62,7 +62,7 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    @Test(arguments: [GGMLType.q5_0, .q4_K, .q6_K])
+    @Test(arguments: [GGMLType.q5_0, .q4_K, .q5_K, .q6_K])
     func dotsAreTheReferenceBitForBit(type: GGMLType) {
         var rng = Rng(state: 11)
         for level in 0...2 {
@@ -84,9 +84,7 @@ import Testing
                     var q = [tk_block_q8k](repeating: tk_block_q8k(), count: n / 256)
                     tk_quantize_q8k(x, &q, Int32(n))
                     expected = row.withUnsafeBytes {
-                        type == .q4_K
-                            ? KQuantReference.dotQ4_K(row: $0.baseAddress!, blocks: reference)
-                            : KQuantReference.dotQ6_K(row: $0.baseAddress!, blocks: reference)
+                        KQuantReference.dotK(type, row: $0.baseAddress!, blocks: reference)
                     }
                     got = row.withUnsafeBytes { tk_dot_k(Int32(type.rawValue), $0.baseAddress!, q, Int32(n)) }
                 }
@@ -137,14 +135,14 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    /// The K-quant matrix kernel, which reads a Q4_K or Q6_K weight row once for four activation rows, gives every output the
+    /// The K-quant matrix kernel, which reads a Q4_K or Q6_K weight row once (Q5_K: one at a time) for four activation rows, gives every output the
     /// bits of that row's dot product alone, for any number of activation rows.
-    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    @Test(arguments: [GGMLType.q4_K, .q5_K, .q6_K])
     func kQuantMatrixRowsAreTheirDotProducts(type: GGMLType) {
         var rng = Rng(state: 29)
         let n = 1024  // 4 super-blocks: Gemma 3's attention output
         let rows = 5
-        let rowBytes = n / 256 * (type == .q4_K ? 144 : 210)
+        let rowBytes = n / 256 * type.blockBytes
         let w = (0..<rows).flatMap { _ in randomRow(type, blocks: n / 256, rng: &rng) }
         for level in 0...2 {
             let used = tk_set_simd_level(Int32(level))
@@ -178,15 +176,15 @@ import Testing
         tk_set_simd_level(99)
     }
 
-    /// Q4_K and Q6_K repacked into groups of 16 interleaved rows: at every level, for 1 to 7 activation rows and a
+    /// Q4_K, Q5_K and Q6_K repacked into groups of 16 interleaved rows: at every level, for 1 to 7 activation rows and a
     /// last group of fewer than 16 rows, every output is bitwise the Swift reference's dot product.
-    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    @Test(arguments: [GGMLType.q4_K, .q5_K, .q6_K])
     func interleavedKQuantsEqualTheReferenceBitwiseAtEveryLevel(type: GGMLType) {
         var rng = Rng(state: 41)
         let id = Int32(type.rawValue)
         for (rows, columns) in [(37, 256), (16, 1024), (5, 512)] {
             let weights = randomRow(type, blocks: rows * columns / 256, rng: &rng)
-            let rowBytes = columns / 256 * (type == .q4_K ? 144 : 210)
+            let rowBytes = columns / 256 * type.blockBytes
             let groups = (rows + 15) / 16
             var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(id, Int32(columns)))
             #expect(tk_repack_interleaved_k(id, weights, rowBytes, Int32(rows), Int32(columns), &packed) == 0)
@@ -204,9 +202,7 @@ import Testing
                         let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
                         for r in 0..<rows {
                             let expected = weights.withUnsafeBytes {
-                                type == .q4_K
-                                    ? KQuantReference.dotQ4_K(row: $0.baseAddress! + r * rowBytes, blocks: blocks)
-                                    : KQuantReference.dotQ6_K(row: $0.baseAddress! + r * rowBytes, blocks: blocks)
+                                KQuantReference.dotK(type, row: $0.baseAddress! + r * rowBytes, blocks: blocks)
                             }
                             #expect(
                                 out[b * rows + r].bitPattern == expected.bitPattern,

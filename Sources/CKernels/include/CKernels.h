@@ -32,7 +32,7 @@ typedef struct {
 void tk_quantize_q8k(const float *x, tk_block_q8k *y, int n);
 /// Dot product of one Q5_0 row of n values with quantized activations (as tk_dot_q8_0).
 float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n);
-/// Dot product of one K-quant row (ggml type 12 Q4_K or 14 Q6_K) of n values with Q8_K activations; NaN for another
+/// Dot product of one K-quant row (ggml type 12 Q4_K, 13 Q5_K or 14 Q6_K) of n values with Q8_K activations; NaN for another
 /// type.
 float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n);
 /// tk_matmul_q for the K-quants, over Q8_K activations.
@@ -89,12 +89,13 @@ int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows,
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                  const tk_block_q8 *x, int n_act, float *out, int out_stride);
 
-/// Bytes of one group of 16 interleaved Q4_K rows (`type` 12) of n columns (a multiple of 256); 0 for another type.
+/// Bytes of one group of 16 interleaved K-quant rows (`type` 12 Q4_K, 13 Q5_K, 14 Q6_K) of n columns (a multiple of
+/// 256); 0 for another type.
 size_t tk_interleaved_k_group_bytes(int type, int n);
-/// Repacks `rows` Q4_K rows of n columns into groups of 16 interleaved rows (see interleaved_k.c; the last group
+/// Repacks `rows` K-quant rows of n columns into groups of 16 interleaved rows (see interleaved_k.c; the last group
 /// padded with zero rows). Returns 0, or -1 for another type.
 int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int rows, int n, void *dst);
-/// tk_matmul_interleaved for repacked Q4_K matrices over Q8_K activations, with tk_dot_k's arithmetic.
+/// tk_matmul_interleaved for repacked K-quant matrices over Q8_K activations, with tk_dot_k's arithmetic.
 int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                             const tk_block_q8k *x, int n_act, float *out, int out_stride);
 
