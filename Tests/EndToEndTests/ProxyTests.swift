@@ -182,7 +182,8 @@ final class LockedBox<T>: @unchecked Sendable {
 
     @Test func aClientLeavingDuringPrefillCancelsTheRequestBeforeTheDecode() async throws {
         let stub = StubInstance()
-        stub.delay = .seconds(4)
+        // A prefill far longer than the proxy needs to see the client go, even on a loaded machine.
+        stub.delay = .seconds(20)
         try await stub.start()
         defer { stub.stop() }
         let discovery = freePort()
@@ -202,10 +203,13 @@ final class LockedBox<T>: @unchecked Sendable {
         for _ in 0..<500 where stub.requests.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
         client.cancel()  // The client goes away while the prefill is still running.
         _ = try? await client.value
-        try await Task.sleep(for: .seconds(5))
+        // The proxy gives the request up (counted as client_gone) while the prefill still runs.
+        var metrics = ""
+        try await waitFor("the request counted as client_gone", timeout: 19, detail: { metrics }) {
+            metrics = try await proxy.get("/metrics").body
+            return metricValue(metrics, #"tandem_proxy_requests_total{outcome="client_gone"}"#) == 1
+        }
         #expect(stub.requests.count == 1, "the decode request is never sent")
-        let metrics = try await proxy.get("/metrics").body
-        #expect(metricValue(metrics, #"tandem_proxy_requests_total{outcome="client_gone"}"#) == 1, "\(metrics)")
         let health = try await proxy.get("/health").json?["instances"] as? [[String: Any]]
         #expect(health?.allSatisfy { $0["in_flight"] as? Int == 0 } == true, "nothing left in flight")
     }
