@@ -191,6 +191,12 @@ static inline int32_t quad_k(const int8_t *p) {
     return v;
 }
 
+// The eight lane vectors of one activation row reduced in hsum8's order: ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)).
+TK_V512K static inline __m512 reduce_lanes(const __m512 acc[8]) {
+    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
+                         _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])));
+}
+
 // Sub-block scales of 16 rows as int16 pairs (sc, sc) per row: vpdpwssd then adds sc · (both pair sums).
 TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
     const __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)sc16));
@@ -258,10 +264,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
-            const __m512 lanes = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[a][0], acc[a][4]),                \
-                                                             _mm512_add_ps(acc[a][2], acc[a][6])),               \
-                                               _mm512_add_ps(_mm512_add_ps(acc[a][1], acc[a][5]),                \
-                                                             _mm512_add_ps(acc[a][3], acc[a][7])));              \
+            const __m512 lanes = reduce_lanes(acc[a]);                                                           \
             const __m512 mins = FIVE ? accm[a][0]                                                                \
                                      : _mm512_add_ps(_mm512_add_ps(accm[a][0], accm[a][2]),                      \
                                                      _mm512_add_ps(accm[a][1], accm[a][3]));                     \
@@ -332,10 +335,7 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
-            const __m512 lanes = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[a][0], acc[a][4]),                \
-                                                             _mm512_add_ps(acc[a][2], acc[a][6])),               \
-                                               _mm512_add_ps(_mm512_add_ps(acc[a][1], acc[a][5]),                \
-                                                             _mm512_add_ps(acc[a][3], acc[a][7])));              \
+            const __m512 lanes = reduce_lanes(acc[a]);                                                           \
             float r[16];                                                                                         \
             _mm512_storeu_ps(r, lanes);                                                                          \
             for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
