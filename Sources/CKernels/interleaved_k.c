@@ -29,7 +29,6 @@
 #include "internal.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -165,12 +164,16 @@ static void q6k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, f
                         for (int b = 0; b < 4; b++) {
                             const uint8_t ql = base[512 + 64 * (8 * (grp & 1) + k) + 4 * r + b];
                             const uint8_t qh = base[64 * k + 4 * r + b];
-                            const int q = ((grp >> 1 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * grp)) & 3) << 4)) - 32;
+                            const int q = (grp >> 1 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * grp)) & 3) << 4);
                             const int l = 4 * k + b;
                             lanes[k] += (int8_t)blk[32 + 16 * ((e0 + l) / 16) + r] * (q * x[i].qs[e0 + l]);
                         }
                     }
                 }
+            }
+            for (int k = 0; k < 8; k++) {
+                const int sc0 = (int8_t)blk[32 + 16 * (2 * k) + r], sc1 = (int8_t)blk[32 + 16 * (2 * k + 1) + r];
+                lanes[k] -= 32 * (x[i].bsums[2 * k] * sc0 + x[i].bsums[2 * k + 1] * sc1);
             }
             const float d = x[i].d * tk_half_to_float(dh);
             for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
@@ -285,11 +288,11 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
     return _mm512_or_si512(_mm512_and_si512(s, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(s, 16));
 }
 
-// Q6_K: (q - 32)·x pair sums as vpmaddubsw(q, x) minus 32·(x pair) (corr: per activation row, super-block, group
-// and lane, the two pairs' 32·sums as int16 halves), then vpdpwssd by the sub-block scale into the lane.
+// Q6_K: q·x pair sums by vpmaddubsw, then vpdpwssd by the sub-block scale into the lane; per super-block, lane k
+// loses 32·(bsum_2k·sc_2k + bsum_2k+1·sc_2k+1) (vpmaddwd of the rows' scale pairs with the activation's sums).
 #define TK_X16_Q6_K(NAME, NA)                                                                                      \
-    TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, const int32_t *corr, \
-                              float *out, size_t os, int valid) {                                                \
+    TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, float *out,      \
+                              size_t os, int valid) {                                                            \
         __m512 acc[NA][8];                                                                                       \
         for (int a = 0; a < NA; a++)                                                                             \
             for (int k = 0; k < 8; k++) acc[a][k] = _mm512_setzero_ps();                                         \
@@ -317,15 +320,23 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
                             _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));       \
                         for (int a = 0; a < NA; a++) {                                                           \
                             const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;                  \
-                            const int32_t *c = corr + ((a * xstride + i) * 8 + 4 * h + p) * 8 + k;               \
-                            const __m512i pl = _mm512_sub_epi16(                                                 \
-                                _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y))), _mm512_set1_epi32(c[0])); \
-                            const __m512i ph = _mm512_sub_epi16(                                                 \
-                                _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 64))), _mm512_set1_epi32(c[16])); \
+                            const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));           \
+                            const __m512i ph = _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 64)));      \
                             sumi[a][k] = _mm512_dpwssd_epi32(                                                    \
                                 _mm512_dpwssd_epi32(sumi[a][k], pl, sl[k >> 2]), ph, sh[k >> 2]);                \
                         }                                                                                        \
                     }                                                                                            \
+                }                                                                                                \
+            }                                                                                                    \
+            for (int k = 0; k < 8; k++) {                                                                        \
+                const __m512i s0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k))));  \
+                const __m512i s1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k + 1)))); \
+                const __m512i pair = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),            \
+                                                     _mm512_slli_epi32(s1, 16));                                 \
+                for (int a = 0; a < NA; a++) {                                                                   \
+                    const int16_t *bs = x[a * xstride + i].bsums + 2 * k;                                        \
+                    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)bs[1] << 16) | (uint16_t)bs[0])); \
+                    sumi[a][k] = _mm512_sub_epi32(sumi[a][k], _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5)); \
                 }                                                                                                \
             }                                                                                                    \
             const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
@@ -346,45 +357,23 @@ TK_X16_Q6_K(x16_q6_k_1, 1)
 TK_X16_Q6_K(x16_q6_k_2, 2)
 #endif
 
-// For each activation row and super-block, per group of 32 values (h · 4 + g) and lane k: 32 times the sums of the
-// lane's two pairs of quants, as the low and high int16 of one int32 (TK_X16_Q6_K).
-static void q6k_corrections(const tk_block_q8k *x, int n_act, int nsb, int32_t *corr) {
-    for (int bi = 0; bi < n_act * nsb; bi++) {
-        for (int grp = 0; grp < 8; grp++) {
-            for (int k = 0; k < 8; k++) {
-                const int8_t *y = x[bi].qs + 32 * grp + 4 * k;
-                const int lo = 32 * (y[0] + y[1]), hi = 32 * (y[2] + y[3]);
-                corr[(bi * 8 + grp) * 8 + k] = (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo);
-            }
-        }
-    }
-}
-
 static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int group_end, int rows,
                        const tk_block_q8k *x, int n_act, float *out, int out_stride) {
     const size_t group_bytes = (size_t)Q6K_GROUP_BYTES * (size_t)nsb;
-    int32_t *corr = 0;
-#if TK_X86
-    if (tk_simd_level() == 2) {
-        corr = malloc((size_t)n_act * nsb * 64 * sizeof(int32_t));
-        if (!corr) return -1;
-        q6k_corrections(x, n_act, nsb, corr);
-    }
-#endif
+    const int level = tk_simd_level();
+    (void)level;
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = packed + (size_t)g * group_bytes;
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
         int b = 0;
 #if TK_X86
-        if (corr) {
+        if (level == 2) {
             for (; b + 2 <= n_act; b += 2) {
-                x16_q6_k_2(gp, nsb, x + (size_t)b * nsb, nsb, corr + (size_t)b * nsb * 64,
-                           out + (size_t)b * out_stride + first, out_stride, valid);
+                x16_q6_k_2(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
             }
             for (; b < n_act; b++) {
-                x16_q6_k_1(gp, nsb, x + (size_t)b * nsb, nsb, corr + (size_t)b * nsb * 64,
-                           out + (size_t)b * out_stride + first, out_stride, valid);
+                x16_q6_k_1(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
             }
         }
 #endif
@@ -394,7 +383,6 @@ static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int grou
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }
     }
-    free(corr);
     return 0;
 }
 

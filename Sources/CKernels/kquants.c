@@ -421,14 +421,21 @@ TK_AVX2 static float dot_q5_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Q6_K: 210-byte blocks of 256: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales (one per 16
-// values), fp16 d. value = d·scale·(6-bit quant - 32).
+// values), fp16 d. value = d·scale·(6-bit quant - 32). As ggml's AVX2 vec_dot_q6_K_q8_K (llama.cpp 11434) has it, lane
+// k sums scale·q·y over the unsigned quants and then loses 32·(bsum_2k·sc_2k + bsum_2k+1·sc_2k+1): the −32 goes by
+// sub-block, not by lane, so its integers per lane are not (q − 32)·y's.
 
 static inline int q6k_value(const uint8_t *ql, const uint8_t *qh, int e) {
     // Within a half of 128: e = 32·g + l (g = 0..3).
     const int g = e / 32, l = e % 32;
     const int low = g & 1 ? ql[l + 32] : ql[l];
     const int nib = g < 2 ? (low & 0x0F) : (low >> 4);
-    return (nib | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
+    return nib | (((qh[l] >> (2 * g)) & 3) << 4);
+}
+
+// 32·(bsum_2k·sc_2k + bsum_2k+1·sc_2k+1) for lane k: the quants' offset, taken from the lanes by sub-block.
+static inline int q6k_lane_offset(const int8_t *scales, const int16_t *bsums, int k) {
+    return 32 * (bsums[2 * k] * scales[2 * k] + bsums[2 * k + 1] * scales[2 * k + 1]);
 }
 
 static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
@@ -444,6 +451,7 @@ static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
             const int q = q6k_value(b + 64 * half, b + 128 + 32 * half, e % 128);
             lanes[(e % 32) / 4] += scales[e / 16] * (q * x[i].qs[e]);
         }
+        for (int k = 0; k < 8; k++) lanes[k] -= q6k_lane_offset(scales, x[i].bsums, k);
         const float d = x[i].d * tk_half_to_float(dh);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
     }
@@ -451,11 +459,16 @@ static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
 }
 
 #if TK_X86
+// q6k_lane_offset for the eight lanes at once (ggml's q8sclsub).
+TK_AVX2 static inline __m256i q6k_offsets_avx2(const int8_t *scales, const int16_t *bsums) {
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales));
+    return _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), sc), 5);
+}
+
 TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i m2 = _mm256_set1_epi8(3);
-    const __m256i m32 = _mm256_set1_epi8(32);
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
         const int8_t *scales = (const int8_t *)(b + 192);
@@ -478,8 +491,7 @@ TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
             for (int g = 0; g < 4; g++) {
                 const int e0 = 128 * half + 32 * g;
                 const __m256i y = _mm256_loadu_si256((const __m256i *)(x[i].qs + e0));
-                // (q - 32)·y as q·y - 32·y, each pair sum within int16.
-                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[g], y), _mm256_maddubs_epi16(m32, y));
+                const __m256i p = _mm256_maddubs_epi16(q[g], y);
                 const __m256i s = _mm256_setr_epi16(
                     scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16],
                     scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
@@ -489,6 +501,7 @@ TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int 
             }
         }
         const float d = x[i].d * tk_half_to_float(dh);
+        sumi = _mm256_sub_epi32(sumi, q6k_offsets_avx2(scales, x[i].bsums));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
@@ -511,7 +524,6 @@ TK_AVX2 static inline __m256i q6k_group(const uint8_t *ql, __m256i hbits, int g)
 TK_AVX2 static void dot4_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, size_t stride, int nb, float out[4]) {
     __m256 acc[4];
     for (int a = 0; a < 4; a++) acc[a] = _mm256_setzero_ps();
-    const __m256i m32 = _mm256_set1_epi8(32);
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
         const int8_t *scales = (const int8_t *)(b + 192);
@@ -530,13 +542,13 @@ TK_AVX2 static void dot4_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, size
                     _mm256_set_m128i(_mm_set1_epi16(scales[e0 / 16 + 1]), _mm_set1_epi16(scales[e0 / 16]));
                 for (int a = 0; a < 4; a++) {
                     const __m256i y = _mm256_loadu_si256((const __m256i *)(x[(size_t)a * stride + i].qs + e0));
-                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32, y));
-                    sumi[a] = _mm256_add_epi32(sumi[a], _mm256_madd_epi16(s, p));
+                    sumi[a] = _mm256_add_epi32(sumi[a], _mm256_madd_epi16(s, _mm256_maddubs_epi16(q, y)));
                 }
             }
         }
         for (int a = 0; a < 4; a++) {
-            // As dot_q6_k_avx2: d = xd·d_w.
+            // As dot_q6_k_avx2: the offsets by sub-block, d = xd·d_w.
+            sumi[a] = _mm256_sub_epi32(sumi[a], q6k_offsets_avx2(scales, x[(size_t)a * stride + i].bsums));
             const float d = x[(size_t)a * stride + i].d * dw;
             acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[a]), acc[a]);
         }

@@ -133,7 +133,8 @@ public enum KQuantReference {
         return hsum8(acc) + mins
     }
 
-    /// Q6_K row · Q8_K activations.
+    /// Q6_K row · Q8_K activations: lane k sums scale·q·y over the unsigned quants, less 32·(bsum·scale) of
+    /// sub-blocks 2k and 2k + 1.
     public static func dotQ6_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
         var acc = [Float](repeating: 0, count: 8)
         for (i, x) in blocks.enumerated() {
@@ -147,9 +148,15 @@ public enum KQuantReference {
                 let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
                 let nibble = g < 2 ? low & 0x0F : low >> 4
                 let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
-                let q = (nibble | high << 4) - 32
+                let q = nibble | high << 4
                 let scale = Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self))
                 lanes[(e % 32) / 4] += scale * (q * Int(x.qs[e]))
+            }
+            // The quants' offset of 32, taken from lane k by sub-blocks 2k and 2k + 1 (ggml's order).
+            for k in 0..<8 {
+                let sc0 = Int(b.load(fromByteOffset: 192 + 2 * k, as: Int8.self))
+                let sc1 = Int(b.load(fromByteOffset: 192 + 2 * k + 1, as: Int8.self))
+                lanes[k] -= 32 * (Int(x.bsums[2 * k]) * sc0 + Int(x.bsums[2 * k + 1]) * sc1)
             }
             let d = x.d * Self.half(b, 208)
             for k in 0..<8 { acc[k] = acc[k].addingProduct(d, Float(lanes[k])) }
