@@ -148,6 +148,45 @@ static void q45k_group_scalar(const uint8_t *g, int nsb, int five, const tk_bloc
     }
 }
 
+// The repacked orders (tk_dot_q4_k_repacked) from the interleaved layout, row by row.
+static void q4k_repacked_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, int per64, float out[16]) {
+    for (int r = 0; r < 16; r++) {
+        float acc = 0.0f, acc_min = 0.0f;
+        for (int i = 0; i < nsb; i++) {
+            const uint8_t *b = g + (size_t)i * Q4K_GROUP_BYTES;
+            uint16_t dh, mh;
+            memcpy(&dh, b + 2 * r, 2);
+            memcpy(&mh, b + 32 + 2 * r, 2);
+            const float d = tk_half_to_float(dh) * x[i].d, dmin = tk_half_to_float(mh) * x[i].d;
+            int total = 0, total_min = 0;
+            for (int j = 0; j < 4; j++) {
+                int sum = 0;
+                for (int k = 0; k < 8; k++) {
+                    for (int e = 0; e < 4; e++) {
+                        const uint8_t q = b[320 + 64 * (8 * j + k) + 4 * r + e];
+                        sum += b[64 + 16 * (2 * j) + r] * ((q & 0x0F) * x[i].qs[64 * j + 4 * k + e]);
+                        sum += b[64 + 16 * (2 * j + 1) + r] * ((q >> 4) * x[i].qs[64 * j + 32 + 4 * k + e]);
+                    }
+                }
+                const int mins = b[192 + 32 * j + 2 * r] * (x[i].bsums[4 * j] + x[i].bsums[4 * j + 1]) +
+                                 b[192 + 32 * j + 2 * r + 1] * (x[i].bsums[4 * j + 2] + x[i].bsums[4 * j + 3]);
+                if (per64) {
+                    acc = fmaf((float)sum, d, acc);
+                    acc_min = fmaf((float)mins, dmin, acc_min);
+                } else {
+                    total += sum;
+                    total_min += mins;
+                }
+            }
+            if (!per64) {
+                acc = fmaf((float)total, d, acc);
+                acc_min = fmaf((float)total_min, dmin, acc_min);
+            }
+        }
+        out[r] = acc - acc_min;
+    }
+}
+
 static void q6k_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, float out[16]) {
     for (int r = 0; r < 16; r++) {
         float acc[8] = {0};
@@ -276,6 +315,73 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
             for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
         }                                                                                                        \
     }
+
+// Q4_K in the repacked orders, NA activation rows, each with its own order (per64[a]): per pair of sub-blocks one
+// integer sum per row (vpmaddubsw, vpdpwssd by the scale), folded in per pair (GEMM) or per super-block (GEMV).
+#define TK_X16_Q4_KR(NAME, NA)                                                                                     \
+    TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride,                  \
+                              const uint8_t *per64, float *out, size_t os, int valid) {                          \
+        __m512 acc[NA], accm[NA];                                                                                \
+        for (int a = 0; a < NA; a++) acc[a] = accm[a] = _mm512_setzero_ps();                                     \
+        const __m512i m4 = _mm512_set1_epi8(0x0F);                                                               \
+        for (int i = 0; i < nsb; i++, g += Q4K_GROUP_BYTES) {                                                    \
+            for (int l = 0; l < Q4K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
+            const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));                    \
+            __m512 d[NA], dm[NA];                                                                                \
+            __m512i tot[NA], totm[NA];                                                                           \
+            for (int a = 0; a < NA; a++) {                                                                       \
+                d[a] = _mm512_mul_ps(dv, _mm512_set1_ps(x[a * xstride + i].d));                                  \
+                dm[a] = _mm512_mul_ps(mv, _mm512_set1_ps(x[a * xstride + i].d));                                \
+                tot[a] = totm[a] = _mm512_setzero_si512();                                                       \
+            }                                                                                                    \
+            for (int j = 0; j < 4; j++) {                                                                        \
+                const __m512i s0 = scale_pairs(g + 64 + 16 * (2 * j)), s1 = scale_pairs(g + 64 + 16 * (2 * j + 1)); \
+                __m512i sj[NA];                                                                                  \
+                for (int a = 0; a < NA; a++) sj[a] = _mm512_setzero_si512();                                     \
+                for (int k = 0; k < 8; k++) {                                                                    \
+                    const __m512i b = _mm512_loadu_si512((const void *)(g + 320 + 64 * (8 * j + k)));            \
+                    const __m512i lo = _mm512_and_si512(b, m4);                                                  \
+                    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);                            \
+                    for (int a = 0; a < NA; a++) {                                                               \
+                        const int8_t *y = x[a * xstride + i].qs + 64 * j + 4 * k;                                \
+                        const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));               \
+                        const __m512i ph = _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 32)));          \
+                        sj[a] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sj[a], pl, s0), ph, s1);                 \
+                    }                                                                                            \
+                }                                                                                                \
+                const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * j))); \
+                for (int a = 0; a < NA; a++) {                                                                   \
+                    const int16_t *bs = x[a * xstride + i].bsums + 4 * j;                                        \
+                    const int sum0 = bs[0] + bs[1], sum1 = bs[2] + bs[3];                                        \
+                    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)sum1 << 16) | (uint16_t)sum0));      \
+                    const __m512i mj = _mm512_madd_epi16(mp, sums);                                              \
+                    if (per64[a]) {                                                                              \
+                        acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sj[a]), d[a], acc[a]);                       \
+                        accm[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mj), dm[a], accm[a]);                       \
+                    } else {                                                                                     \
+                        tot[a] = _mm512_add_epi32(tot[a], sj[a]);                                                \
+                        totm[a] = _mm512_add_epi32(totm[a], mj);                                                 \
+                    }                                                                                            \
+                }                                                                                                \
+            }                                                                                                    \
+            for (int a = 0; a < NA; a++) {                                                                       \
+                if (!per64[a]) {                                                                                 \
+                    acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[a]), d[a], acc[a]);                          \
+                    accm[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totm[a]), dm[a], accm[a]);                      \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int a = 0; a < NA; a++) {                                                                           \
+            float r[16];                                                                                         \
+            _mm512_storeu_ps(r, _mm512_sub_ps(acc[a], accm[a]));                                                 \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+        }                                                                                                        \
+    }
+
+TK_X16_Q4_KR(x16_q4_kr_1, 1)
+TK_X16_Q4_KR(x16_q4_kr_2, 2)
+TK_X16_Q4_KR(x16_q4_kr_4, 4)
 
 TK_X16_Q45_K(x16_q4_k_1, 1, 0)
 TK_X16_Q45_K(x16_q4_k_2, 2, 0)
@@ -416,6 +522,43 @@ int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin
         for (; b < n_act; b++) {
             float r[16];
             q45k_group_scalar(gp, nsb, five, x + (size_t)b * nsb, r);
+            for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+        }
+    }
+    return 0;
+}
+
+int tk_matmul_interleaved_q4_k_repacked(const void *packed, int n, int group_begin, int group_end, int rows,
+                                        const tk_block_q8k *x, int n_act, const uint8_t *per64, float *out,
+                                        int out_stride) {
+    const int nsb = n / 256;
+    const size_t group_bytes = (size_t)Q4K_GROUP_BYTES * (size_t)nsb;
+    const int level = tk_simd_level();
+    (void)level;
+    for (int g = group_begin; g < group_end; g++) {
+        const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;
+        const int first = g * 16;
+        const int valid = rows - first < 16 ? rows - first : 16;
+        int b = 0;
+#if TK_X86
+        if (level == 2) {
+            for (; b + 4 <= n_act; b += 4) {
+                x16_q4_kr_4(gp, nsb, x + (size_t)b * nsb, nsb, per64 + b, out + (size_t)b * out_stride + first,
+                            out_stride, valid);
+            }
+            for (; b + 2 <= n_act; b += 2) {
+                x16_q4_kr_2(gp, nsb, x + (size_t)b * nsb, nsb, per64 + b, out + (size_t)b * out_stride + first,
+                            out_stride, valid);
+            }
+            for (; b < n_act; b++) {
+                x16_q4_kr_1(gp, nsb, x + (size_t)b * nsb, nsb, per64 + b, out + (size_t)b * out_stride + first,
+                            out_stride, valid);
+            }
+        }
+#endif
+        for (; b < n_act; b++) {
+            float r[16];
+            q4k_repacked_group_scalar(gp, nsb, x + (size_t)b * nsb, per64[b], r);
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }
     }

@@ -269,6 +269,60 @@ static float dot_q4_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
     return tk_hsum8_scalar(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
 }
 
+// Q4_K in the orders of llama.cpp's repacked kernels (q4_K_8x8, which it uses on AVX2 machines for every Q4_K matrix
+// whose row count is a multiple of 8): per super-block the integer sums of each pair of sub-blocks (64 values),
+// S_p = sc_2p·Σ q·y + sc_2p+1·Σ q·y, and M_p = m_2p·s_2p + m_2p+1·s_2p+1; its GEMM (prompt rows in fours, `per64`)
+// accumulates acc = fma(S_p, d_w·d_x, acc) and acc_min = fma(M_p, dmin_w·d_x, acc_min) for each pair, its GEMV (the
+// rows left over, and decode) once per super-block with the four sums added; out = acc − acc_min.
+float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per64) {
+    float acc = 0.0f, acc_min = 0.0f;
+    for (int i = 0; i < n / 256; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * Q4_K_BYTES;
+        uint8_t sc[8], m[8];
+        tk_q4k_scales(b + 4, sc, m);
+        uint16_t dh, mh;
+        memcpy(&dh, b, 2);
+        memcpy(&mh, b + 2, 2);
+        const float d = tk_half_to_float(dh) * x[i].d, dmin = tk_half_to_float(mh) * x[i].d;
+        const uint8_t *qs = b + 16;
+        int total = 0, total_min = 0;
+        for (int p = 0; p < 4; p++) {
+            int s0 = 0, s1 = 0;
+            for (int e = 0; e < 32; e++) {
+                s0 += (qs[32 * p + e] & 0x0F) * x[i].qs[64 * p + e];
+                s1 += (qs[32 * p + e] >> 4) * x[i].qs[64 * p + 32 + e];
+            }
+            const int sum = sc[2 * p] * s0 + sc[2 * p + 1] * s1;
+            const int mins = m[2 * p] * (x[i].bsums[4 * p] + x[i].bsums[4 * p + 1]) +
+                             m[2 * p + 1] * (x[i].bsums[4 * p + 2] + x[i].bsums[4 * p + 3]);
+            if (per64) {
+                acc = fmaf((float)sum, d, acc);
+                acc_min = fmaf((float)mins, dmin, acc_min);
+            } else {
+                total += sum;
+                total_min += mins;
+            }
+        }
+        if (!per64) {
+            acc = fmaf((float)total, d, acc);
+            acc_min = fmaf((float)total_min, dmin, acc_min);
+        }
+    }
+    return acc - acc_min;
+}
+
+int tk_matmul_q4_k_repacked(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                            int n_act, const uint8_t *per64, float *out, int out_stride) {
+    const int nb = n / 256;
+    for (int r = row_begin; r < row_end; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+        for (int b = 0; b < n_act; b++) {
+            out[(size_t)b * out_stride + r] = tk_dot_q4_k_repacked(row, x + (size_t)b * nb, n, per64[b]);
+        }
+    }
+    return 0;
+}
+
 #if TK_X86
 TK_AVX2 static float dot_q4_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
     __m256 acc = _mm256_setzero_ps();

@@ -105,6 +105,13 @@ public final class TransformerModel: @unchecked Sendable {
             ? rope
             : RotaryEmbedding(
                 config: c, base: c.ropeFreqBaseSliding, factors: weights.ropeFrequencyFactors, positions: rowPosition)
+        // llama.cpp's Q4_K order of each row (`Q4KOrderChoice`); its last layer's FFN runs on the output rows only,
+        // one at a time (the GEMV), and the other rows' FFN there feeds nothing.
+        let q4KOrders = (0..<rowCount).map {
+            Q4KOrderChoice.usesGEMM(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
+                ? UInt8(1) : 0
+        }
+        let q4KLastLayerOrders = [UInt8](repeating: 0, count: rowCount)
         for (layerIndex, layer) in weights.layers.enumerated() {
             let sliding = c.slidingLayers[layerIndex]
             let layerRope = sliding ? slidingRope : rope
@@ -141,7 +148,8 @@ public final class TransformerModel: @unchecked Sendable {
                     rowChunk: rowChunk, rowPosition: rowPosition,
                     cache: cache, ws: ws, gathered: gathered, partials: p.baseAddress)
             }
-            layer.wo.multiply(ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            layer.wo.multiply(
+                ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations, q4KOrders: q4KOrders)
             if let n = layer.postAttentionNorm {
                 Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
             }
@@ -155,7 +163,9 @@ public final class TransformerModel: @unchecked Sendable {
             } else {
                 Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
             }
-            layer.down.multiply(ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations)
+            layer.down.multiply(
+                ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations,
+                q4KOrders: layerIndex == weights.layers.count - 1 ? q4KLastLayerOrders : q4KOrders)
             if let n = layer.postFFNNorm {
                 Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
             }

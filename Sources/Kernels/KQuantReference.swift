@@ -93,6 +93,47 @@ public enum KQuantReference {
         return hsum8(acc) + ((accMin[0] + accMin[2]) + (accMin[1] + accMin[3]))
     }
 
+    /// Q4_K row · Q8_K activations in the orders of llama.cpp's repacked Q4_K kernels: per pair of sub-blocks one
+    /// integer sum (and one of the mins); `per64` (its GEMM) folds each pair in with one FMA, else (its GEMV) the
+    /// four pairs' sums once per block; the result is acc − acc_min.
+    public static func dotQ4_KRepacked(row: UnsafeRawPointer, blocks: [Block], per64: Bool) -> Float {
+        var acc: Float = 0
+        var accMin: Float = 0
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 144
+            let (sc, m) = scalesAndMins(b + 4)
+            let d = half(b, 0) * x.d
+            let dmin = half(b, 2) * x.d
+            var total = 0
+            var totalMin = 0
+            for p in 0..<4 {
+                var s0 = 0
+                var s1 = 0
+                for e in 0..<32 {
+                    let q = Int(b.load(fromByteOffset: 16 + 32 * p + e, as: UInt8.self))
+                    s0 += (q & 0x0F) * Int(x.qs[64 * p + e])
+                    s1 += (q >> 4) * Int(x.qs[64 * p + 32 + e])
+                }
+                let sum = sc[2 * p] * s0 + sc[2 * p + 1] * s1
+                let mins =
+                    m[2 * p] * (Int(x.bsums[4 * p]) + Int(x.bsums[4 * p + 1])) + m[2 * p + 1]
+                    * (Int(x.bsums[4 * p + 2]) + Int(x.bsums[4 * p + 3]))
+                if per64 {
+                    acc = acc.addingProduct(Float(sum), d)
+                    accMin = accMin.addingProduct(Float(mins), dmin)
+                } else {
+                    total += sum
+                    totalMin += mins
+                }
+            }
+            if !per64 {
+                acc = acc.addingProduct(Float(total), d)
+                accMin = accMin.addingProduct(Float(totalMin), dmin)
+            }
+        }
+        return acc - accMin
+    }
+
     /// The 6-bit sub-block scales and mins of a Q4_K or Q5_K block, from its 12 packed bytes at `p`.
     static func scalesAndMins(_ p: UnsafeRawPointer) -> (scales: [Int], mins: [Int]) {
         let s = (0..<12).map { Int(p.load(fromByteOffset: $0, as: UInt8.self)) }

@@ -214,4 +214,50 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// Q4_K in llama.cpp's repacked orders (its GEMM: one FMA per 64 values; its GEMV: one per 256), each activation
+    /// row in its own: the interleaved kernel at every level (1, 2, 4 rows per pass) and the row kernel give bitwise
+    /// the Swift reference's dot product; and the two orders do differ.
+    @Test func repackedQ4KOrdersEqualTheReferenceBitwise() {
+        var rng = Rng(state: 43)
+        let (rows, columns) = (37, 512)
+        let weights = randomRow(.q4_K, blocks: rows * columns / 256, rng: &rng)
+        let rowBytes = columns / 256 * 144
+        let groups = (rows + 15) / 16
+        var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(12, Int32(columns)))
+        tk_repack_interleaved_k(12, weights, rowBytes, Int32(rows), Int32(columns), &packed)
+        let orders: [UInt8] = [1, 0, 1, 1, 0, 0, 1]
+        let batch = orders.count
+        let x = (0..<(batch * columns)).map { _ in rng.float(3) }
+        var q = [tk_block_q8k](repeating: tk_block_q8k(), count: batch * columns / 256)
+        tk_quantize_q8k(x, &q, Int32(batch * columns))
+        var expected = [Float](repeating: 0, count: batch * rows)
+        var differ = 0
+        for b in 0..<batch {
+            let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
+            for r in 0..<rows {
+                weights.withUnsafeBytes {
+                    let row = $0.baseAddress! + r * rowBytes
+                    expected[b * rows + r] = KQuantReference.dotQ4_KRepacked(
+                        row: row, blocks: blocks, per64: orders[b] == 1)
+                    let other = KQuantReference.dotQ4_KRepacked(row: row, blocks: blocks, per64: orders[b] == 0)
+                    if other != expected[b * rows + r] { differ += 1 }
+                }
+            }
+        }
+        #expect(differ > 0, "the GEMM and GEMV orders round differently somewhere")
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            var packedOut = [Float](repeating: .nan, count: batch * rows)
+            tk_matmul_interleaved_q4_k_repacked(
+                packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(batch), orders, &packedOut,
+                Int32(rows))
+            var rowOut = [Float](repeating: .nan, count: batch * rows)
+            tk_matmul_q4_k_repacked(
+                weights, rowBytes, Int32(columns), 0, Int32(rows), q, Int32(batch), orders, &rowOut, Int32(rows))
+            #expect(packedOut.map(\.bitPattern) == expected.map(\.bitPattern), "interleaved, level \(used)")
+            #expect(rowOut.map(\.bitPattern) == expected.map(\.bitPattern), "rows, level \(used)")
+        }
+        tk_set_simd_level(99)
+    }
 }

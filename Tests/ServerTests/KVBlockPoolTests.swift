@@ -20,8 +20,13 @@ import Testing
         let blocks = pool.allocate(3)!
         let hashes = pool.blockHashes(of: tokens, promptLength: tokens.count, limit: 10)
         #expect(hashes.count == 2)
-        pool.register(block: blocks[0], hash: hashes[0], tokens: tokens[0..<4], kernels: 0)
-        pool.register(block: blocks[1], hash: hashes[1], tokens: tokens[4..<8], kernels: 0)
+        // The kernels of a 10-token prompt's rows (Q4_K's GEMM for positions 1-8): what every lookup below expects.
+        pool.register(
+            block: blocks[0], hash: hashes[0], tokens: tokens[0..<4],
+            kernels: pool.kernels(ofBlock: 0, promptLength: 10))
+        pool.register(
+            block: blocks[1], hash: hashes[1], tokens: tokens[4..<8],
+            kernels: pool.kernels(ofBlock: 1, promptLength: 10))
         // Same first 9 tokens: both full blocks are found.
         let hit = pool.takeCachedPrefix(of: Array(tokens.prefix(9)) + [99], promptLength: 10)
         #expect(hit.blocks == Array(blocks.prefix(2)))
@@ -56,8 +61,9 @@ import Testing
         // The never-used block goes first, then a (freed before b).
         let first = pool.allocate(2)!
         #expect(first.contains(a[0]) && !first.contains(b[0]))
-        #expect(pool.takeCachedPrefix(of: [1, 2, 9], promptLength: 10).blocks.isEmpty, "a's content was evicted")
-        #expect(pool.takeCachedPrefix(of: [3, 4, 9], promptLength: 10).blocks == b)
+        // (A 3-token prompt: its rows take the kernels registered, 0.)
+        #expect(pool.takeCachedPrefix(of: [1, 2, 9], promptLength: 3).blocks.isEmpty, "a's content was evicted")
+        #expect(pool.takeCachedPrefix(of: [3, 4, 9], promptLength: 3).blocks == b)
     }
 
     @Test func aCollidingHashNeverReturnsOtherTokens() {

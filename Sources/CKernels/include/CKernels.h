@@ -35,6 +35,16 @@ float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n);
 /// Dot product of one K-quant row (ggml type 12 Q4_K, 13 Q5_K or 14 Q6_K) of n values with Q8_K activations; NaN for another
 /// type.
 float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n);
+/// A Q4_K row's dot product in the order of llama.cpp's repacked Q4_K kernels: `per64` its GEMM's (one FMA per 64
+/// values), else its GEMV's (one per 256); out = acc − acc_min (kquants.c).
+float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per64);
+/// tk_matmul_k for Q4_K in the repacked orders, activation row b's order given by per64[b].
+int tk_matmul_q4_k_repacked(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                            int n_act, const uint8_t *per64, float *out, int out_stride);
+/// tk_matmul_interleaved_k for Q4_K (type 12 packed) in the repacked orders, per activation row as per64.
+int tk_matmul_interleaved_q4_k_repacked(const void *packed, int n, int group_begin, int group_end, int rows,
+                                        const tk_block_q8k *x, int n_act, const uint8_t *per64, float *out,
+                                        int out_stride);
 /// tk_matmul_q for the K-quants, over Q8_K activations.
 int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
                 int n_act, float *out, int out_stride);

@@ -65,6 +65,7 @@ public final class KVBlockPool {
     /// The attention kernels of block `index` of a request whose prompt has `promptLength` tokens.
     public func kernels(ofBlock index: Int, promptLength: Int) -> UInt64 {
         AttentionKernelChoice.signature(start: index * blockSize, count: blockSize, promptLength: promptLength)
+            ^ Q4KOrderChoice.signature(start: index * blockSize, count: blockSize, promptLength: promptLength) << 1
     }
 
     /// Hashes of the full blocks of `tokens` (a request's tokens, the first `promptLength` its prompt), at most `limit`.
