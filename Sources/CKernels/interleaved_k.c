@@ -151,14 +151,13 @@ static void q45k_group_scalar(const uint8_t *g, int nsb, int five, const tk_bloc
 // The repacked orders (tk_dot_q4_k_repacked) from the interleaved layout, row by row.
 static void q4k_repacked_group_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, int per64, float out[16]) {
     for (int r = 0; r < 16; r++) {
-        float acc = 0.0f, acc_min = 0.0f;
+        tk_q4k_repacked_state st = {0};
         for (int i = 0; i < nsb; i++) {
             const uint8_t *b = g + (size_t)i * Q4K_GROUP_BYTES;
             uint16_t dh, mh;
             memcpy(&dh, b + 2 * r, 2);
             memcpy(&mh, b + 32 + 2 * r, 2);
             const float d = tk_half_to_float(dh) * x[i].d, dmin = tk_half_to_float(mh) * x[i].d;
-            int total = 0, total_min = 0;
             for (int j = 0; j < 4; j++) {
                 int sum = 0;
                 for (int k = 0; k < 8; k++) {
@@ -170,20 +169,11 @@ static void q4k_repacked_group_scalar(const uint8_t *g, int nsb, const tk_block_
                 }
                 const int mins = b[192 + 32 * j + 2 * r] * (x[i].bsums[4 * j] + x[i].bsums[4 * j + 1]) +
                                  b[192 + 32 * j + 2 * r + 1] * (x[i].bsums[4 * j + 2] + x[i].bsums[4 * j + 3]);
-                if (per64) {
-                    acc = fmaf((float)sum, d, acc);
-                    acc_min = fmaf((float)mins, dmin, acc_min);
-                } else {
-                    total += sum;
-                    total_min += mins;
-                }
+                tk_q4k_repacked_pair(&st, per64, sum, mins, d, dmin);
             }
-            if (!per64) {
-                acc = fmaf((float)total, d, acc);
-                acc_min = fmaf((float)total_min, dmin, acc_min);
-            }
+            tk_q4k_repacked_end(&st, per64, d, dmin);
         }
-        out[r] = acc - acc_min;
+        out[r] = st.acc - st.acc_min;
     }
 }
 

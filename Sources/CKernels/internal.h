@@ -3,6 +3,7 @@
 #define TANDEM_CKERNELS_INTERNAL_H
 
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -35,6 +36,32 @@ static inline void tk_q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) 
         sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
         m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
     }
+}
+
+// One pair of sub-blocks' integer sums of a Q4_K row in llama.cpp's repacked orders (tk_dot_q4_k_repacked): folded
+// into the floats at once for its GEMM (`per64`), else added up for the super-block, which `tk_q4k_repacked_end`
+// folds in (its GEMV).
+typedef struct {
+    float acc, acc_min;
+    int total, total_min;
+} tk_q4k_repacked_state;
+
+static inline void tk_q4k_repacked_pair(tk_q4k_repacked_state *st, int per64, int sum, int mins, float d, float dmin) {
+    if (per64) {
+        st->acc = fmaf((float)sum, d, st->acc);
+        st->acc_min = fmaf((float)mins, dmin, st->acc_min);
+    } else {
+        st->total += sum;
+        st->total_min += mins;
+    }
+}
+
+static inline void tk_q4k_repacked_end(tk_q4k_repacked_state *st, int per64, float d, float dmin) {
+    if (!per64) {
+        st->acc = fmaf((float)st->total, d, st->acc);
+        st->acc_min = fmaf((float)st->total_min, dmin, st->acc_min);
+    }
+    st->total = st->total_min = 0;
 }
 
 #if TK_X86

@@ -275,7 +275,7 @@ static float dot_q4_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
 // accumulates acc = fma(S_p, d_w·d_x, acc) and acc_min = fma(M_p, dmin_w·d_x, acc_min) for each pair, its GEMV (the
 // rows left over, and decode) once per super-block with the four sums added; out = acc − acc_min.
 float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per64) {
-    float acc = 0.0f, acc_min = 0.0f;
+    tk_q4k_repacked_state st = {0};
     for (int i = 0; i < n / 256; i++) {
         const uint8_t *b = (const uint8_t *)w + (size_t)i * Q4_K_BYTES;
         uint8_t sc[8], m[8];
@@ -285,30 +285,19 @@ float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per6
         memcpy(&mh, b + 2, 2);
         const float d = tk_half_to_float(dh) * x[i].d, dmin = tk_half_to_float(mh) * x[i].d;
         const uint8_t *qs = b + 16;
-        int total = 0, total_min = 0;
         for (int p = 0; p < 4; p++) {
             int s0 = 0, s1 = 0;
             for (int e = 0; e < 32; e++) {
                 s0 += (qs[32 * p + e] & 0x0F) * x[i].qs[64 * p + e];
                 s1 += (qs[32 * p + e] >> 4) * x[i].qs[64 * p + 32 + e];
             }
-            const int sum = sc[2 * p] * s0 + sc[2 * p + 1] * s1;
             const int mins = m[2 * p] * (x[i].bsums[4 * p] + x[i].bsums[4 * p + 1]) +
                              m[2 * p + 1] * (x[i].bsums[4 * p + 2] + x[i].bsums[4 * p + 3]);
-            if (per64) {
-                acc = fmaf((float)sum, d, acc);
-                acc_min = fmaf((float)mins, dmin, acc_min);
-            } else {
-                total += sum;
-                total_min += mins;
-            }
+            tk_q4k_repacked_pair(&st, per64, sc[2 * p] * s0 + sc[2 * p + 1] * s1, mins, d, dmin);
         }
-        if (!per64) {
-            acc = fmaf((float)total, d, acc);
-            acc_min = fmaf((float)total_min, dmin, acc_min);
-        }
+        tk_q4k_repacked_end(&st, per64, d, dmin);
     }
-    return acc - acc_min;
+    return st.acc - st.acc_min;
 }
 
 int tk_matmul_q4_k_repacked(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
