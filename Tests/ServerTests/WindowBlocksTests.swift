@@ -26,7 +26,10 @@ import Testing
     }
 
     @Test func aLongRequestHoldsOneWindowOfBlocksAndGetsTheUnsplitTokens() async throws {
-        let engine = GemmaEngineModel.engine()
+        // Room for 1,302 + 4,000 positions, so that the decode below cannot end before the test stops it.
+        var config = EngineConfig(maxModelLength: 6_144, blockCount: 400)
+        config.maxBatchedTokens = 256
+        let engine = EngineCore(model: GemmaEngineModel.model, tokenizer: GemmaEngineModel.tokenizer, config: config)
         defer { engine.shutdown() }
         let c = GemmaEngineModel.model.config
         let window = try #require(c.slidingWindow)
@@ -34,27 +37,24 @@ import Testing
         #expect(prompt.count > 2 * window)
         let expected = try Self.reference(prompt, Self.greedy(24))
 
-        // A decode long enough to be seen running: the stats are polled (with a deadline) while it streams.
-        var params = Self.greedy(300)
+        // A decode that runs until this test has seen it: the stats are read at every output (each comes after a
+        // step), and the request is aborted once it has given 24 tokens and been seen holding more blocks than its
+        // prompt. It cannot end first: it may generate 4,000 tokens.
+        var params = Self.greedy(4_000)
         params.ignoreEOS = true
         let handle = try engine.submit(GenerationRequest(id: "long", promptTokens: prompt, params: params))
         let promptBlocks = (prompt.count + Self.bs - 1) / Self.bs
-        let watcher = Task {
-            var mostWindowBlocks = 0
-            var decoding: EngineStats?
-            let deadline = Date().addingTimeInterval(120)
-            while Date() < deadline, !Task.isCancelled {
-                let s = engine.stats
-                mostWindowBlocks = max(mostWindowBlocks, s.usedWindowBlocks)
-                if decoding == nil, s.usedBlocks > promptBlocks { decoding = s }
-                try? await Task.sleep(for: .milliseconds(2))
-            }
-            return (mostWindowBlocks, decoding)
+        var ids: [Int32] = []
+        var mostWindowBlocks = 0
+        var seen: EngineStats?
+        for await out in handle.outputs {
+            ids += out.tokenIds
+            let s = engine.stats
+            mostWindowBlocks = max(mostWindowBlocks, s.usedWindowBlocks)
+            if seen == nil, s.usedBlocks > promptBlocks { seen = s }
+            if seen != nil, ids.count >= 24 { handle.abort() }
         }
-        let out = await collect(handle)
-        watcher.cancel()
-        let (mostWindowBlocks, seen) = await watcher.value
-        #expect(Array(out.ids.prefix(24)) == expected, "the split cache gives the unsplit cache's tokens")
+        #expect(Array(ids.prefix(24)) == expected, "the split cache gives the unsplit cache's tokens")
         let last = try #require(seen, "the decode was seen running")
         // Every published step: the window (and the block it starts in), not the sequence.
         let windowBound = (window + Self.bs - 1) / Self.bs + 1
@@ -69,11 +69,8 @@ import Testing
             "gemma3, \(prompt.count)-token prompt, decoding: \(last.usedBlocks) blocks for the"
                 + " \(c.layerCount - slidingLayers) global layers, \(last.usedWindowBlocks) for the \(slidingLayers)"
                 + " sliding ones: \(last.heldKVBytes) bytes of KV held, \(unsplit) in one cache")
-        // Finished: both kinds let go (the stats are published after the step that ended it).
-        let deadline = Date().addingTimeInterval(10)
-        while engine.stats.usedBlocks + engine.stats.usedWindowBlocks > 0, Date() < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        // Ended: both kinds let go. Shutting down returns after the loop's last published stats.
+        engine.shutdown()
         #expect(engine.stats.usedBlocks == 0 && engine.stats.usedWindowBlocks == 0)
     }
 
