@@ -21,6 +21,8 @@ public final class PagedKVCache: @unchecked Sendable {
     public let inWindowBlocks: [Bool]
     /// Per layer: its index among the layers of its group.
     private let groupIndex: [Int]
+    /// Layers in the full and the window blocks.
+    private let groupLayers: [Int]
     private let fullStorage: UnsafeMutablePointer<UInt16>
     private let windowStorage: UnsafeMutablePointer<UInt16>?
 
@@ -45,6 +47,7 @@ public final class PagedKVCache: @unchecked Sendable {
             counts[w ? 1 : 0] += 1
         }
         groupIndex = index
+        groupLayers = counts
         fullStorage = Self.allocate(counts[0] * 2 * blockCount * blockSize * kvDim)
         windowStorage = split ? Self.allocate(counts[1] * 2 * windowBlockCount! * blockSize * kvDim) : nil
     }
@@ -67,7 +70,7 @@ public final class PagedKVCache: @unchecked Sendable {
 
     /// Bytes of one block of the layers in `window` blocks or the others.
     public func bytesPerBlock(window: Bool) -> Int {
-        inWindowBlocks.filter { $0 == window }.count * 2 * blockSize * kvDim * 2
+        groupLayers[window ? 1 : 0] * 2 * blockSize * kvDim * 2
     }
 
     /// Bytes the cache holds: every block of both groups.
