@@ -346,7 +346,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                     const int sum0 = bs[0] + bs[1], sum1 = bs[2] + bs[3];                                        \
                     const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)sum1 << 16) | (uint16_t)sum0));      \
                     const __m512i mj = _mm512_madd_epi16(mp, sums);                                              \
-                    if (per64[a]) {                                                                              \
+                    if (per64[a] & TK_ORDER_Q4K_GEMM) {                                                                              \
                         acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sj[a]), d[a], acc[a]);                       \
                         accm[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mj), dm[a], accm[a]);                       \
                     } else {                                                                                     \
@@ -356,7 +356,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                 }                                                                                                \
             }                                                                                                    \
             for (int a = 0; a < NA; a++) {                                                                       \
-                if (!per64[a]) {                                                                                 \
+                if (!(per64[a] & TK_ORDER_Q4K_GEMM)) {                                                                                 \
                     acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[a]), d[a], acc[a]);                          \
                     accm[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totm[a]), dm[a], accm[a]);                      \
                 }                                                                                                \
@@ -451,40 +451,160 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
 
 TK_X16_Q6_K(x16_q6_k_1, 1)
 TK_X16_Q6_K(x16_q6_k_2, 2)
+
+// Q6_K in llama.cpp's tiled order: per super-block one exact integer sum per row (the lanes above added up), then
+// acc = fma(float(sum)·d_w, d_x, acc).
+#define TK_X16_Q6_K_TILED(NAME, NA)                                                                                \
+    TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, float *out,      \
+                              size_t os, int valid) {                                                            \
+        __m512 acc[NA];                                                                                          \
+        for (int a = 0; a < NA; a++) acc[a] = _mm512_setzero_ps();                                               \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);                                     \
+        for (int i = 0; i < nsb; i++, g += Q6K_GROUP_BYTES) {                                                    \
+            for (int l = 0; l < Q6K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
+            __m512i sumi[NA];                                                                                    \
+            for (int a = 0; a < NA; a++) sumi[a] = _mm512_setzero_si512();                                       \
+            for (int h = 0; h < 2; h++) {                                                                        \
+                const uint8_t *base = g + 288 + 1536 * h;                                                        \
+                for (int p = 0; p < 2; p++) {                                                                    \
+                    const __m512i sl[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p)),                    \
+                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 1))};               \
+                    const __m512i sh[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 4)),                \
+                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 5))};               \
+                    for (int k = 0; k < 8; k++) {                                                                \
+                        const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k)));    \
+                        const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                    \
+                        const __m512i lo = _mm512_or_si512(                                                      \
+                            _mm512_and_si512(ql, m4),                                                            \
+                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));           \
+                        const __m512i hi = _mm512_or_si512(                                                      \
+                            _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                      \
+                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));       \
+                        for (int a = 0; a < NA; a++) {                                                           \
+                            const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;                  \
+                            const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));           \
+                            const __m512i ph = _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 64)));      \
+                            sumi[a] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[a], pl, sl[k >> 2]), ph, sh[k >> 2]); \
+                        }                                                                                        \
+                    }                                                                                            \
+                }                                                                                                \
+            }                                                                                                    \
+            for (int k = 0; k < 8; k++) {                                                                        \
+                const __m512i s0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k))));  \
+                const __m512i s1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k + 1)))); \
+                const __m512i pair = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),            \
+                                                     _mm512_slli_epi32(s1, 16));                                 \
+                for (int a = 0; a < NA; a++) {                                                                   \
+                    const int16_t *bs = x[a * xstride + i].bsums + 2 * k;                                        \
+                    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)bs[1] << 16) | (uint16_t)bs[0])); \
+                    sumi[a] = _mm512_sub_epi32(sumi[a], _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5));    \
+                }                                                                                                \
+            }                                                                                                    \
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
+            for (int a = 0; a < NA; a++) {                                                                       \
+                const __m512 r = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi[a]), dv);                                 \
+                acc[a] = _mm512_fmadd_ps(r, _mm512_set1_ps(x[a * xstride + i].d), acc[a]);                       \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int a = 0; a < NA; a++) {                                                                           \
+            float r[16];                                                                                         \
+            _mm512_storeu_ps(r, acc[a]);                                                                         \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+        }                                                                                                        \
+    }
+
+TK_X16_Q6_K_TILED(x16_q6_k_tiled_1, 1)
+TK_X16_Q6_K_TILED(x16_q6_k_tiled_2, 2)
+TK_X16_Q6_K_TILED(x16_q6_k_tiled_4, 4)
 #endif
 
+// q6k_group_scalar in the tiled order.
+static void q6k_group_tiled_scalar(const uint8_t *g, int nsb, const tk_block_q8k *x, float out[16]) {
+    for (int r = 0; r < 16; r++) {
+        float acc = 0;
+        for (int i = 0; i < nsb; i++) {
+            const uint8_t *blk = g + (size_t)i * Q6K_GROUP_BYTES;
+            uint16_t dh;
+            memcpy(&dh, blk + 2 * r, 2);
+            int sum = 0;
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *base = blk + 288 + 1536 * h;
+                for (int grp = 0; grp < 4; grp++) {
+                    const int e0 = 128 * h + 32 * grp;
+                    for (int l = 0; l < 32; l++) {
+                        const uint8_t ql = base[512 + 64 * (8 * (grp & 1) + l / 4) + 4 * r + l % 4];
+                        const uint8_t qh = base[64 * (l / 4) + 4 * r + l % 4];
+                        const int q = (grp >> 1 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * grp)) & 3) << 4);
+                        sum += (int8_t)blk[32 + 16 * ((e0 + l) / 16) + r] * ((q - 32) * x[i].qs[e0 + l]);
+                    }
+                }
+            }
+            acc = fmaf((float)sum * tk_half_to_float(dh), x[i].d, acc);
+        }
+        out[r] = acc;
+    }
+}
+
+// Activation rows [b, e) of one group, all in one order (`tiled` or tk_dot_k's).
+static void q6k_group_run(const uint8_t *gp, int nsb, const tk_block_q8k *x, int b, int e, int tiled, float *out,
+                          int out_stride, int first, int valid, int level) {
+    (void)level;
+#if TK_X86
+    if (level == 2) {
+        if (tiled) {
+            for (; b + 4 <= e; b += 4)
+                x16_q6_k_tiled_4(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+            for (; b + 2 <= e; b += 2)
+                x16_q6_k_tiled_2(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+            for (; b < e; b++)
+                x16_q6_k_tiled_1(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+        } else {
+            for (; b + 2 <= e; b += 2)
+                x16_q6_k_2(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+            for (; b < e; b++)
+                x16_q6_k_1(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+        }
+    }
+#endif
+    for (; b < e; b++) {
+        float r[16];
+        if (tiled) {
+            q6k_group_tiled_scalar(gp, nsb, x + (size_t)b * nsb, r);
+        } else {
+            q6k_group_scalar(gp, nsb, x + (size_t)b * nsb, r);
+        }
+        for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+    }
+}
+
 static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int group_end, int rows,
-                       const tk_block_q8k *x, int n_act, float *out, int out_stride) {
+                       const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out, int out_stride) {
     const size_t group_bytes = (size_t)Q6K_GROUP_BYTES * (size_t)nsb;
     const int level = tk_simd_level();
-    (void)level;
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = packed + (size_t)g * group_bytes;
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
-        int b = 0;
-#if TK_X86
-        if (level == 2) {
-            for (; b + 2 <= n_act; b += 2) {
-                x16_q6_k_2(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
-            }
-            for (; b < n_act; b++) {
-                x16_q6_k_1(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
-            }
-        }
-#endif
-        for (; b < n_act; b++) {
-            float r[16];
-            q6k_group_scalar(gp, nsb, x + (size_t)b * nsb, r);
-            for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+        for (int b = 0; b < n_act;) {
+            const int tiled = orders && (orders[b] & TK_ORDER_TILED);
+            int e = b + 1;
+            while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == tiled) e++;
+            q6k_group_run(gp, nsb, x, b, e, tiled, out, out_stride, first, valid, level);
+            b = e;
         }
     }
     return 0;
 }
 
+int tk_matmul_interleaved_q6_k_ordered(const void *packed, int n, int group_begin, int group_end, int rows,
+                                       const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
+                                       int out_stride) {
+    return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, orders, out, out_stride);
+}
+
 int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
                             const tk_block_q8k *x, int n_act, float *out, int out_stride) {
-    if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, out, out_stride);
+    if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, 0, out, out_stride);
     if (type != 12 && type != 13) return -1;
     const int nsb = n / 256, five = type == 13;
     const size_t group_bytes = group_block_bytes(type) * (size_t)nsb;
@@ -548,7 +668,7 @@ int tk_matmul_interleaved_q4_k_repacked(const void *packed, int n, int group_beg
 #endif
         for (; b < n_act; b++) {
             float r[16];
-            q4k_repacked_group_scalar(gp, nsb, x + (size_t)b * nsb, per64[b], r);
+            q4k_repacked_group_scalar(gp, nsb, x + (size_t)b * nsb, per64[b] & TK_ORDER_Q4K_GEMM, r);
             for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
         }
     }

@@ -306,7 +306,7 @@ int tk_matmul_q4_k_repacked(const void *w, size_t row_bytes, int n, int row_begi
     for (int r = row_begin; r < row_end; r++) {
         const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
         for (int b = 0; b < n_act; b++) {
-            out[(size_t)b * out_stride + r] = tk_dot_q4_k_repacked(row, x + (size_t)b * nb, n, per64[b]);
+            out[(size_t)b * out_stride + r] = tk_dot_q4_k_repacked(row, x + (size_t)b * nb, n, per64[b] & TK_ORDER_Q4K_GEMM);
         }
     }
     return 0;
@@ -481,24 +481,46 @@ static inline int q6k_lane_offset(const int8_t *scales, const int16_t *bsums, in
     return 32 * (bsums[2 * k] * scales[2 * k] + bsums[2 * k + 1] * scales[2 * k + 1]);
 }
 
+// The eight integer lanes of one Q6_K block against one Q8_K block, as dot_q6_k_scalar sums them.
+static void q6k_block_lanes_scalar(const uint8_t *b, const tk_block_q8k *x, int lanes[8]) {
+    const int8_t *scales = (const int8_t *)(b + 192);
+    for (int k = 0; k < 8; k++) lanes[k] = 0;
+    for (int e = 0; e < 256; e++) {
+        const int half = e / 128;
+        const int q = q6k_value(b + 64 * half, b + 128 + 32 * half, e % 128);
+        lanes[(e % 32) / 4] += scales[e / 16] * (q * x->qs[e]);
+    }
+    for (int k = 0; k < 8; k++) lanes[k] -= q6k_lane_offset(scales, x->bsums, k);
+}
+
 static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
     float acc[8] = {0};
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
-        const int8_t *scales = (const int8_t *)(b + 192);
         uint16_t dh;
         memcpy(&dh, b + 208, 2);
-        int lanes[8] = {0};
-        for (int e = 0; e < 256; e++) {
-            const int half = e / 128;
-            const int q = q6k_value(b + 64 * half, b + 128 + 32 * half, e % 128);
-            lanes[(e % 32) / 4] += scales[e / 16] * (q * x[i].qs[e]);
-        }
-        for (int k = 0; k < 8; k++) lanes[k] -= q6k_lane_offset(scales, x[i].bsums, k);
+        int lanes[8];
+        q6k_block_lanes_scalar(b, x + i, lanes);
         const float d = x[i].d * tk_half_to_float(dh);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
     }
     return tk_hsum8_scalar(acc);
+}
+
+// llama.cpp's tiled order (ggml-cpu/tiled): the block's exact integer sum, then acc = fma(float(sum)·d_w, d_x, acc).
+static float dot_q6_k_tiled_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    float acc = 0;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
+        uint16_t dh;
+        memcpy(&dh, b + 208, 2);
+        int lanes[8];
+        q6k_block_lanes_scalar(b, x + i, lanes);
+        int sum = 0;
+        for (int k = 0; k < 8; k++) sum += lanes[k];
+        acc = fmaf((float)sum * tk_half_to_float(dh), x[i].d, acc);
+    }
+    return acc;
 }
 
 #if TK_X86
@@ -508,46 +530,66 @@ TK_AVX2 static inline __m256i q6k_offsets_avx2(const int8_t *scales, const int16
     return _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), sc), 5);
 }
 
-TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
-    __m256 acc = _mm256_setzero_ps();
+// The eight integer lanes of one Q6_K block against one Q8_K block (ggml's AVX2 vec_dot_q6_K_q8_K).
+TK_AVX2 static inline __m256i q6k_block_lanes_avx2(const uint8_t *b, const tk_block_q8k *xi) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i m2 = _mm256_set1_epi8(3);
+    const int8_t *scales = (const int8_t *)(b + 192);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *ql = b + 64 * half;
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hbits, m2), 4));
+        q[1] = _mm256_or_si256(
+            _mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), m2), 4));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), m2), 4));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), m2), 4));
+        for (int g = 0; g < 4; g++) {
+            const int e0 = 128 * half + 32 * g;
+            const __m256i y = _mm256_loadu_si256((const __m256i *)(xi->qs + e0));
+            const __m256i p = _mm256_maddubs_epi16(q[g], y);
+            const __m256i s = _mm256_setr_epi16(
+                scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16],
+                scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
+                scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
+                scales[e0 / 16 + 1], scales[e0 / 16 + 1]);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
+        }
+    }
+    return _mm256_sub_epi32(sumi, q6k_offsets_avx2(scales, xi->bsums));
+}
+
+TK_AVX2 static float dot_q6_k_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
-        const int8_t *scales = (const int8_t *)(b + 192);
         uint16_t dh;
         memcpy(&dh, b + 208, 2);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = b + 64 * half;
-            const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hbits, m2), 4));
-            q[1] = _mm256_or_si256(
-                _mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 6), m2), 4));
-            for (int g = 0; g < 4; g++) {
-                const int e0 = 128 * half + 32 * g;
-                const __m256i y = _mm256_loadu_si256((const __m256i *)(x[i].qs + e0));
-                const __m256i p = _mm256_maddubs_epi16(q[g], y);
-                const __m256i s = _mm256_setr_epi16(
-                    scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16],
-                    scales[e0 / 16], scales[e0 / 16], scales[e0 / 16], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
-                    scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1], scales[e0 / 16 + 1],
-                    scales[e0 / 16 + 1], scales[e0 / 16 + 1]);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s, p));
-            }
-        }
+        const __m256i sumi = q6k_block_lanes_avx2(b, x + i);
         const float d = x[i].d * tk_half_to_float(dh);
-        sumi = _mm256_sub_epi32(sumi, q6k_offsets_avx2(scales, x[i].bsums));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
+}
+
+TK_AVX2 static float dot_q6_k_tiled_avx2(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    float acc = 0;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
+        uint16_t dh;
+        memcpy(&dh, b + 208, 2);
+        const __m256i lanes = q6k_block_lanes_avx2(b, x + i);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        acc = fmaf((float)_mm_cvtsi128_si32(s) * tk_half_to_float(dh), x[i].d, acc);
+    }
+    return acc;
 }
 #endif
 
@@ -651,6 +693,40 @@ int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin,
         }
 #endif
         for (; b < n_act; b++) out[(size_t)b * out_stride + r] = dot(row, x + (size_t)b * nb, nb);
+    }
+    return 0;
+}
+
+float tk_dot_q6_k_tiled(const void *w, const tk_block_q8k *x, int n) {
+#if TK_X86
+    if (tk_simd_level() >= 1) return dot_q6_k_tiled_avx2(w, x, n / 256);
+#endif
+    return dot_q6_k_tiled_scalar(w, x, n / 256);
+}
+
+int tk_matmul_q6_k_ordered(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                           int n_act, const uint8_t *orders, float *out, int out_stride) {
+    const int nb = n / 256;
+    float (*tiled)(const uint8_t *, const tk_block_q8k *, int) = dot_q6_k_tiled_scalar;
+#if TK_X86
+    if (tk_simd_level() >= 1) tiled = dot_q6_k_tiled_avx2;
+#endif
+    // Runs of rows in tk_dot_k's order go through tk_matmul_k (with its four-row kernel); the others one by one.
+    int b = 0;
+    while (b < n_act) {
+        int e = b;
+        const int is_tiled = orders && (orders[b] & TK_ORDER_TILED);
+        while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == is_tiled) e++;
+        if (is_tiled) {
+            for (int r = row_begin; r < row_end; r++) {
+                const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+                for (int a = b; a < e; a++) out[(size_t)a * out_stride + r] = tiled(row, x + (size_t)a * nb, nb);
+            }
+        } else {
+            tk_matmul_k(14, w, row_bytes, n, row_begin, row_end, x + (size_t)b * nb, e - b,
+                        out + (size_t)b * out_stride, out_stride);
+        }
+        b = e;
     }
     return 0;
 }

@@ -5,7 +5,7 @@
 /// of 64 rows or more runs its tiled kernel; a single row over 512 or more KV cells (the cache length padded to a
 /// multiple of 256) runs its split-KV kernel, one chunk of cells per thread; anything else runs its one-key-at-a-time
 /// kernel. Here the choice depends only on the row's position and its request's prompt length, never on what else is
-/// in the batch or on how the prompt was chunked, so outputs stay batch-invariant.
+/// in the batch or on how the prompt was chunked, so outputs stay batch-invariant. How the prompt is cut into micro-batches is `PromptBatching`'s.
 public enum AttentionKernelChoice {
     /// The kernel for one row.
     public enum Kernel: Equatable, Sendable {
@@ -18,7 +18,7 @@ public enum AttentionKernelChoice {
     }
 
     /// llama.cpp's default micro-batch size (`n_ubatch`).
-    public static let microBatch = 512
+    public static let microBatch = PromptBatching.microBatchSize
     /// The fewest rows for which llama.cpp's CPU backend takes the tiled kernel (`GGML_FA_TILE_Q`).
     public static let tiledMinimumRows = 64
     /// llama.cpp pads the KV cells a micro-batch attends to up to a multiple of this.
@@ -28,14 +28,13 @@ public enum AttentionKernelChoice {
     /// llama.cpp's thread count, which sets the split-KV chunks: the golden reference ran llama-server with 2 threads.
     public static let llamaThreads = 2
 
-    /// The kernel of the row at `position` of a request whose prompt has `promptLength` tokens.
-    public static func kernel(position: Int, promptLength: Int) -> Kernel {
+    /// The kernel of the row at `position` of a request whose prompt has `promptLength` tokens, cut as `batching`.
+    public static func kernel(position: Int, promptLength: Int, batching: PromptBatching = .plain) -> Kernel {
         let rows: Int
         let lastPosition: Int
-        if position < promptLength {
-            let start = position / microBatch * microBatch
-            rows = min(microBatch, promptLength - start)
-            lastPosition = start + rows - 1
+        if let batch = batching.microBatch(position: position, promptLength: promptLength) {
+            rows = batch.rows
+            lastPosition = batch.start + batch.rows - 1
         } else {
             rows = 1
             lastPosition = position
@@ -48,11 +47,12 @@ public enum AttentionKernelChoice {
 
     /// A digest of the kernels of the `count` rows from `start`: 0 when every one is `.oneChunk`. KV computed by
     /// different kernels differs in its bits, so the prefix cache keys blocks by it.
-    public static func signature(start: Int, count: Int, promptLength: Int) -> UInt64 {
+    public static func signature(start: Int, count: Int, promptLength: Int, batching: PromptBatching = .plain) -> UInt64
+    {
         var digest: UInt64 = 0
         for position in start..<start + count {
             let code: UInt64
-            switch kernel(position: position, promptLength: promptLength) {
+            switch kernel(position: position, promptLength: promptLength, batching: batching) {
             case .oneChunk: code = 0
             case .tiled: code = 1
             case .split(let cells, let parts): code = 2 | UInt64(cells) << 8 | UInt64(parts) << 40

@@ -24,10 +24,14 @@ struct AttentionPlan {
     /// Floats of one partial result of a split chunk: maximum, sum, then the unnormalized output.
     static func partialStride(headDim: Int) -> Int { 2 + headDim }
 
-    init(chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int], headCount: Int, kvHeadCount: Int) {
+    init(
+        chunks: [SequenceChunk], rowChunk: [Int], rowPosition: [Int], headCount: Int, kvHeadCount: Int,
+        batching: PromptBatching = .plain
+    ) {
         let rows = rowPosition.count
         kernels = (0..<rows).map {
-            AttentionKernelChoice.kernel(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
+            AttentionKernelChoice.kernel(
+                position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength, batching: batching)
         }
         var tiledLength = [Int](repeating: 0, count: chunks.count)
         for row in 0..<rows where kernels[row] == .tiled {

@@ -93,9 +93,10 @@ public final class TransformerModel: @unchecked Sendable {
                 r += 1
             }
         }
+        let batching = PromptBatching(slidingWindow: c.slidingWindow)
         let plan = AttentionPlan(
             chunks: chunks, rowChunk: rowChunk, rowPosition: rowPosition, headCount: c.headCount,
-            kvHeadCount: c.kvHeadCount)
+            kvHeadCount: c.kvHeadCount, batching: batching)
         let gathered = tiles.prepare(lengths: plan.tiledLength, kvHeads: c.kvHeadCount, headDim: c.headDim)
         var partials = [Float](
             repeating: 0, count: plan.partialCount * AttentionPlan.partialStride(headDim: c.headDim))
@@ -105,13 +106,13 @@ public final class TransformerModel: @unchecked Sendable {
             ? rope
             : RotaryEmbedding(
                 config: c, base: c.ropeFreqBaseSliding, factors: weights.ropeFrequencyFactors, positions: rowPosition)
-        // llama.cpp's Q4_K order of each row (`Q4KOrderChoice`); its last layer's FFN runs on the output rows only,
-        // one at a time (the GEMV), and the other rows' FFN there feeds nothing.
-        let q4KOrders = (0..<rowCount).map {
-            Q4KOrderChoice.usesGEMM(position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength)
-                ? UInt8(1) : 0
+        // llama.cpp's K-quant orders of each row (`KQuantOrderChoice`); its last layer's FFN runs on the output rows
+        // only, one at a time (the Q4_K GEMV, Q6_K's vec_dot), and the other rows' FFN there feeds nothing.
+        let kQuantOrders = (0..<rowCount).map {
+            KQuantOrderChoice.orders(
+                position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength, batching: batching)
         }
-        let q4KLastLayerOrders = [UInt8](repeating: 0, count: rowCount)
+        let lastLayerOrders = [UInt8](repeating: 0, count: rowCount)
         for (layerIndex, layer) in weights.layers.enumerated() {
             let sliding = c.slidingLayers[layerIndex]
             let layerRope = sliding ? slidingRope : rope
@@ -149,7 +150,7 @@ public final class TransformerModel: @unchecked Sendable {
                     cache: cache, ws: ws, gathered: gathered, partials: p.baseAddress)
             }
             layer.wo.multiply(
-                ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations, q4KOrders: q4KOrders)
+                ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations, kQuantOrders: kQuantOrders)
             if let n = layer.postAttentionNorm {
                 Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
             }
@@ -165,7 +166,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             layer.down.multiply(
                 ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations,
-                q4KOrders: layerIndex == weights.layers.count - 1 ? q4KLastLayerOrders : q4KOrders)
+                kQuantOrders: layerIndex == weights.layers.count - 1 ? lastLayerOrders : kQuantOrders)
             if let n = layer.postFFNNorm {
                 Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
             }

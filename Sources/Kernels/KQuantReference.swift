@@ -204,4 +204,27 @@ public enum KQuantReference {
         }
         return hsum8(acc)
     }
+
+    /// Q6_K row · Q8_K activations in the order of llama.cpp's tiled K-quant matmul: per block the exact integer
+    /// sum of scale·(q − 32)·y, then acc = fma(Float(sum)·d_w, d_x, acc).
+    public static func dotQ6_KTiled(row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        var acc: Float = 0
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * 210
+            var sum = 0
+            for e in 0..<256 {
+                let half = e / 128
+                let within = e % 128
+                let g = within / 32
+                let l = within % 32
+                let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
+                let nibble = g < 2 ? low & 0x0F : low >> 4
+                let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
+                let scale = Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self))
+                sum += scale * ((nibble | high << 4) - 32) * Int(x.qs[e])
+            }
+            acc = acc.addingProduct(Float(sum) * Self.half(b, 208), x.d)
+        }
+        return acc
+    }
 }

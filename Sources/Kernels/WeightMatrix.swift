@@ -110,13 +110,33 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Each output element is computed the same way whatever `batch` is and however the work is split over
     /// threads, so results are batch-invariant.
     ///
-    /// `q4KOrders` (one per input row: 1 for the GEMM's order, 0 for the GEMV's) puts a Q4_K matrix whose row count is
-    /// a multiple of 8 in llama.cpp's repacked orders (`Q4KOrderChoice`); other matrices ignore it.
+    /// `kQuantOrders` (one per input row, `TK_ORDER_*` flags: `KQuantOrderChoice`) puts a Q4_K matrix whose row count
+    /// is a multiple of 8 in llama.cpp's repacked orders and a Q6_K matrix in its tiled or vec_dot order; other
+    /// matrices ignore it.
     public func multiply(
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
-        scratch: inout ActivationBuffer, q4KOrders: [UInt8]? = nil
+        scratch: inout ActivationBuffer, kQuantOrders: [UInt8]? = nil
     ) {
-        if type == .q4_K, rows % 8 == 0, columns % 256 == 0, let orders = q4KOrders {
+        if type == .q6_K, columns % 256 == 0, let orders = kQuantOrders {
+            let q = scratch.quantizeK(x, rows: batch, columns: columns)
+            let args = UncheckedSendable((q, out, orders))
+            if let packed = interleaved {
+                let bytes = UncheckedSendable(packed.bytes)
+                pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
+                    _ = tk_matmul_interleaved_q6_k_ordered(
+                        bytes.value, Int32(columns), Int32(begin), Int32(end), Int32(rows), args.value.0,
+                        Int32(batch), args.value.2, args.value.1, Int32(rows))
+                }
+            } else {
+                pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
+                    _ = tk_matmul_q6_k_ordered(
+                        data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0, Int32(batch),
+                        args.value.2, args.value.1, Int32(rows))
+                }
+            }
+            return
+        }
+        if type == .q4_K, rows % 8 == 0, columns % 256 == 0, let orders = kQuantOrders {
             let q = scratch.quantizeK(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out, orders))
             if let packed = interleaved {

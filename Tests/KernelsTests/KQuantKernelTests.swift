@@ -260,4 +260,63 @@ import Testing
         }
         tk_set_simd_level(99)
     }
+
+    /// Q6_K in llama.cpp's tiled order (batches of 8 rows or more) and in vec_dot's, each activation row in its own:
+    /// the interleaved kernel at every level (1, 2 and 4 rows per pass) and the row kernel give bitwise the Swift
+    /// reference's dot product; and the two orders do differ.
+    @Test func tiledQ6KOrderEqualsTheReferenceBitwise() {
+        var rng = Rng(state: 47)
+        let (rows, columns) = (37, 1024)
+        let weights = randomRow(.q6_K, blocks: rows * columns / 256, rng: &rng)
+        let rowBytes = columns / 256 * 210
+        let groups = (rows + 15) / 16
+        var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(14, Int32(columns)))
+        tk_repack_interleaved_k(14, weights, rowBytes, Int32(rows), Int32(columns), &packed)
+        let tiled = UInt8(TK_ORDER_TILED)
+        // Runs of 7, 1, 2 and 1 tiled rows between vec_dot ones, with the Q4_K flag (ignored by Q6_K) on some.
+        let orders: [UInt8] = [
+            tiled, tiled | 1, tiled, tiled, tiled, tiled, tiled, 0, tiled, 1, 0, tiled, tiled, 0, tiled,
+        ]
+        let batch = orders.count
+        let x = (0..<(batch * columns)).map { _ in rng.float(3) }
+        var q = [tk_block_q8k](repeating: tk_block_q8k(), count: batch * columns / 256)
+        tk_quantize_q8k(x, &q, Int32(batch * columns))
+        var expected = [Float](repeating: 0, count: batch * rows)
+        var differ = 0
+        for b in 0..<batch {
+            let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
+            for r in 0..<rows {
+                weights.withUnsafeBytes {
+                    let row = $0.baseAddress! + r * rowBytes
+                    let inTiled = KQuantReference.dotQ6_KTiled(row: row, blocks: blocks)
+                    let inVecDot = KQuantReference.dotQ6_K(row: row, blocks: blocks)
+                    expected[b * rows + r] = orders[b] & tiled != 0 ? inTiled : inVecDot
+                    if inTiled != inVecDot { differ += 1 }
+                }
+            }
+        }
+        #expect(differ > 0, "the tiled and vec_dot orders round differently somewhere")
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            var packedOut = [Float](repeating: .nan, count: batch * rows)
+            tk_matmul_interleaved_q6_k_ordered(
+                packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(batch), orders, &packedOut,
+                Int32(rows))
+            var rowOut = [Float](repeating: .nan, count: batch * rows)
+            tk_matmul_q6_k_ordered(
+                weights, rowBytes, Int32(columns), 0, Int32(rows), q, Int32(batch), orders, &rowOut, Int32(rows))
+            #expect(packedOut.map(\.bitPattern) == expected.map(\.bitPattern), "interleaved, level \(used)")
+            #expect(rowOut.map(\.bitPattern) == expected.map(\.bitPattern), "rows, level \(used)")
+            for b in 0..<batch {
+                let one = tk_dot_q6_k_tiled(
+                    weights, q.withUnsafeBufferPointer { $0.baseAddress! + b * columns / 256 }, Int32(columns))
+                let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
+                let want = weights.withUnsafeBytes {
+                    KQuantReference.dotQ6_KTiled(row: $0.baseAddress!, blocks: blocks)
+                }
+                #expect(one.bitPattern == want.bitPattern, "tk_dot_q6_k_tiled, level \(used), b=\(b)")
+            }
+        }
+        tk_set_simd_level(99)
+    }
 }

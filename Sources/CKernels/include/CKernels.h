@@ -35,10 +35,24 @@ float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n);
 /// Dot product of one K-quant row (ggml type 12 Q4_K, 13 Q5_K or 14 Q6_K) of n values with Q8_K activations; NaN for another
 /// type.
 float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n);
+/// Per-activation-row order flags of the K-quant matrix kernels (`orders`, `per64`): TK_ORDER_Q4K_GEMM puts a Q4_K
+/// row in the order of llama.cpp's repacked GEMM; TK_ORDER_TILED puts a Q6_K row in the order of its tiled K-quant
+/// matmul (ggml-cpu/tiled, which llama.cpp takes for batches of 8 rows or more).
+enum { TK_ORDER_Q4K_GEMM = 1, TK_ORDER_TILED = 2 };
+/// A Q6_K row's dot product in llama.cpp's tiled order: per super-block the exact integer sum, then
+/// acc = fma(float(sum)·d_w, d_x, acc).
+float tk_dot_q6_k_tiled(const void *w, const tk_block_q8k *x, int n);
+/// tk_matmul_k for Q6_K, activation row b in the tiled order when orders[b] has TK_ORDER_TILED (else tk_dot_k's).
+int tk_matmul_q6_k_ordered(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
+                           int n_act, const uint8_t *orders, float *out, int out_stride);
+/// tk_matmul_interleaved_k for Q6_K (type 14 packed), activation row b's order as orders[b].
+int tk_matmul_interleaved_q6_k_ordered(const void *packed, int n, int group_begin, int group_end, int rows,
+                                       const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
+                                       int out_stride);
 /// A Q4_K row's dot product in the order of llama.cpp's repacked Q4_K kernels: `per64` its GEMM's (one FMA per 64
 /// values), else its GEMV's (one per 256); out = acc − acc_min (kquants.c).
 float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per64);
-/// tk_matmul_k for Q4_K in the repacked orders, activation row b's order given by per64[b].
+/// tk_matmul_k for Q4_K in the repacked orders, activation row b's order given by per64[b] & TK_ORDER_Q4K_GEMM.
 int tk_matmul_q4_k_repacked(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
                             int n_act, const uint8_t *per64, float *out, int out_stride);
 /// tk_matmul_interleaved_k for Q4_K (type 12 packed) in the repacked orders, per activation row as per64.

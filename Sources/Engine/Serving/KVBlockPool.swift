@@ -10,6 +10,8 @@ public final class KVBlockPool {
     public let blockCount: Int
     public let blockSize: Int
     public let prefixCachingEnabled: Bool
+    /// How prompts are cut into micro-batches, which sets the kernels of each row (`PromptBatching`).
+    public let batching: PromptBatching
 
     private var refCount: [Int32]
     private var blockHash: [UInt64?]
@@ -23,8 +25,9 @@ public final class KVBlockPool {
     private var tail: Int32 = -1
     public private(set) var freeCount: Int
 
-    public init(blockCount: Int, blockSize: Int, prefixCaching: Bool = true) {
+    public init(blockCount: Int, blockSize: Int, prefixCaching: Bool = true, batching: PromptBatching = .plain) {
         precondition(blockCount > 0 && blockSize > 0)
+        self.batching = batching
         self.blockCount = blockCount
         self.blockSize = blockSize
         prefixCachingEnabled = prefixCaching
@@ -64,8 +67,10 @@ public final class KVBlockPool {
 
     /// The attention kernels of block `index` of a request whose prompt has `promptLength` tokens.
     public func kernels(ofBlock index: Int, promptLength: Int) -> UInt64 {
-        AttentionKernelChoice.signature(start: index * blockSize, count: blockSize, promptLength: promptLength)
-            ^ Q4KOrderChoice.signature(start: index * blockSize, count: blockSize, promptLength: promptLength) << 1
+        AttentionKernelChoice.signature(
+            start: index * blockSize, count: blockSize, promptLength: promptLength, batching: batching)
+            ^ KQuantOrderChoice.signature(
+                start: index * blockSize, count: blockSize, promptLength: promptLength, batching: batching) << 1
     }
 
     /// Hashes of the full blocks of `tokens` (a request's tokens, the first `promptLength` its prompt), at most `limit`.

@@ -65,12 +65,13 @@ final class Scheduler {
     init(config: EngineConfig, window: Int? = nil) {
         self.config = config
         pool = KVBlockPool(
-            blockCount: config.blockCount, blockSize: config.blockSize, prefixCaching: config.prefixCaching)
+            blockCount: config.blockCount, blockSize: config.blockSize, prefixCaching: config.prefixCaching,
+            batching: PromptBatching(slidingWindow: window))
         self.window = window
         windowPool = window.map {
             KVBlockPool(
                 blockCount: config.windowBlockCount(window: $0), blockSize: config.blockSize,
-                prefixCaching: config.prefixCaching)
+                prefixCaching: config.prefixCaching, batching: PromptBatching(slidingWindow: $0))
         }
     }
 
