@@ -428,6 +428,55 @@ TK_X16_Q8_0(x16_q8_0_1, 1)
 TK_X16_Q8_0(x16_q8_0_2, 2)
 TK_X16_Q5_0(x16_q5_0_1, 1)
 TK_X16_Q5_0(x16_q5_0_2, 2)
+
+// Q5_0 for many activation rows: the group's quants unpacked once (`q5_0_unpack_group`: per block its 16 rows' scales
+// as floats, then the eight chunks' bytes with their fifth bits added), then read by every pass over the rows. The
+// arithmetic per row is TK_X16_Q5_0's.
+TK_V512 static void q5_0_unpack_group(const uint8_t *g, int nb, __m512 *scales, __m512i *w) {
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    const __m512i sixteen = _mm512_set1_epi8(0x10);
+    for (int i = 0; i < nb; i++, g += 352) {
+        scales[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        for (int c = 0; c < 4; c++) {
+            const __m512i b = _mm512_loadu_si512((const void *)(g + 96 + 64 * c));
+            __mmask64 kl, kh;
+            memcpy(&kl, g + 32 + 8 * c, 8);
+            memcpy(&kh, g + 32 + 8 * (c + 4), 8);
+            const __m512i lo = _mm512_and_si512(b, mask);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);
+            w[8 * i + c] = _mm512_mask_add_epi8(lo, kl, lo, sixteen);
+            w[8 * i + c + 4] = _mm512_mask_add_epi8(hi, kh, hi, sixteen);
+        }
+    }
+}
+
+#define TK_X16_Q5_0_UNPACKED(NAME, NA)                                                                 \
+    TK_V512 static void NAME(const __m512 *scales, const __m512i *w, int nb, const tk_block_q8 *x, size_t xstride, \
+                             const int32_t *corr, float *out, size_t os, int valid) {                  \
+        __m512 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
+        for (int i = 0; i < nb; i++) {                                                                 \
+            for (int a = 0; a < NA; a++) {                                                             \
+                const tk_block_q8 *xa = x + a * xstride + i;                                           \
+                const int32_t *ca = corr + (a * xstride + i) * 8;                                      \
+                const __m512 scale = _mm512_mul_ps(scales[i], _mm512_set1_ps(xa->d));                  \
+                for (int c = 0; c < 8; c++) {                                                          \
+                    const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), w[8 * i + c],     \
+                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
+                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int a = 0; a < NA; a++) {                                                                 \
+            float r[16];                                                                               \
+            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
+            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+        }                                                                                              \
+    }
+
+TK_X16_Q5_0_UNPACKED(x16_q5_0_unpacked_1, 1)
+TK_X16_Q5_0_UNPACKED(x16_q5_0_unpacked_2, 2)
 TK_X8_Q5_0(x8_q5_0_avx2_1, 1)
 TK_X8_Q5_0(x8_q5_0_avx2_2, 2)
 
@@ -457,10 +506,7 @@ typedef void (*corrected_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, 
 static void matmul_corrected(corrected_fn one, corrected_fn two, int factor, const uint8_t *packed,
                              size_t group_bytes, int nb, int group_begin, int group_end, int rows,
                              const tk_block_q8 *x, int n_act, float *out, int out_stride) {
-    int32_t local[8 * 8 * 48];
-    int32_t *corr = (size_t)n_act * nb * 8 <= sizeof(local) / sizeof(local[0])
-                        ? local
-                        : (int32_t *)malloc((size_t)n_act * nb * 8 * sizeof(int32_t));
+    int32_t *corr = tk_scratch(0, (size_t)n_act * nb * 8 * sizeof(int32_t));
     if (!corr) return;
     q8_corrections(x, n_act, nb, factor, corr);
     for (int g = group_begin; g < group_end; g++) {
@@ -477,7 +523,32 @@ static void matmul_corrected(corrected_fn one, corrected_fn two, int factor, con
                 out_stride, valid);
         }
     }
-    if (corr != local) free(corr);
+}
+
+// Q5_0 on AVX-512 for many activation rows: each group unpacked once (q5_0_unpack_group), then the rows in pairs.
+static int matmul_q5_0_unpacked(const uint8_t *packed, size_t group_bytes, int nb, int group_begin, int group_end,
+                                int rows, const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+    int32_t *corr = tk_scratch(0, (size_t)n_act * nb * 8 * sizeof(int32_t));
+    void *buffer = tk_scratch(1, (size_t)nb * 9 * 64);
+    if (!corr || !buffer) return -1;
+    q8_corrections(x, n_act, nb, -16, corr);
+    __m512 *scales = buffer;
+    __m512i *w = (__m512i *)(scales + nb);
+    for (int g = group_begin; g < group_end; g++) {
+        q5_0_unpack_group(packed + (size_t)g * group_bytes, nb, scales, w);
+        const int first = g * 16;
+        const int valid = rows - first < 16 ? rows - first : 16;
+        int b = 0;
+        for (; b + 2 <= n_act; b += 2) {
+            x16_q5_0_unpacked_2(scales, w, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
+                                out + (size_t)b * out_stride + first, out_stride, valid);
+        }
+        for (; b < n_act; b++) {
+            x16_q5_0_unpacked_1(scales, w, nb, x + (size_t)b * nb, nb, corr + (size_t)b * nb * 8,
+                                out + (size_t)b * out_stride + first, out_stride, valid);
+        }
+    }
+    return 0;
 }
 #endif
 
@@ -492,6 +563,11 @@ int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, 
     if (level == 2 && type == 8) {
         matmul_corrected(x16_q8_0_1, x16_q8_0_2, -128, (const uint8_t *)packed, group_bytes, nb, group_begin,
                          group_end, rows, x, n_act, out, out_stride);
+        return 0;
+    }
+    if (level == 2 && type == 6 && n_act >= 8 &&
+        matmul_q5_0_unpacked((const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
+                             out_stride) == 0) {
         return 0;
     }
     if (level >= 1 && type == 6) {

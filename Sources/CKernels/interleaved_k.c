@@ -326,20 +326,24 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                 tot[a] = totm[a] = _mm512_setzero_si512();                                                       \
             }                                                                                                    \
             for (int j = 0; j < 4; j++) {                                                                        \
-                const __m512i s0 = scale_pairs(g + 64 + 16 * (2 * j)), s1 = scale_pairs(g + 64 + 16 * (2 * j + 1)); \
-                __m512i sj[NA];                                                                                  \
-                for (int a = 0; a < NA; a++) sj[a] = _mm512_setzero_si512();                                     \
+                /* Each sub-block's sum by vpdpbusd (at most 32·15·128 in int32), then times its scale. */     \
+                __m512i sl[NA], sh[NA];                                                                          \
+                for (int a = 0; a < NA; a++) sl[a] = sh[a] = _mm512_setzero_si512();                            \
                 for (int k = 0; k < 8; k++) {                                                                    \
                     const __m512i b = _mm512_loadu_si512((const void *)(g + 320 + 64 * (8 * j + k)));            \
                     const __m512i lo = _mm512_and_si512(b, m4);                                                  \
                     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);                            \
                     for (int a = 0; a < NA; a++) {                                                               \
                         const int8_t *y = x[a * xstride + i].qs + 64 * j + 4 * k;                                \
-                        const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));               \
-                        const __m512i ph = _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 32)));          \
-                        sj[a] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sj[a], pl, s0), ph, s1);                 \
+                        sl[a] = _mm512_dpbusd_epi32(sl[a], lo, _mm512_set1_epi32(quad_k(y)));                    \
+                        sh[a] = _mm512_dpbusd_epi32(sh[a], hi, _mm512_set1_epi32(quad_k(y + 32)));               \
                     }                                                                                            \
                 }                                                                                                \
+                const __m512i s0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 64 + 16 * (2 * j)))); \
+                const __m512i s1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 64 + 16 * (2 * j + 1)))); \
+                __m512i sj[NA];                                                                                  \
+                for (int a = 0; a < NA; a++)                                                                     \
+                    sj[a] = _mm512_add_epi32(_mm512_mullo_epi32(sl[a], s0), _mm512_mullo_epi32(sh[a], s1));      \
                 const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * j))); \
                 for (int a = 0; a < NA; a++) {                                                                   \
                     const int16_t *bs = x[a * xstride + i].bsums + 4 * j;                                        \

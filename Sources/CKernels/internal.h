@@ -3,6 +3,7 @@
 #define TANDEM_CKERNELS_INTERNAL_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -62,6 +63,21 @@ static inline void tk_q4k_repacked_end(tk_q4k_repacked_state *st, int per64, flo
         st->acc_min = fmaf((float)st->total_min, dmin, st->acc_min);
     }
     st->total = st->total_min = 0;
+}
+
+// A thread's reusable scratch buffer `slot` (0..3), 64-byte aligned, of at least `bytes`; valid until the thread's
+// next call for the same slot. Kernels called hundreds of times per forward pass would otherwise map and fault in
+// fresh pages from malloc at every call. NULL if memory runs out. Never freed (one per thread and slot).
+static inline void *tk_scratch(int slot, size_t bytes) {
+    static __thread void *buffers[4];
+    static __thread size_t sizes[4];
+    if (bytes > sizes[slot]) {
+        free(buffers[slot]);
+        const size_t size = (bytes + 65535) & ~(size_t)65535;
+        buffers[slot] = aligned_alloc(64, size);
+        sizes[slot] = buffers[slot] ? size : 0;
+    }
+    return buffers[slot];
 }
 
 #if TK_X86
