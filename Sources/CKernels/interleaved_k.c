@@ -471,25 +471,32 @@ TK_X16_Q6_K(x16_q6_k_2, 2)
             for (int h = 0; h < 2; h++) {                                                                        \
                 const uint8_t *base = g + 288 + 1536 * h;                                                        \
                 for (int p = 0; p < 2; p++) {                                                                    \
-                    const __m512i sl[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p)),                    \
-                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 1))};               \
-                    const __m512i sh[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 4)),                \
-                                           signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 5))};               \
-                    for (int k = 0; k < 8; k++) {                                                                \
-                        const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k)));    \
-                        const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                    \
-                        const __m512i lo = _mm512_or_si512(                                                      \
-                            _mm512_and_si512(ql, m4),                                                            \
-                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));           \
-                        const __m512i hi = _mm512_or_si512(                                                      \
-                            _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                      \
-                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));       \
-                        for (int a = 0; a < NA; a++) {                                                           \
-                            const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;                  \
-                            const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));           \
-                            const __m512i ph = _mm512_maddubs_epi16(hi, _mm512_set1_epi32(quad_k(y + 64)));      \
-                            sumi[a] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[a], pl, sl[k >> 2]), ph, sh[k >> 2]); \
+                    /* Each 16-value sub-block's sum by vpdpbusd (at most 16·63·128), then times its scale. */ \
+                    for (int half = 0; half < 2; half++) {                                                       \
+                        __m512i sl[NA], sh[NA];                                                                  \
+                        for (int a = 0; a < NA; a++) sl[a] = sh[a] = _mm512_setzero_si512();                    \
+                        for (int k = 4 * half; k < 4 * half + 4; k++) {                                          \
+                            const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k))); \
+                            const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                \
+                            const __m512i lo = _mm512_or_si512(                                                  \
+                                _mm512_and_si512(ql, m4),                                                        \
+                                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));       \
+                            const __m512i hi = _mm512_or_si512(                                                  \
+                                _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                  \
+                                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));   \
+                            for (int a = 0; a < NA; a++) {                                                       \
+                                const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;              \
+                                sl[a] = _mm512_dpbusd_epi32(sl[a], lo, _mm512_set1_epi32(quad_k(y)));            \
+                                sh[a] = _mm512_dpbusd_epi32(sh[a], hi, _mm512_set1_epi32(quad_k(y + 64)));       \
+                            }                                                                                    \
                         }                                                                                        \
+                        const __m512i cl = _mm512_cvtepi8_epi32(                                                 \
+                            _mm_loadu_si128((const __m128i *)(g + 32 + 16 * (8 * h + 2 * p + half))));           \
+                        const __m512i ch = _mm512_cvtepi8_epi32(                                                 \
+                            _mm_loadu_si128((const __m128i *)(g + 32 + 16 * (8 * h + 2 * p + 4 + half))));       \
+                        for (int a = 0; a < NA; a++)                                                             \
+                            sumi[a] = _mm512_add_epi32(                                                          \
+                                sumi[a], _mm512_add_epi32(_mm512_mullo_epi32(sl[a], cl), _mm512_mullo_epi32(sh[a], ch))); \
                     }                                                                                            \
                 }                                                                                                \
             }                                                                                                    \
