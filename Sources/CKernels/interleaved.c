@@ -297,9 +297,7 @@ TK_AVX2 static inline __m256i q5_0_high_avx2(const uint8_t *m) {
             }                                                                                          \
         }                                                                                              \
         for (int a = 0; a < NA; a++) {                                                                 \
-            float r[16];                                                                               \
-            _mm512_storeu_ps(r, _mm512_add_ps(TK_REDUCE16(acc[a]), mins[a]));                          \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), _mm512_add_ps(TK_REDUCE16(acc[a]), mins[a]));                                    \
         }                                                                                              \
     }
 
@@ -332,9 +330,7 @@ TK_AVX2 static inline __m256i q5_0_high_avx2(const uint8_t *m) {
             }                                                                                          \
         }                                                                                              \
         for (int a = 0; a < NA; a++) {                                                                 \
-            float r[16];                                                                               \
-            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));                                    \
         }                                                                                              \
     }
 
@@ -373,9 +369,7 @@ TK_AVX2 static inline __m256i q5_0_high_avx2(const uint8_t *m) {
             }                                                                                          \
         }                                                                                              \
         for (int a = 0; a < NA; a++) {                                                                 \
-            float r[16];                                                                               \
-            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));                                    \
         }                                                                                              \
     }
 
@@ -416,9 +410,7 @@ TK_V512 static void x16_q4_1_3(const uint8_t *g0, int nb, const tk_block_q8 *x, 
             const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
             mins = _mm512_fmadd_ps(mv, _mm512_set1_ps(x[a * xstride + i].s), mins);
         }
-        float r[16];
-        _mm512_storeu_ps(r, _mm512_add_ps(TK_REDUCE16(acc[a]), mins));
-        for (int k = 0; k < valid; k++) out[a * os + k] = r[k];
+        _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), _mm512_add_ps(TK_REDUCE16(acc[a]), mins));
     }
 }
 
@@ -469,9 +461,7 @@ TK_V512 static void q5_0_unpack_group(const uint8_t *g, int nb, __m512 *scales, 
             }                                                                                          \
         }                                                                                              \
         for (int a = 0; a < NA; a++) {                                                                 \
-            float r[16];                                                                               \
-            _mm512_storeu_ps(r, TK_REDUCE16(acc[a]));                                                  \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                    \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));                                    \
         }                                                                                              \
     }
 

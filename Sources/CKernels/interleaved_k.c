@@ -300,9 +300,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
             const __m512 mins = FIVE ? accm[a][0]                                                                \
                                      : _mm512_add_ps(_mm512_add_ps(accm[a][0], accm[a][2]),                      \
                                                      _mm512_add_ps(accm[a][1], accm[a][3]));                     \
-            float r[16];                                                                                         \
-            _mm512_storeu_ps(r, _mm512_add_ps(lanes, mins));                                                     \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), _mm512_add_ps(lanes, mins));                                              \
         }                                                                                                        \
     }
 
@@ -367,9 +365,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
-            float r[16];                                                                                         \
-            _mm512_storeu_ps(r, _mm512_sub_ps(acc[a], accm[a]));                                                 \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), _mm512_sub_ps(acc[a], accm[a]));                                              \
         }                                                                                                        \
     }
 
@@ -447,9 +443,7 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
             const __m512 lanes = reduce_lanes(acc[a]);                                                           \
-            float r[16];                                                                                         \
-            _mm512_storeu_ps(r, lanes);                                                                          \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), lanes);                                              \
         }                                                                                                        \
     }
 
@@ -518,9 +512,7 @@ TK_X16_Q6_K(x16_q6_k_2, 2)
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
-            float r[16];                                                                                         \
-            _mm512_storeu_ps(r, acc[a]);                                                                         \
-            for (int k = 0; k < valid; k++) out[a * os + k] = r[k];                                              \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), acc[a]);                                              \
         }                                                                                                        \
     }
 

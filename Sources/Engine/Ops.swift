@@ -3,22 +3,13 @@ import Foundation
 
 /// Element-wise and normalization operations of the forward pass (row-wise, batch-independent).
 enum Ops {
-    /// y = x / sqrt(mean(x²) + eps) * weight, row by row; the sum of squares is accumulated in Double as ggml does.
+    /// y = x / sqrt(mean(x²) + eps) * weight, row by row; the sum of squares is accumulated in Double as ggml does
+    /// (`tk_rms_norm`).
     static func rmsNorm(
         _ x: UnsafePointer<Float>, _ weight: [Float], into y: UnsafeMutablePointer<Float>, rows: Int, width: Int,
         eps: Float
     ) {
-        weight.withUnsafeBufferPointer { w in
-            for r in 0..<rows {
-                let xr = x + r * width
-                let yr = y + r * width
-                var sum: Double = 0
-                for i in 0..<width { sum += Double(xr[i] * xr[i]) }
-                let mean = Float(sum / Double(width))
-                let scale = 1 / (mean + eps).squareRoot()
-                for i in 0..<width { yr[i] = (xr[i] * scale) * w[i] }
-            }
-        }
+        weight.withUnsafeBufferPointer { w in tk_rms_norm(x, w.baseAddress!, y, Int32(rows), Int32(width), eps) }
     }
 
     static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
@@ -75,19 +66,13 @@ struct RotaryEmbedding {
         sin = sinTable
     }
 
-    /// Rotates `heads` heads of one row in place.
+    /// Rotates `heads` heads of one row in place (`tk_rope`).
     func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, row: Int) {
-        let headDim = pairs * 2
-        for h in 0..<heads {
-            let v = x + h * headDim
-            for i in 0..<pairs {
-                let c = cos[row * pairs + i]
-                let s = sin[row * pairs + i]
-                let (a, b) = neox ? (i, i + pairs) : (2 * i, 2 * i + 1)
-                let x0 = v[a]
-                let x1 = v[b]
-                v[a] = (-(x1 * s)).addingProduct(x0, c)
-                v[b] = (x1 * c).addingProduct(x0, s)
+        cos.withUnsafeBufferPointer { c in
+            sin.withUnsafeBufferPointer { s in
+                tk_rope(
+                    x, Int32(heads), Int32(pairs), neox ? 1 : 0, c.baseAddress! + row * pairs,
+                    s.baseAddress! + row * pairs)
             }
         }
     }

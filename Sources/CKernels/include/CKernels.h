@@ -194,6 +194,12 @@ extern "C" {
 void tk_swiglu(float *gate, const float *up, int n);
 /// gate[i] = gelu(gate[i]) * up[i], GELU's tanh approximation looked up in an fp16 table as ggml's CPU backend does.
 void tk_geglu(float *gate, const float *up, int n);
+/// y = x / sqrt(mean(x²) + eps) · w for `rows` rows of `width` (y may be x), in ggml's order: the float squares summed
+/// in double column after column (rows.c).
+void tk_rms_norm(const float *x, const float *w, float *y, int rows, int width, float eps);
+/// Rotates `heads` heads of 2·`pairs` values in place by one row's angles (`cos`, `sin`: `pairs` each); `neox` pairs
+/// value i with i + pairs, else 2i with 2i + 1.
+void tk_rope(float *x, int heads, int pairs, int neox, const float *cos, const float *sin);
 /// ggml's vectorized expf polynomial, evaluated one value at a time.
 float tk_expf(float x);
 #ifdef __cplusplus
