@@ -113,33 +113,48 @@ public final class TransformerModel: @unchecked Sendable {
                 position: rowPosition[$0], promptLength: chunks[rowChunk[$0]].promptLength, batching: batching)
         }
         let lastLayerOrders = [UInt8](repeating: 0, count: rowCount)
+        // Row-wise work split over the threads: each row's arithmetic is the same whichever thread does it.
+        let pool = self.pool
+        func inParallel(_ rows: Int, _ body: (Int, Int) -> Void) {
+            pool.parallelRanges(rows, minimumPerThread: 16, body)
+        }
         for (layerIndex, layer) in weights.layers.enumerated() {
             let sliding = c.slidingLayers[layerIndex]
             let layerRope = sliding ? slidingRope : rope
-            Ops.rmsNorm(ws.x, layer.attentionNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
+            inParallel(rowCount) { lo, hi in
+                Ops.rmsNorm(
+                    ws.x + lo * e, layer.attentionNorm, into: ws.xn + lo * e, rows: hi - lo, width: e,
+                    eps: c.rmsNormEps)
+            }
             WeightMatrix.multiply(
                 [layer.wq, layer.wk, layer.wv], ws.xn, batch: rowCount, into: [ws.q, ws.k, ws.v], pool: pool,
                 scratch: &activations)
             if let b = layer.bq { Ops.addBias(ws.q, b, rows: rowCount) }
             if let b = layer.bk { Ops.addBias(ws.k, b, rows: rowCount) }
             if let b = layer.bv { Ops.addBias(ws.v, b, rows: rowCount) }
-            if let n = layer.qNorm {
-                Ops.rmsNorm(ws.q, n, into: ws.q, rows: rowCount * c.headCount, width: c.headDim, eps: c.rmsNormEps)
-            }
-            if let n = layer.kNorm {
-                Ops.rmsNorm(ws.k, n, into: ws.k, rows: rowCount * c.kvHeadCount, width: c.headDim, eps: c.rmsNormEps)
-            }
             let tables = chunks.map {
                 cache.table(layer: layerIndex, KVBlockTables(full: $0.blockTable, window: $0.windowTable))
             }
-            for row in 0..<rowCount {
-                layerRope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
-                layerRope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
-                // Gemma scales the queries (llama.cpp: before attention, whose own scale is then 1).
-                if c.isGemma { Ops.scale(ws.q + row * c.qDim, by: c.attentionScale, count: c.qDim) }
-                cache.store(
-                    layer: layerIndex, table: tables[rowChunk[row]], position: rowPosition[row],
-                    k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
+            inParallel(rowCount) { lo, hi in
+                if let n = layer.qNorm {
+                    Ops.rmsNorm(
+                        ws.q + lo * c.qDim, n, into: ws.q + lo * c.qDim, rows: (hi - lo) * c.headCount,
+                        width: c.headDim, eps: c.rmsNormEps)
+                }
+                if let n = layer.kNorm {
+                    Ops.rmsNorm(
+                        ws.k + lo * c.kvDim, n, into: ws.k + lo * c.kvDim, rows: (hi - lo) * c.kvHeadCount,
+                        width: c.headDim, eps: c.rmsNormEps)
+                }
+                for row in lo..<hi {
+                    layerRope.apply(ws.q + row * c.qDim, heads: c.headCount, row: row)
+                    layerRope.apply(ws.k + row * c.kvDim, heads: c.kvHeadCount, row: row)
+                    // Gemma scales the queries (llama.cpp: before attention, whose own scale is then 1).
+                    if c.isGemma { Ops.scale(ws.q + row * c.qDim, by: c.attentionScale, count: c.qDim) }
+                    cache.store(
+                        layer: layerIndex, table: tables[rowChunk[row]], position: rowPosition[row],
+                        k: ws.k + row * c.kvDim, v: ws.v + row * c.kvDim)
+                }
             }
             afterLayer?(layerIndex)
             partials.withUnsafeMutableBufferPointer { p in
@@ -151,26 +166,34 @@ public final class TransformerModel: @unchecked Sendable {
             }
             layer.wo.multiply(
                 ws.attn, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations, kQuantOrders: kQuantOrders)
-            if let n = layer.postAttentionNorm {
-                Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
+            inParallel(rowCount) { lo, hi in
+                if let n = layer.postAttentionNorm {
+                    Ops.rmsNorm(ws.tmp + lo * e, n, into: ws.tmp + lo * e, rows: hi - lo, width: e, eps: c.rmsNormEps)
+                }
+                Ops.add(ws.tmp + lo * e, into: ws.x + lo * e, count: (hi - lo) * e)
+                Ops.rmsNorm(
+                    ws.x + lo * e, layer.ffnNorm, into: ws.xn + lo * e, rows: hi - lo, width: e, eps: c.rmsNormEps)
             }
-            Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
-            Ops.rmsNorm(ws.x, layer.ffnNorm, into: ws.xn, rows: rowCount, width: e, eps: c.rmsNormEps)
             WeightMatrix.multiply(
                 [layer.gate, layer.up], ws.xn, batch: rowCount, into: [ws.gate, ws.up], pool: pool,
                 scratch: &activations)
-            if c.isGemma {
-                Ops.geglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
-            } else {
-                Ops.swiglu(ws.gate, ws.up, count: rowCount * c.feedForwardLength)
+            let f = c.feedForwardLength
+            inParallel(rowCount) { lo, hi in
+                if c.isGemma {
+                    Ops.geglu(ws.gate + lo * f, ws.up + lo * f, count: (hi - lo) * f)
+                } else {
+                    Ops.swiglu(ws.gate + lo * f, ws.up + lo * f, count: (hi - lo) * f)
+                }
             }
             layer.down.multiply(
                 ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations,
                 kQuantOrders: layerIndex == weights.layers.count - 1 ? lastLayerOrders : kQuantOrders)
-            if let n = layer.postFFNNorm {
-                Ops.rmsNorm(ws.tmp, n, into: ws.tmp, rows: rowCount, width: e, eps: c.rmsNormEps)
+            inParallel(rowCount) { lo, hi in
+                if let n = layer.postFFNNorm {
+                    Ops.rmsNorm(ws.tmp + lo * e, n, into: ws.tmp + lo * e, rows: hi - lo, width: e, eps: c.rmsNormEps)
+                }
+                Ops.add(ws.tmp + lo * e, into: ws.x + lo * e, count: (hi - lo) * e)
             }
-            Ops.add(ws.tmp, into: ws.x, count: rowCount * e)
         }
         // Logits only for the rows that need them.
         var logitRows: [Int] = []
