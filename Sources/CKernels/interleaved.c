@@ -478,10 +478,7 @@ TK_X8_Q8_0(x8_q8_0_avx2_2, TK_AVX2, dp_avx2, 2)
 
 typedef void (*interleaved_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, float *, size_t, int);
 
-#if TK_X86
-// For each activation row and block, `factor` times the sum of each 4-byte chunk of its quantized values: -128 for
-// TK_X16_Q8_0, -16 for Q5_0.
-static void q8_corrections(const tk_block_q8 *x, int n_act, int nb, int factor, int32_t *corr) {
+void tk_q8_corrections(const tk_block_q8 *x, int n_act, int nb, int factor, int32_t *corr) {
     for (int r = 0; r < n_act * nb; r++) {
         for (int c = 0; c < 8; c++) {
             const int8_t *q = x[r].qs + 4 * c;
@@ -490,15 +487,14 @@ static void q8_corrections(const tk_block_q8 *x, int n_act, int nb, int factor, 
     }
 }
 
+#if TK_X86
+
 typedef void (*corrected_fn)(const uint8_t *, int, const tk_block_q8 *, size_t, const int32_t *, float *, size_t, int);
 
 // Q8_0 on AVX-512, Q5_0 on AVX2 or AVX-512: every group against the activation rows, two at a time.
-static void matmul_corrected(corrected_fn one, corrected_fn two, int factor, const uint8_t *packed,
-                             size_t group_bytes, int nb, int group_begin, int group_end, int rows,
-                             const tk_block_q8 *x, int n_act, float *out, int out_stride) {
-    int32_t *corr = tk_scratch(0, (size_t)n_act * nb * 8 * sizeof(int32_t));
-    if (!corr) return;
-    q8_corrections(x, n_act, nb, factor, corr);
+static void matmul_corrected(corrected_fn one, corrected_fn two, const uint8_t *packed, size_t group_bytes, int nb,
+                             int group_begin, int group_end, int rows, const tk_block_q8 *x, const int32_t *corr,
+                             int n_act, float *out, int out_stride) {
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = packed + (size_t)g * group_bytes;
         const int first = g * 16;
@@ -517,11 +513,10 @@ static void matmul_corrected(corrected_fn one, corrected_fn two, int factor, con
 
 // Q5_0 on AVX-512 for many activation rows: each group unpacked once (q5_0_unpack_group), then the rows in pairs.
 static int matmul_q5_0_unpacked(const uint8_t *packed, size_t group_bytes, int nb, int group_begin, int group_end,
-                                int rows, const tk_block_q8 *x, int n_act, float *out, int out_stride) {
-    int32_t *corr = tk_scratch(0, (size_t)n_act * nb * 8 * sizeof(int32_t));
+                                int rows, const tk_block_q8 *x, const int32_t *corr, int n_act, float *out,
+                                int out_stride) {
     void *buffer = tk_scratch(1, (size_t)nb * 9 * 64);
-    if (!corr || !buffer) return -1;
-    q8_corrections(x, n_act, nb, -16, corr);
+    if (!buffer) return -1;
     __m512 *scales = buffer;
     __m512i *w = (__m512i *)(scales + nb);
     for (int g = group_begin; g < group_end; g++) {
@@ -542,30 +537,59 @@ static int matmul_q5_0_unpacked(const uint8_t *packed, size_t group_bytes, int n
 }
 #endif
 
+int tk_interleaved_correction_factor(int type) {
+#if TK_X86
+    const int level = tk_simd_level();
+    if (level == 2 && type == 8) return -128;
+    if (level >= 1 && type == 6) return -16;
+#endif
+    (void)type;
+    return 0;
+}
+
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
-                 const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+                          const tk_block_q8 *x, int n_act, float *out, int out_stride) {
+    const int factor = tk_interleaved_correction_factor(type);
+    int32_t *corr = 0;
+    if (factor != 0) {
+        corr = tk_scratch(0, (size_t)n_act * (size_t)(n / 32) * 8 * sizeof(int32_t));
+        if (!corr) return -1;
+        tk_q8_corrections(x, n_act, n / 32, factor, corr);
+    }
+    return tk_matmul_interleaved_corrected(type, packed, n, group_begin, group_end, rows, x, corr, n_act, out,
+                                           out_stride);
+}
+
+int tk_matmul_interleaved_corrected(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                                    const tk_block_q8 *x, const int32_t *corr, int n_act, float *out,
+                                    int out_stride) {
     const int bb = block_bytes_of(type);
     if (bb == 0) return -1;
     const int nb = n / 32;
     const size_t group_bytes = (size_t)bb * (size_t)nb;
     const int level = tk_simd_level();
 #if TK_X86
+    // Corrections made for another SIMD level (a thread pinned by tk_set_simd_level) are not these kernels'.
+    if (tk_interleaved_correction_factor(type) != 0 && !corr)
+        return tk_matmul_interleaved(type, packed, n, group_begin, group_end, rows, x, n_act, out, out_stride);
     if (level == 2 && type == 8) {
-        matmul_corrected(x16_q8_0_1, x16_q8_0_2, -128, (const uint8_t *)packed, group_bytes, nb, group_begin,
-                         group_end, rows, x, n_act, out, out_stride);
+        matmul_corrected(x16_q8_0_1, x16_q8_0_2, (const uint8_t *)packed, group_bytes, nb, group_begin, group_end,
+                         rows, x, corr, n_act, out, out_stride);
         return 0;
     }
     if (level == 2 && type == 6 && n_act >= 8 &&
-        matmul_q5_0_unpacked((const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
-                             out_stride) == 0) {
+        matmul_q5_0_unpacked((const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, corr, n_act,
+                             out, out_stride) == 0) {
         return 0;
     }
     if (level >= 1 && type == 6) {
-        matmul_corrected(level == 2 ? x16_q5_0_1 : x8_q5_0_avx2_1, level == 2 ? x16_q5_0_2 : x8_q5_0_avx2_2, -16,
-                         (const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, n_act, out,
+        matmul_corrected(level == 2 ? x16_q5_0_1 : x8_q5_0_avx2_1, level == 2 ? x16_q5_0_2 : x8_q5_0_avx2_2,
+                         (const uint8_t *)packed, group_bytes, nb, group_begin, group_end, rows, x, corr, n_act, out,
                          out_stride);
         return 0;
     }
+#else
+    (void)corr;
 #endif
     for (int g = group_begin; g < group_end; g++) {
         const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;

@@ -23,6 +23,8 @@ public func availableCPUCount() -> Int {
 /// on a condition variable, so back-to-back loops start in well under a microsecond.
 public final class ThreadPool: @unchecked Sendable {
     public let threads: Int
+    /// How many ranges a loop is cut into per thread, at most.
+    static let rangesPerThread = 4
     private let state: PoolState
     private let callerLock = NSLock()
 
@@ -40,11 +42,13 @@ public final class ThreadPool: @unchecked Sendable {
 
     deinit { state.stop() }
 
-    /// Runs `body(begin, end)` over `count` items cut into at most `threads` contiguous ranges and waits for all.
-    /// Each item is processed by exactly one call, so results do not depend on the thread count.
+    /// Runs `body(begin, end)` over `count` items cut into contiguous ranges of at least `minimumPerThread` items
+    /// and waits for all. The ranges (up to four per thread) go to whichever thread is free next, so a thread that
+    /// the machine slows down takes fewer. Each item is processed by exactly one call, so results do not depend on
+    /// the thread count or on who ran what.
     public func parallelRanges(_ count: Int, minimumPerThread: Int = 1, _ body: (Int, Int) -> Void) {
-        let parts = min(threads, max(1, count / max(1, minimumPerThread)))
-        if parts <= 1 || count <= 1 {
+        let parts = min(threads * Self.rangesPerThread, max(1, count / max(1, minimumPerThread)))
+        if threads == 1 || parts <= 1 || count <= 1 {
             body(0, count)
             return
         }
@@ -61,6 +65,8 @@ private final class PoolState: @unchecked Sendable {
     private let remaining = Atomic<Int>(0)
     private let sleepers = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    /// The next range of the current loop to hand out.
+    private let nextRange = Atomic<Int>(0)
     private let wake = NSCondition()
     // Set by the caller before `generation` is bumped, read by workers after they see the bump.
     private var job: ((Int, Int) -> Void)?
@@ -75,19 +81,31 @@ private final class PoolState: @unchecked Sendable {
         jobParts = parts
         // Every worker acknowledges every loop, so none can lag a loop behind and read the next loop's fields.
         remaining.store(threads - 1, ordering: .sequentiallyConsistent)
+        nextRange.store(0, ordering: .sequentiallyConsistent)
         generation.add(1, ordering: .sequentiallyConsistent)
         if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
             wake.lock()
             wake.broadcast()
             wake.unlock()
         }
-        body(0, count / parts)
+        runRanges(body, count: count, parts: parts)
         var spins = 0
         while remaining.load(ordering: .sequentiallyConsistent) > 0 {
             spins += 1
             if spins > 1_000_000 { sched_yield() }
         }
         job = nil
+    }
+
+    /// Takes the loop's ranges one after another until none is left.
+    private func runRanges(_ body: (Int, Int) -> Void, count: Int, parts: Int) {
+        while true {
+            let part = nextRange.add(1, ordering: .sequentiallyConsistent).oldValue
+            guard part < parts else { return }
+            let begin = count * part / parts
+            let end = count * (part + 1) / parts
+            if begin < end { body(begin, end) }
+        }
     }
 
     /// Makes every worker return.
@@ -120,13 +138,7 @@ private final class PoolState: @unchecked Sendable {
             }
             if stopping.load(ordering: .sequentiallyConsistent) { return }
             seen = current
-            let parts = jobParts
-            if worker < parts, let job {
-                let count = jobCount
-                let begin = count * worker / parts
-                let end = count * (worker + 1) / parts
-                if begin < end { job(begin, end) }
-            }
+            if let job { runRanges(job, count: jobCount, parts: jobParts) }
             remaining.subtract(1, ordering: .sequentiallyConsistent)
         }
     }

@@ -167,11 +167,11 @@ public struct WeightMatrix: @unchecked Sendable {
         }
         if let packed = interleaved {
             let q = scratch.quantize(x, rows: batch, columns: columns)
-            let args = UncheckedSendable((q, out, packed.bytes))
+            let args = UncheckedSendable((q, out, packed.bytes, scratch.corrections(for: type)))
             pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
-                _ = tk_matmul_interleaved(
+                _ = tk_matmul_interleaved_corrected(
                     Int32(type.rawValue), args.value.2, Int32(columns), Int32(begin), Int32(end), Int32(rows),
-                    args.value.0, Int32(batch), args.value.1, Int32(rows))
+                    args.value.0, args.value.3, Int32(batch), args.value.1, Int32(rows))
             }
             return
         }
@@ -229,16 +229,17 @@ extension WeightMatrix {
         let q = scratch.quantize(x, rows: batch, columns: columns)
         var starts = [0]
         for m in matrices { starts.append(starts.last! + m.interleaved!.groups) }
-        let args = UncheckedSendable((q, matrices, outputs, starts))
+        let corrections = matrices.map { scratch.corrections(for: $0.type) }
+        let args = UncheckedSendable((q, matrices, outputs, starts, corrections))
         pool.parallelRanges(starts.last!, minimumPerThread: 2) { begin, end in
-            let (q, matrices, outputs, starts) = args.value
+            let (q, matrices, outputs, starts, corrections) = args.value
             for (i, m) in matrices.enumerated() {
                 let lo = max(begin, starts[i])
                 let hi = min(end, starts[i + 1])
                 guard lo < hi else { continue }
-                _ = tk_matmul_interleaved(
+                _ = tk_matmul_interleaved_corrected(
                     Int32(m.type.rawValue), m.interleaved!.bytes, Int32(columns), Int32(lo - starts[i]),
-                    Int32(hi - starts[i]), Int32(m.rows), q, Int32(batch), outputs[i], Int32(m.rows))
+                    Int32(hi - starts[i]), Int32(m.rows), q, corrections[i], Int32(batch), outputs[i], Int32(m.rows))
             }
         }
     }
@@ -250,12 +251,38 @@ public struct ActivationBuffer {
     private var capacity: Int
     private var kBlocks: UnsafeMutablePointer<tk_block_q8k>
     private var kCapacity: Int
+    /// The interleaved kernels' corrections of the last `quantize`, per factor (-16, -128), made on first use.
+    private var corrections: [Int32: UnsafeMutablePointer<Int32>] = [:]
+    private var correctionCapacity: [Int32: Int] = [:]
+    private var correctionsValid: Set<Int32> = []
+    private var quantizedRows = 0
+    private var quantizedBlocks = 0
 
     public init() {
         capacity = 0
         blocks = UnsafeMutablePointer<tk_block_q8>.allocate(capacity: 1)
         kCapacity = 0
         kBlocks = UnsafeMutablePointer<tk_block_q8k>.allocate(capacity: 1)
+    }
+
+    /// The corrections a `type` interleaved kernel needs for the blocks of the last `quantize`
+    /// (`tk_q8_corrections`), computed once per quantization; nil when the kernel takes none.
+    mutating func corrections(for type: GGMLType) -> UnsafePointer<Int32>? {
+        let factor = tk_interleaved_correction_factor(Int32(type.rawValue))
+        guard factor != 0 else { return nil }
+        let needed = max(1, quantizedRows * quantizedBlocks * 8)
+        if needed > correctionCapacity[factor, default: 0] {
+            corrections[factor]?.deallocate()
+            corrections[factor] = .allocate(capacity: needed)
+            correctionCapacity[factor] = needed
+            correctionsValid.remove(factor)
+        }
+        let buffer = corrections[factor]!
+        if !correctionsValid.contains(factor) {
+            tk_q8_corrections(blocks, Int32(quantizedRows), Int32(quantizedBlocks), factor, buffer)
+            correctionsValid.insert(factor)
+        }
+        return UnsafePointer(buffer)
     }
 
     /// Quantizes `rows` rows of `columns` floats (columns a multiple of 256) to Q8_K blocks; valid until the next call.
@@ -283,6 +310,9 @@ public struct ActivationBuffer {
         for r in 0..<rows {
             tk_quantize_q8(x + r * columns, blocks + r * columns / 32, Int32(columns))
         }
+        quantizedRows = rows
+        quantizedBlocks = columns / 32
+        correctionsValid.removeAll(keepingCapacity: true)
         return UnsafePointer(blocks)
     }
 
@@ -290,5 +320,6 @@ public struct ActivationBuffer {
     public func release() {
         blocks.deallocate()
         kBlocks.deallocate()
+        for buffer in corrections.values { buffer.deallocate() }
     }
 }

@@ -111,7 +111,19 @@ int tk_repack_interleaved(int type, const void *src, size_t row_bytes, int rows,
 /// and each activation row b, out[b * out_stride + r] = dot(row r, x row b), with the arithmetic of tk_dot_q4_1 /
 /// tk_dot_q5_0 / tk_dot_q8_0. Returns 0, or -1 for another type.
 int tk_matmul_interleaved(int type, const void *packed, int n, int group_begin, int group_end, int rows,
-                 const tk_block_q8 *x, int n_act, float *out, int out_stride);
+                          const tk_block_q8 *x, int n_act, float *out, int out_stride);
+/// The factor of the activation corrections the interleaved kernels of `type` take at this SIMD level: -128 for
+/// Q8_0 (AVX-512), -16 for Q5_0 (AVX2 and AVX-512), 0 when they take none.
+int tk_interleaved_correction_factor(int type);
+/// For each of n_act activation rows of nb blocks, `factor` times the sum of each block's eight 4-byte chunks
+/// (n_act · nb · 8 ints): what the Q8_0 and Q5_0 interleaved kernels start their integer sums from, so that their
+/// unsigned-by-signed products give Σ w·x exactly.
+void tk_q8_corrections(const tk_block_q8 *x, int n_act, int nb, int factor, int32_t *corr);
+/// tk_matmul_interleaved with the corrections computed once beforehand (tk_q8_corrections with the type's factor;
+/// NULL when the factor is 0), for a product split over threads.
+int tk_matmul_interleaved_corrected(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                                    const tk_block_q8 *x, const int32_t *corr, int n_act, float *out,
+                                    int out_stride);
 
 /// Bytes of one group of 16 interleaved K-quant rows (`type` 12 Q4_K, 13 Q5_K, 14 Q6_K) of n columns (a multiple of
 /// 256); 0 for another type.
