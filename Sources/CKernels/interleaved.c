@@ -334,43 +334,67 @@ TK_AVX2 static inline __m256i q5_0_high_avx2(const uint8_t *m) {
         }                                                                                              \
     }
 
-// Q5_0 on AVX-512: a block's fifth bits are one 64-bit mask per chunk, which adds 16 to the bytes it selects.
+// Q5_0 on AVX-512: a block's fifth bits are one 64-bit mask per chunk, which adds 16 to the bytes it selects
+// (`q5_0_unpack_group`: per block its 16 rows' scales as floats, then the eight chunks' bytes with their fifth bits).
+TK_V512 static inline void q5_0_unpack_group(const uint8_t *g, int nb, __m512 *scales, __m512i *w) {
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    const __m512i sixteen = _mm512_set1_epi8(0x10);
+    for (int i = 0; i < nb; i++, g += 352) {
+        scales[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        for (int c = 0; c < 4; c++) {
+            const __m512i b = _mm512_loadu_si512((const void *)(g + 96 + 64 * c));
+            __mmask64 kl, kh;
+            memcpy(&kl, g + 32 + 8 * c, 8);
+            memcpy(&kh, g + 32 + 8 * (c + 4), 8);
+            const __m512i lo = _mm512_and_si512(b, mask);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);
+            w[8 * i + c] = _mm512_mask_add_epi8(lo, kl, lo, sixteen);
+            w[8 * i + c + 4] = _mm512_mask_add_epi8(hi, kh, hi, sixteen);
+        }
+    }
+}
+
+// Block i of NA activation rows against one group's unpacked block (`dv`, `w`): eight partial sums per row.
+#define TK_Q5_0_BLOCK(NA, dv, w, i)                                                                    \
+    for (int a = 0; a < NA; a++) {                                                                     \
+        const tk_block_q8 *xa = x + a * xstride + (i);                                                 \
+        const int32_t *ca = corr + (a * xstride + (i)) * 8;                                            \
+        const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                                 \
+        for (int c = 0; c < 8; c++) {                                                                  \
+            const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), (w)[c],                    \
+                                                  _mm512_set1_epi32(quad(xa->qs + 4 * c)));            \
+            acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);                      \
+        }                                                                                              \
+    }
+
+// One group's blocks unpacked as they are read (decode: few activation rows).
 #define TK_X16_Q5_0(NAME, NA)                                                                          \
     TK_V512 static void NAME(const uint8_t *g, int nb, const tk_block_q8 *x, size_t xstride, const int32_t *corr, \
                              float *out, size_t os, int valid) {                                       \
         __m512 acc[NA][8];                                                                             \
         for (int a = 0; a < NA; a++)                                                                   \
             for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
-        const __m512i mask = _mm512_set1_epi8(0x0F);                                                   \
-        const __m512i sixteen = _mm512_set1_epi8(0x10);                                                \
         for (int i = 0; i < nb; i++, g += 352) {                                                       \
             for (int l = 0; l < 352; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0);   \
-            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                 \
+            __m512 dv;                                                                                 \
             __m512i w[8];                                                                              \
-            for (int c = 0; c < 4; c++) {                                                              \
-                const __m512i b = _mm512_loadu_si512((const void *)(g + 96 + 64 * c));                 \
-                __mmask64 kl, kh;                                                                      \
-                memcpy(&kl, g + 32 + 8 * c, 8);                                                        \
-                memcpy(&kh, g + 32 + 8 * (c + 4), 8);                                                  \
-                const __m512i lo = _mm512_and_si512(b, mask);                                          \
-                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);                    \
-                w[c] = _mm512_mask_add_epi8(lo, kl, lo, sixteen);                                      \
-                w[c + 4] = _mm512_mask_add_epi8(hi, kh, hi, sixteen);                                  \
-            }                                                                                          \
-            for (int a = 0; a < NA; a++) {                                                             \
-                const tk_block_q8 *xa = x + a * xstride + i;                                           \
-                const int32_t *ca = corr + (a * xstride + i) * 8;                                      \
-                const __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(xa->d));                         \
-                for (int c = 0; c < 8; c++) {                                                          \
-                    const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), w[c],             \
-                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
-                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
-                }                                                                                      \
-            }                                                                                          \
+            q5_0_unpack_group(g, 1, &dv, w);                                                           \
+            TK_Q5_0_BLOCK(NA, dv, w, i)                                                                \
         }                                                                                              \
-        for (int a = 0; a < NA; a++) {                                                                 \
-            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));                                    \
-        }                                                                                              \
+        for (int a = 0; a < NA; a++)                                                                   \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));  \
+    }
+
+// The same over a group unpacked once beforehand (prefill: the unpacking is shared by every pass over the rows).
+#define TK_X16_Q5_0_UNPACKED(NAME, NA)                                                                 \
+    TK_V512 static void NAME(const __m512 *scales, const __m512i *w, int nb, const tk_block_q8 *x, size_t xstride, \
+                             const int32_t *corr, float *out, size_t os, int valid) {                  \
+        __m512 acc[NA][8];                                                                             \
+        for (int a = 0; a < NA; a++)                                                                   \
+            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
+        for (int i = 0; i < nb; i++) TK_Q5_0_BLOCK(NA, scales[i], w + 8 * i, i)                        \
+        for (int a = 0; a < NA; a++)                                                                   \
+            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));  \
     }
 
 // Three activation rows per pass: each chunk's weights are unpacked once for all three, and the minimums term is
@@ -420,50 +444,6 @@ TK_X16_Q8_0(x16_q8_0_1, 1)
 TK_X16_Q8_0(x16_q8_0_2, 2)
 TK_X16_Q5_0(x16_q5_0_1, 1)
 TK_X16_Q5_0(x16_q5_0_2, 2)
-
-// Q5_0 for many activation rows: the group's quants unpacked once (`q5_0_unpack_group`: per block its 16 rows' scales
-// as floats, then the eight chunks' bytes with their fifth bits added), then read by every pass over the rows. The
-// arithmetic per row is TK_X16_Q5_0's.
-TK_V512 static void q5_0_unpack_group(const uint8_t *g, int nb, __m512 *scales, __m512i *w) {
-    const __m512i mask = _mm512_set1_epi8(0x0F);
-    const __m512i sixteen = _mm512_set1_epi8(0x10);
-    for (int i = 0; i < nb; i++, g += 352) {
-        scales[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        for (int c = 0; c < 4; c++) {
-            const __m512i b = _mm512_loadu_si512((const void *)(g + 96 + 64 * c));
-            __mmask64 kl, kh;
-            memcpy(&kl, g + 32 + 8 * c, 8);
-            memcpy(&kh, g + 32 + 8 * (c + 4), 8);
-            const __m512i lo = _mm512_and_si512(b, mask);
-            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask);
-            w[8 * i + c] = _mm512_mask_add_epi8(lo, kl, lo, sixteen);
-            w[8 * i + c + 4] = _mm512_mask_add_epi8(hi, kh, hi, sixteen);
-        }
-    }
-}
-
-#define TK_X16_Q5_0_UNPACKED(NAME, NA)                                                                 \
-    TK_V512 static void NAME(const __m512 *scales, const __m512i *w, int nb, const tk_block_q8 *x, size_t xstride, \
-                             const int32_t *corr, float *out, size_t os, int valid) {                  \
-        __m512 acc[NA][8];                                                                             \
-        for (int a = 0; a < NA; a++)                                                                   \
-            for (int c = 0; c < 8; c++) acc[a][c] = _mm512_setzero_ps();                               \
-        for (int i = 0; i < nb; i++) {                                                                 \
-            for (int a = 0; a < NA; a++) {                                                             \
-                const tk_block_q8 *xa = x + a * xstride + i;                                           \
-                const int32_t *ca = corr + (a * xstride + i) * 8;                                      \
-                const __m512 scale = _mm512_mul_ps(scales[i], _mm512_set1_ps(xa->d));                  \
-                for (int c = 0; c < 8; c++) {                                                          \
-                    const __m512i s = _mm512_dpbusd_epi32(_mm512_set1_epi32(ca[c]), w[8 * i + c],     \
-                                                          _mm512_set1_epi32(quad(xa->qs + 4 * c)));    \
-                    acc[a][c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[a][c]);              \
-                }                                                                                      \
-            }                                                                                          \
-        }                                                                                              \
-        for (int a = 0; a < NA; a++) {                                                                 \
-            _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), TK_REDUCE16(acc[a]));                                    \
-        }                                                                                              \
-    }
 
 TK_X16_Q5_0_UNPACKED(x16_q5_0_unpacked_1, 1)
 TK_X16_Q5_0_UNPACKED(x16_q5_0_unpacked_2, 2)

@@ -384,6 +384,31 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
     return _mm512_or_si512(_mm512_and_si512(s, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(s, 16));
 }
 
+// The six-bit quants of lane k of 16 rows, groups p (lo) and p + 2 (hi) of one half of a super-block (`base`).
+TK_V512K static inline void q6k_quants(const uint8_t *base, int p, int k, __m512i *lo, __m512i *hi) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);
+    const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k)));
+    const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));
+    *lo = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));
+    *hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));
+}
+
+// 16 rows' int8 scales of Q6_K sub-blocks 2k (low half) and 2k + 1 (high half) of one super-block, as int16 pairs.
+TK_V512K static inline __m512i q6k_scale_pair(const uint8_t *g, int k) {
+    const __m512i s0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k))));
+    const __m512i s1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k + 1))));
+    return _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(s1, 16));
+}
+
+// 32·(bsum_2k·sc_2k + bsum_2k+1·sc_2k+1) for 16 rows: what lane k loses for the quants' offset of 32.
+TK_V512K static inline __m512i q6k_offset(__m512i pair, const int16_t *bsums, int k) {
+    const int16_t *bs = bsums + 2 * k;
+    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)bs[1] << 16) | (uint16_t)bs[0]));
+    return _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5);
+}
+
 // Q6_K: q·x pair sums by vpmaddubsw, then vpdpwssd by the sub-block scale into the lane; per super-block, lane k
 // loses 32·(bsum_2k·sc_2k + bsum_2k+1·sc_2k+1) (vpmaddwd of the rows' scale pairs with the activation's sums).
 #define TK_X16_Q6_K(NAME, NA)                                                                                      \
@@ -392,7 +417,6 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
         __m512 acc[NA][8];                                                                                       \
         for (int a = 0; a < NA; a++)                                                                             \
             for (int k = 0; k < 8; k++) acc[a][k] = _mm512_setzero_ps();                                         \
-        const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);                                     \
         for (int i = 0; i < nsb; i++, g += Q6K_GROUP_BYTES) {                                                    \
             for (int l = 0; l < Q6K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
             __m512i sumi[NA][8];                                                                                 \
@@ -406,14 +430,8 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
                     const __m512i sh[2] = {signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 4)),                \
                                            signed_scale_pairs(g + 32 + 16 * (8 * h + 2 * p + 5))};               \
                     for (int k = 0; k < 8; k++) {                                                                \
-                        const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k)));    \
-                        const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                    \
-                        const __m512i lo = _mm512_or_si512(                                                      \
-                            _mm512_and_si512(ql, m4),                                                            \
-                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));           \
-                        const __m512i hi = _mm512_or_si512(                                                      \
-                            _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                      \
-                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));       \
+                        __m512i lo, hi;                                                                          \
+                        q6k_quants(base, p, k, &lo, &hi);                                                        \
                         for (int a = 0; a < NA; a++) {                                                           \
                             const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;                  \
                             const __m512i pl = _mm512_maddubs_epi16(lo, _mm512_set1_epi32(quad_k(y)));           \
@@ -425,15 +443,9 @@ TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
                 }                                                                                                \
             }                                                                                                    \
             for (int k = 0; k < 8; k++) {                                                                        \
-                const __m512i s0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k))));  \
-                const __m512i s1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k + 1)))); \
-                const __m512i pair = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),            \
-                                                     _mm512_slli_epi32(s1, 16));                                 \
-                for (int a = 0; a < NA; a++) {                                                                   \
-                    const int16_t *bs = x[a * xstride + i].bsums + 2 * k;                                        \
-                    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)bs[1] << 16) | (uint16_t)bs[0])); \
-                    sumi[a][k] = _mm512_sub_epi32(sumi[a][k], _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5)); \
-                }                                                                                                \
+                const __m512i pair = q6k_scale_pair(g, k);                                                       \
+                for (int a = 0; a < NA; a++)                                                                     \
+                    sumi[a][k] = _mm512_sub_epi32(sumi[a][k], q6k_offset(pair, x[a * xstride + i].bsums, k));    \
             }                                                                                                    \
             const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
             for (int a = 0; a < NA; a++) {                                                                       \
@@ -457,7 +469,6 @@ TK_X16_Q6_K(x16_q6_k_2, 2)
                               size_t os, int valid) {                                                            \
         __m512 acc[NA];                                                                                          \
         for (int a = 0; a < NA; a++) acc[a] = _mm512_setzero_ps();                                               \
-        const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3);                                     \
         for (int i = 0; i < nsb; i++, g += Q6K_GROUP_BYTES) {                                                    \
             for (int l = 0; l < Q6K_GROUP_BYTES; l += 64) _mm_prefetch((const char *)(g + TK_PF + l), _MM_HINT_T0); \
             __m512i sumi[NA];                                                                                    \
@@ -470,14 +481,8 @@ TK_X16_Q6_K(x16_q6_k_2, 2)
                         __m512i sl[NA], sh[NA];                                                                  \
                         for (int a = 0; a < NA; a++) sl[a] = sh[a] = _mm512_setzero_si512();                    \
                         for (int k = 4 * half; k < 4 * half + 4; k++) {                                          \
-                            const __m512i ql = _mm512_loadu_si512((const void *)(base + 512 + 64 * (8 * p + k))); \
-                            const __m512i qh = _mm512_loadu_si512((const void *)(base + 64 * k));                \
-                            const __m512i lo = _mm512_or_si512(                                                  \
-                                _mm512_and_si512(ql, m4),                                                        \
-                                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p), m2), 4));       \
-                            const __m512i hi = _mm512_or_si512(                                                  \
-                                _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),                                  \
-                                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * p + 4), m2), 4));   \
+                            __m512i lo, hi;                                                                      \
+                            q6k_quants(base, p, k, &lo, &hi);                                                    \
                             for (int a = 0; a < NA; a++) {                                                       \
                                 const int8_t *y = x[a * xstride + i].qs + 128 * h + 32 * p + 4 * k;              \
                                 sl[a] = _mm512_dpbusd_epi32(sl[a], lo, _mm512_set1_epi32(quad_k(y)));            \
@@ -495,15 +500,9 @@ TK_X16_Q6_K(x16_q6_k_2, 2)
                 }                                                                                                \
             }                                                                                                    \
             for (int k = 0; k < 8; k++) {                                                                        \
-                const __m512i s0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k))));  \
-                const __m512i s1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + 32 + 16 * (2 * k + 1)))); \
-                const __m512i pair = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),            \
-                                                     _mm512_slli_epi32(s1, 16));                                 \
-                for (int a = 0; a < NA; a++) {                                                                   \
-                    const int16_t *bs = x[a * xstride + i].bsums + 2 * k;                                        \
-                    const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)(uint16_t)bs[1] << 16) | (uint16_t)bs[0])); \
-                    sumi[a] = _mm512_sub_epi32(sumi[a], _mm512_slli_epi32(_mm512_madd_epi16(pair, sums), 5));    \
-                }                                                                                                \
+                const __m512i pair = q6k_scale_pair(g, k);                                                       \
+                for (int a = 0; a < NA; a++)                                                                     \
+                    sumi[a] = _mm512_sub_epi32(sumi[a], q6k_offset(pair, x[a * xstride + i].bsums, k));          \
             }                                                                                                    \
             const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));                           \
             for (int a = 0; a < NA; a++) {                                                                       \

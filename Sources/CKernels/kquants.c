@@ -493,34 +493,33 @@ static void q6k_block_lanes_scalar(const uint8_t *b, const tk_block_q8k *x, int 
     for (int k = 0; k < 8; k++) lanes[k] -= q6k_lane_offset(scales, x->bsums, k);
 }
 
-static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+// Both of llama.cpp's orders from the same lanes: vec_dot's (`tiled` 0: one FMA per lane and block with d_x·d_w,
+// reduced as hsum8) or its tiled matmul's (the block's lanes added up exactly, then fma(float(sum)·d_w, d_x, acc)).
+static float dot_q6_k_scalar_in(const uint8_t *w, const tk_block_q8k *x, int nb, int tiled) {
     float acc[8] = {0};
+    float one = 0;
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
         uint16_t dh;
         memcpy(&dh, b + 208, 2);
         int lanes[8];
         q6k_block_lanes_scalar(b, x + i, lanes);
-        const float d = x[i].d * tk_half_to_float(dh);
-        for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+        if (tiled) {
+            int sum = 0;
+            for (int k = 0; k < 8; k++) sum += lanes[k];
+            one = fmaf((float)sum * tk_half_to_float(dh), x[i].d, one);
+        } else {
+            const float d = x[i].d * tk_half_to_float(dh);
+            for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+        }
     }
-    return tk_hsum8_scalar(acc);
+    return tiled ? one : tk_hsum8_scalar(acc);
 }
 
-// llama.cpp's tiled order (ggml-cpu/tiled): the block's exact integer sum, then acc = fma(float(sum)·d_w, d_x, acc).
+static float dot_q6_k_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) { return dot_q6_k_scalar_in(w, x, nb, 0); }
+
 static float dot_q6_k_tiled_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
-    float acc = 0;
-    for (int i = 0; i < nb; i++) {
-        const uint8_t *b = w + (size_t)i * Q6_K_BYTES;
-        uint16_t dh;
-        memcpy(&dh, b + 208, 2);
-        int lanes[8];
-        q6k_block_lanes_scalar(b, x + i, lanes);
-        int sum = 0;
-        for (int k = 0; k < 8; k++) sum += lanes[k];
-        acc = fmaf((float)sum * tk_half_to_float(dh), x[i].d, acc);
-    }
-    return acc;
+    return dot_q6_k_scalar_in(w, x, nb, 1);
 }
 
 #if TK_X86

@@ -174,6 +174,18 @@ public enum KQuantReference {
         return hsum8(acc) + mins
     }
 
+    /// The unsigned 6-bit quant of value `e` (0..<256) of the Q6_K block at `b`, and its sub-block's int8 scale.
+    static func q6KQuant(_ b: UnsafeRawPointer, _ e: Int) -> (q: Int, scale: Int) {
+        let half = e / 128
+        let within = e % 128
+        let g = within / 32
+        let l = within % 32
+        let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
+        let nibble = g < 2 ? low & 0x0F : low >> 4
+        let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
+        return (nibble | high << 4, Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self)))
+    }
+
     /// Q6_K row · Q8_K activations: lane k sums scale·q·y over the unsigned quants, less 32·(bsum·scale) of
     /// sub-blocks 2k and 2k + 1.
     public static func dotQ6_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {
@@ -182,15 +194,7 @@ public enum KQuantReference {
             let b = row + i * 210
             var lanes = [Int](repeating: 0, count: 8)
             for e in 0..<256 {
-                let half = e / 128
-                let within = e % 128
-                let g = within / 32
-                let l = within % 32
-                let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
-                let nibble = g < 2 ? low & 0x0F : low >> 4
-                let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
-                let q = nibble | high << 4
-                let scale = Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self))
+                let (q, scale) = q6KQuant(b, e)
                 lanes[(e % 32) / 4] += scale * (q * Int(x.qs[e]))
             }
             // The quants' offset of 32, taken from lane k by sub-blocks 2k and 2k + 1 (ggml's order).
@@ -213,15 +217,8 @@ public enum KQuantReference {
             let b = row + i * 210
             var sum = 0
             for e in 0..<256 {
-                let half = e / 128
-                let within = e % 128
-                let g = within / 32
-                let l = within % 32
-                let low = Int(b.load(fromByteOffset: 64 * half + (g & 1 == 1 ? l + 32 : l), as: UInt8.self))
-                let nibble = g < 2 ? low & 0x0F : low >> 4
-                let high = Int(b.load(fromByteOffset: 128 + 32 * half + l, as: UInt8.self)) >> (2 * g) & 3
-                let scale = Int(b.load(fromByteOffset: 192 + e / 16, as: Int8.self))
-                sum += scale * ((nibble | high << 4) - 32) * Int(x.qs[e])
+                let (q, scale) = q6KQuant(b, e)
+                sum += scale * (q - 32) * Int(x.qs[e])
             }
             acc = acc.addingProduct(Float(sum) * Self.half(b, 208), x.d)
         }

@@ -102,6 +102,26 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Whether a K-quant kernel over Q8_K activations exists for this type.
     public var hasKQuantKernel: Bool { [.q4_K, .q5_K, .q6_K].contains(type) && columns % 256 == 0 }
 
+    typealias OrderedInterleaved =
+        @convention(c) (
+            UnsafeRawPointer?, Int32, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
+            UnsafeMutablePointer<Float>?, Int32
+        ) -> Int32
+    typealias OrderedRows =
+        @convention(c) (
+            UnsafeRawPointer?, Int, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
+            UnsafeMutablePointer<Float>?, Int32
+        ) -> Int32
+
+    /// The kernels that take per-row `TK_ORDER_*` flags for this matrix: Q6_K (tiled or vec_dot), and Q4_K with a
+    /// row count that is a multiple of 8 (what llama.cpp repacks: its GEMM or GEMV); nil for any other matrix.
+    var orderedKernels: (interleaved: OrderedInterleaved, rows: OrderedRows)? {
+        guard columns % 256 == 0 else { return nil }
+        if type == .q6_K { return (tk_matmul_interleaved_q6_k_ordered, tk_matmul_q6_k_ordered) }
+        if type == .q4_K, rows % 8 == 0 { return (tk_matmul_interleaved_q4_k_repacked, tk_matmul_q4_k_repacked) }
+        return nil
+    }
+
     /// Pointer to row `r`'s bytes.
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
 
@@ -117,38 +137,19 @@ public struct WeightMatrix: @unchecked Sendable {
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
         scratch: inout ActivationBuffer, kQuantOrders: [UInt8]? = nil
     ) {
-        if type == .q6_K, columns % 256 == 0, let orders = kQuantOrders {
+        if let orders = kQuantOrders, let kernels = orderedKernels {
             let q = scratch.quantizeK(x, rows: batch, columns: columns)
             let args = UncheckedSendable((q, out, orders))
             if let packed = interleaved {
                 let bytes = UncheckedSendable(packed.bytes)
                 pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
-                    _ = tk_matmul_interleaved_q6_k_ordered(
+                    _ = kernels.interleaved(
                         bytes.value, Int32(columns), Int32(begin), Int32(end), Int32(rows), args.value.0,
                         Int32(batch), args.value.2, args.value.1, Int32(rows))
                 }
             } else {
                 pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
-                    _ = tk_matmul_q6_k_ordered(
-                        data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0, Int32(batch),
-                        args.value.2, args.value.1, Int32(rows))
-                }
-            }
-            return
-        }
-        if type == .q4_K, rows % 8 == 0, columns % 256 == 0, let orders = kQuantOrders {
-            let q = scratch.quantizeK(x, rows: batch, columns: columns)
-            let args = UncheckedSendable((q, out, orders))
-            if let packed = interleaved {
-                let bytes = UncheckedSendable(packed.bytes)
-                pool.parallelRanges(packed.groups, minimumPerThread: 2) { begin, end in
-                    _ = tk_matmul_interleaved_q4_k_repacked(
-                        bytes.value, Int32(columns), Int32(begin), Int32(end), Int32(rows), args.value.0,
-                        Int32(batch), args.value.2, args.value.1, Int32(rows))
-                }
-            } else {
-                pool.parallelRanges(rows, minimumPerThread: 16) { begin, end in
-                    _ = tk_matmul_q4_k_repacked(
+                    _ = kernels.rows(
                         data, rowBytes, Int32(columns), Int32(begin), Int32(end), args.value.0, Int32(batch),
                         args.value.2, args.value.1, Int32(rows))
                 }

@@ -6,33 +6,21 @@ import Testing
 /// llama.cpp's tokenizations, greedy generations and first-position top-5 for Gemma 3 270M Q4_K_M (test fixture,
 /// converted from the reference file: its id lists parsed from text into arrays).
 struct GemmaGolden: Decodable {
-    struct TopToken: Decodable {
-        let id: Int
-        let logprob: Double
-    }
     struct Generation: Decodable {
         let name: String
         let prompt_text: String
         let prompt_ids: [Int]
         let output_ids: [Int]
-        let top_logprobs_first: [TopToken]
-    }
-    struct Tokenization: Decodable {
-        let text: String
-        let ids: [Int]
+        let top_logprobs_first: [Golden.TopToken]
     }
     let generations: [Generation]
-    let tokenize: [Tokenization]
+    let tokenize: [Golden.Tokenization]
 
-    static let shared: GemmaGolden = {
-        let url = Bundle.module.url(
-            forResource: "gemma-3-270m-q4_k_m", withExtension: "json", subdirectory: "Fixtures")!
-        return try! JSONDecoder().decode(GemmaGolden.self, from: Data(contentsOf: url))
-    }()
+    static let shared: GemmaGolden = Fixture.load("gemma-3-270m-q4_k_m")
 }
 
-/// llama.cpp's first-position logits for the golden prompts, as fingerprints (test fixture made by
-/// `scripts/llama-logits.cpp`).
+/// llama.cpp's first-position logits for the golden prompts, as fingerprints: FNV-1a 64 over all of them, and the top
+/// 5 with their bits (test fixture made by `scripts/llama-logits.cpp`).
 struct GemmaLogits: Decodable {
     struct Top: Decodable {
         let id: Int
@@ -45,11 +33,7 @@ struct GemmaLogits: Decodable {
     }
     let prompts: [Prompt]
 
-    static let shared: GemmaLogits = {
-        let url = Bundle.module.url(
-            forResource: "gemma-3-270m-q4_k_m-logits", withExtension: "json", subdirectory: "Fixtures")!
-        return try! JSONDecoder().decode(GemmaLogits.self, from: Data(contentsOf: url))
-    }()
+    static let shared: GemmaLogits = Fixture.load("gemma-3-270m-q4_k_m-logits")
 }
 
 /// Gemma 3 270M, fetched into the cache once per test process (`tandem model fetch gemma3-270m`).

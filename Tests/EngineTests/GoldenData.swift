@@ -43,9 +43,13 @@ struct Golden: Decodable {
     let generations: [Generation]
     let tokenize: [Tokenization]
 
-    static let shared: Golden = {
-        let url = Bundle.module.url(
-            forResource: "smollm2-135m-instruct-q4_1", withExtension: "json", subdirectory: "Fixtures")!
-        return try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: url))
-    }()
+    static let shared: Golden = Fixture.load("smollm2-135m-instruct-q4_1")
+}
+
+/// The JSON test fixtures in the bundle's Fixtures folder.
+enum Fixture {
+    static func load<T: Decodable>(_ name: String) -> T {
+        let url = Bundle.module.url(forResource: name, withExtension: "json", subdirectory: "Fixtures")!
+        return try! JSONDecoder().decode(T.self, from: Data(contentsOf: url))
+    }
 }

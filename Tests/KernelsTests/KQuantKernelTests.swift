@@ -220,63 +220,78 @@ import Testing
     /// the Swift reference's dot product; and the two orders do differ.
     @Test func repackedQ4KOrdersEqualTheReferenceBitwise() {
         var rng = Rng(state: 43)
-        let (rows, columns) = (37, 512)
-        let weights = randomRow(.q4_K, blocks: rows * columns / 256, rng: &rng)
-        let rowBytes = columns / 256 * 144
-        let groups = (rows + 15) / 16
-        var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(12, Int32(columns)))
-        tk_repack_interleaved_k(12, weights, rowBytes, Int32(rows), Int32(columns), &packed)
-        let orders: [UInt8] = [1, 0, 1, 1, 0, 0, 1]
-        let batch = orders.count
-        let x = (0..<(batch * columns)).map { _ in rng.float(3) }
-        var q = [tk_block_q8k](repeating: tk_block_q8k(), count: batch * columns / 256)
-        tk_quantize_q8k(x, &q, Int32(batch * columns))
-        var expected = [Float](repeating: 0, count: batch * rows)
-        var differ = 0
-        for b in 0..<batch {
-            let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
-            for r in 0..<rows {
-                weights.withUnsafeBytes {
-                    let row = $0.baseAddress! + r * rowBytes
-                    expected[b * rows + r] = KQuantReference.dotQ4_KRepacked(
-                        row: row, blocks: blocks, per64: orders[b] == 1)
-                    let other = KQuantReference.dotQ4_KRepacked(row: row, blocks: blocks, per64: orders[b] == 0)
-                    if other != expected[b * rows + r] { differ += 1 }
-                }
-            }
-        }
-        #expect(differ > 0, "the GEMM and GEMV orders round differently somewhere")
-        for level in 0...2 {
-            let used = tk_set_simd_level(Int32(level))
-            var packedOut = [Float](repeating: .nan, count: batch * rows)
-            tk_matmul_interleaved_q4_k_repacked(
-                packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(batch), orders, &packedOut,
-                Int32(rows))
-            var rowOut = [Float](repeating: .nan, count: batch * rows)
-            tk_matmul_q4_k_repacked(
-                weights, rowBytes, Int32(columns), 0, Int32(rows), q, Int32(batch), orders, &rowOut, Int32(rows))
-            #expect(packedOut.map(\.bitPattern) == expected.map(\.bitPattern), "interleaved, level \(used)")
-            #expect(rowOut.map(\.bitPattern) == expected.map(\.bitPattern), "rows, level \(used)")
-        }
-        tk_set_simd_level(99)
+        expectOrderedKernelsMatchTheReference(
+            .q4_K, rows: 37, columns: 512, orders: [1, 0, 1, 1, 0, 0, 1], rng: &rng,
+            reference: { row, blocks, order in
+                KQuantReference.dotQ4_KRepacked(row: row, blocks: blocks, per64: order == 1)
+            },
+            otherOrder: { $0 ^ 1 },
+            interleaved: { packed, groups, columns, rows, q, batch, orders, out in
+                tk_matmul_interleaved_q4_k_repacked(packed, columns, 0, groups, rows, q, batch, orders, out, rows)
+            },
+            byRows: { weights, rowBytes, columns, rows, q, batch, orders, out in
+                tk_matmul_q4_k_repacked(weights, rowBytes, columns, 0, rows, q, batch, orders, out, rows)
+            })
     }
 
     /// Q6_K in llama.cpp's tiled order (batches of 8 rows or more) and in vec_dot's, each activation row in its own:
-    /// the interleaved kernel at every level (1, 2 and 4 rows per pass) and the row kernel give bitwise the Swift
-    /// reference's dot product; and the two orders do differ.
+    /// the interleaved kernel at every level (1, 2 and 4 rows per pass), the row kernel and `tk_dot_q6_k_tiled` give
+    /// bitwise the Swift reference's dot product; and the two orders do differ.
     @Test func tiledQ6KOrderEqualsTheReferenceBitwise() {
         var rng = Rng(state: 47)
-        let (rows, columns) = (37, 1024)
-        let weights = randomRow(.q6_K, blocks: rows * columns / 256, rng: &rng)
-        let rowBytes = columns / 256 * 210
-        let groups = (rows + 15) / 16
-        var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(14, Int32(columns)))
-        tk_repack_interleaved_k(14, weights, rowBytes, Int32(rows), Int32(columns), &packed)
         let tiled = UInt8(TK_ORDER_TILED)
         // Runs of 7, 1, 2 and 1 tiled rows between vec_dot ones, with the Q4_K flag (ignored by Q6_K) on some.
         let orders: [UInt8] = [
             tiled, tiled | 1, tiled, tiled, tiled, tiled, tiled, 0, tiled, 1, 0, tiled, tiled, 0, tiled,
         ]
+        let (weights, x) = expectOrderedKernelsMatchTheReference(
+            .q6_K, rows: 37, columns: 1024, orders: orders, rng: &rng,
+            reference: { row, blocks, order in
+                order & tiled != 0
+                    ? KQuantReference.dotQ6_KTiled(row: row, blocks: blocks)
+                    : KQuantReference.dotQ6_K(row: row, blocks: blocks)
+            },
+            otherOrder: { $0 ^ tiled },
+            interleaved: { packed, groups, columns, rows, q, batch, orders, out in
+                tk_matmul_interleaved_q6_k_ordered(packed, columns, 0, groups, rows, q, batch, orders, out, rows)
+            },
+            byRows: { weights, rowBytes, columns, rows, q, batch, orders, out in
+                tk_matmul_q6_k_ordered(weights, rowBytes, columns, 0, rows, q, batch, orders, out, rows)
+            })
+        let blocks = KQuantReference.quantize(Array(x[0..<1024]))
+        var q = [tk_block_q8k](repeating: tk_block_q8k(), count: 4)
+        tk_quantize_q8k(x, &q, 1024)
+        let want = weights.withUnsafeBytes { KQuantReference.dotQ6_KTiled(row: $0.baseAddress!, blocks: blocks) }
+        for level in 0...2 {
+            let used = tk_set_simd_level(Int32(level))
+            #expect(
+                tk_dot_q6_k_tiled(weights, q, 1024).bitPattern == want.bitPattern, "tk_dot_q6_k_tiled, level \(used)")
+        }
+        tk_set_simd_level(99)
+    }
+
+    /// Random `type` weights of `rows` × `columns` and one activation row per entry of `orders`: the `interleaved`
+    /// and `byRows` kernels at every SIMD level give each output the bits of `reference` in its row's order, and
+    /// `otherOrder` rounds differently somewhere. Returns the weights and activations.
+    @discardableResult
+    func expectOrderedKernelsMatchTheReference(
+        _ type: GGMLType, rows: Int, columns: Int, orders: [UInt8], rng: inout Rng,
+        reference: (UnsafeRawPointer, [KQuantReference.Block], UInt8) -> Float, otherOrder: (UInt8) -> UInt8,
+        interleaved: (
+            UnsafeRawPointer, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>, Int32, UnsafePointer<UInt8>,
+            UnsafeMutablePointer<Float>
+        ) -> Int32,
+        byRows: (
+            UnsafeRawPointer, Int, Int32, Int32, UnsafePointer<tk_block_q8k>, Int32, UnsafePointer<UInt8>,
+            UnsafeMutablePointer<Float>
+        ) -> Int32
+    ) -> (weights: [UInt8], x: [Float]) {
+        let id = Int32(type.rawValue)
+        let weights = randomRow(type, blocks: rows * columns / 256, rng: &rng)
+        let rowBytes = columns / 256 * type.blockBytes
+        let groups = (rows + 15) / 16
+        var packed = [UInt8](repeating: 0, count: groups * tk_interleaved_k_group_bytes(id, Int32(columns)))
+        tk_repack_interleaved_k(id, weights, rowBytes, Int32(rows), Int32(columns), &packed)
         let batch = orders.count
         let x = (0..<(batch * columns)).map { _ in rng.float(3) }
         var q = [tk_block_q8k](repeating: tk_block_q8k(), count: batch * columns / 256)
@@ -288,35 +303,22 @@ import Testing
             for r in 0..<rows {
                 weights.withUnsafeBytes {
                     let row = $0.baseAddress! + r * rowBytes
-                    let inTiled = KQuantReference.dotQ6_KTiled(row: row, blocks: blocks)
-                    let inVecDot = KQuantReference.dotQ6_K(row: row, blocks: blocks)
-                    expected[b * rows + r] = orders[b] & tiled != 0 ? inTiled : inVecDot
-                    if inTiled != inVecDot { differ += 1 }
+                    expected[b * rows + r] = reference(row, blocks, orders[b])
+                    if reference(row, blocks, otherOrder(orders[b])) != expected[b * rows + r] { differ += 1 }
                 }
             }
         }
-        #expect(differ > 0, "the tiled and vec_dot orders round differently somewhere")
+        #expect(differ > 0, "the orders round differently somewhere")
         for level in 0...2 {
             let used = tk_set_simd_level(Int32(level))
             var packedOut = [Float](repeating: .nan, count: batch * rows)
-            tk_matmul_interleaved_q6_k_ordered(
-                packed, Int32(columns), 0, Int32(groups), Int32(rows), q, Int32(batch), orders, &packedOut,
-                Int32(rows))
             var rowOut = [Float](repeating: .nan, count: batch * rows)
-            tk_matmul_q6_k_ordered(
-                weights, rowBytes, Int32(columns), 0, Int32(rows), q, Int32(batch), orders, &rowOut, Int32(rows))
+            _ = interleaved(packed, Int32(groups), Int32(columns), Int32(rows), q, Int32(batch), orders, &packedOut)
+            _ = byRows(weights, rowBytes, Int32(columns), Int32(rows), q, Int32(batch), orders, &rowOut)
             #expect(packedOut.map(\.bitPattern) == expected.map(\.bitPattern), "interleaved, level \(used)")
             #expect(rowOut.map(\.bitPattern) == expected.map(\.bitPattern), "rows, level \(used)")
-            for b in 0..<batch {
-                let one = tk_dot_q6_k_tiled(
-                    weights, q.withUnsafeBufferPointer { $0.baseAddress! + b * columns / 256 }, Int32(columns))
-                let blocks = KQuantReference.quantize(Array(x[(b * columns)..<((b + 1) * columns)]))
-                let want = weights.withUnsafeBytes {
-                    KQuantReference.dotQ6_KTiled(row: $0.baseAddress!, blocks: blocks)
-                }
-                #expect(one.bitPattern == want.bitPattern, "tk_dot_q6_k_tiled, level \(used), b=\(b)")
-            }
         }
         tk_set_simd_level(99)
+        return (weights, x)
     }
 }
