@@ -106,11 +106,11 @@ int tk_repack_interleaved_k(int type, const void *src, size_t row_bytes, int row
 }
 
 // The scalar path: the reference order, row by row (`five`: Q5_K).
-static void q45k_group_scalar(const uint8_t *g, int nsb, int five, const tk_block_q8k *x, float out[16]) {
+static void q45k_group_scalar(const uint8_t *g, int nsb, int five, int tiled, const tk_block_q8k *x, float out[16]) {
     const size_t group_bytes = five ? Q5K_GROUP_BYTES : Q4K_GROUP_BYTES;
     const int nibbles = five ? 832 : 320;
     for (int r = 0; r < 16; r++) {
-        float acc[8] = {0}, acc_m[4] = {0}, mins = 0.0f;
+        float acc[8] = {0}, acc_m[4] = {0}, mins = 0.0f, one = 0.0f;
         for (int i = 0; i < nsb; i++) {
             const uint8_t *b = g + (size_t)i * group_bytes;
             uint16_t dh, mh;
@@ -142,9 +142,16 @@ static void q45k_group_scalar(const uint8_t *g, int nsb, int five, const tk_bloc
             }
             mins = fmaf(dmin, (float)min_sum, mins);
             for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)lanes[k], acc[k]);
+            if (tiled) {
+                int sum = 0;
+                for (int k = 0; k < 8; k++) sum += lanes[k];
+                const float f = fmaf(-tk_half_to_float(mh), (float)min_sum, (float)sum * tk_half_to_float(dh));
+                one = fmaf(f, x[i].d, one);
+            }
         }
-        out[r] = (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) +
-                 (five ? mins : ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])));
+        out[r] = tiled ? one
+                       : (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) +
+                             (five ? mins : ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])));
     }
 }
 
@@ -237,7 +244,7 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
 
 // NA activation rows against one group: the integer lanes per super-block with vpmaddubsw (quant pairs times
 // activation pairs, within int16) and vpdpwssd (times the sub-block scale, into the lane's int32).
-#define TK_X16_Q45_K(NAME, NA, FIVE)                                                                               \
+#define TK_X16_Q45_K(NAME, NA, FIVE, TILED)                                                                        \
     TK_V512K static void NAME(const uint8_t *g, int nsb, const tk_block_q8k *x, size_t xstride, float *out,      \
                               size_t os, int valid) {                                                            \
         enum { GB = FIVE ? Q5K_GROUP_BYTES : Q4K_GROUP_BYTES, NIB = FIVE ? 832 : 320 };                          \
@@ -278,7 +285,9 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                 const tk_block_q8k *xa = x + a * xstride + i;                                                    \
                 const __m512 d = _mm512_mul_ps(_mm512_set1_ps(xa->d), dv);                                       \
                 const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(-xa->d), mv);                                     \
-                for (int k = 0; k < 8; k++) acc[a][k] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[a][k]), acc[a][k]); \
+                if (!TILED)                                                                                      \
+                    for (int k = 0; k < 8; k++)                                                                  \
+                        acc[a][k] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[a][k]), acc[a][k]);               \
                 __m512i min_sum = _mm512_setzero_si512();                                                        \
                 for (int p = 0; p < 4; p++) {                                                                    \
                     const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g + 192 + 32 * p))); \
@@ -286,16 +295,29 @@ TK_V512K static inline __m512i scale_pairs(const uint8_t *sc16) {
                     const int sum1 = xa->bsums[4 * p + 2] + xa->bsums[4 * p + 3];                                \
                     const __m512i sums = _mm512_set1_epi32((int)(((uint32_t)sum1 << 16) | (uint16_t)sum0));      \
                     const __m512i m = _mm512_madd_epi16(mp, sums);                                               \
-                    if (FIVE) {                                                                                  \
+                    if (FIVE || TILED) {                                                                         \
                         min_sum = _mm512_add_epi32(min_sum, m);                                                  \
                     } else {                                                                                     \
                         accm[a][p] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(m), accm[a][p]);                     \
                     }                                                                                            \
                 }                                                                                                \
-                if (FIVE) accm[a][0] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(min_sum), accm[a][0]);             \
+                if (TILED) {                                                                                     \
+                    /* llama.cpp's tiled order: one exact sum each, fma(−dmin, s2, s1·d_w), then fma(·, d_x). */ \
+                    __m512i total = sumi[a][0];                                                                  \
+                    for (int k = 1; k < 8; k++) total = _mm512_add_epi32(total, sumi[a][k]);                     \
+                    const __m512 f = _mm512_fnmadd_ps(mv, _mm512_cvtepi32_ps(min_sum),                           \
+                                                      _mm512_mul_ps(_mm512_cvtepi32_ps(total), dv));             \
+                    acc[a][0] = _mm512_fmadd_ps(f, _mm512_set1_ps(xa->d), acc[a][0]);                            \
+                } else if (FIVE) {                                                                               \
+                    accm[a][0] = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(min_sum), accm[a][0]);                   \
+                }                                                                                                \
             }                                                                                                    \
         }                                                                                                        \
         for (int a = 0; a < NA; a++) {                                                                           \
+            if (TILED) {                                                                                         \
+                _mm512_mask_storeu_ps(out + a * os, (__mmask16)((1u << valid) - 1), acc[a][0]);                 \
+                continue;                                                                                        \
+            }                                                                                                    \
             const __m512 lanes = reduce_lanes(acc[a]);                                                           \
             const __m512 mins = FIVE ? accm[a][0]                                                                \
                                      : _mm512_add_ps(_mm512_add_ps(accm[a][0], accm[a][2]),                      \
@@ -373,10 +395,14 @@ TK_X16_Q4_KR(x16_q4_kr_1, 1)
 TK_X16_Q4_KR(x16_q4_kr_2, 2)
 TK_X16_Q4_KR(x16_q4_kr_4, 4)
 
-TK_X16_Q45_K(x16_q4_k_1, 1, 0)
-TK_X16_Q45_K(x16_q4_k_2, 2, 0)
-TK_X16_Q45_K(x16_q5_k_1, 1, 1)
-TK_X16_Q45_K(x16_q5_k_2, 2, 1)
+TK_X16_Q45_K(x16_q4_k_1, 1, 0, 0)
+TK_X16_Q45_K(x16_q4_k_2, 2, 0, 0)
+TK_X16_Q45_K(x16_q5_k_1, 1, 1, 0)
+TK_X16_Q45_K(x16_q5_k_2, 2, 1, 0)
+TK_X16_Q45_K(x16_q4_k_tiled_1, 1, 0, 1)
+TK_X16_Q45_K(x16_q4_k_tiled_2, 2, 0, 1)
+TK_X16_Q45_K(x16_q5_k_tiled_1, 1, 1, 1)
+TK_X16_Q45_K(x16_q5_k_tiled_2, 2, 1, 1)
 
 // 16 rows' int8 scales as int16 pairs (s, s) per row.
 TK_V512K static inline __m512i signed_scale_pairs(const uint8_t *sc16) {
@@ -598,15 +624,10 @@ static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int grou
     return 0;
 }
 
-int tk_matmul_interleaved_q6_k_ordered(const void *packed, int n, int group_begin, int group_end, int rows,
-                                       const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
-                                       int out_stride) {
-    return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, orders, out, out_stride);
-}
-
-int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
-                            const tk_block_q8k *x, int n_act, float *out, int out_stride) {
-    if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, 0, out, out_stride);
+int tk_matmul_interleaved_k_ordered(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                                    const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
+                                    int out_stride) {
+    if (type == 14) return matmul_q6_k(packed, n / 256, group_begin, group_end, rows, x, n_act, orders, out, out_stride);
     if (type != 12 && type != 13) return -1;
     const int nsb = n / 256, five = type == 13;
     const size_t group_bytes = group_block_bytes(type) * (size_t)nsb;
@@ -616,28 +637,36 @@ int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin
         const uint8_t *gp = (const uint8_t *)packed + (size_t)g * group_bytes;
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
-        int b = 0;
+        for (int b = 0; b < n_act;) {
+            const int tiled = orders && (orders[b] & TK_ORDER_TILED);
+            int e = b + 1;
+            while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == tiled) e++;
 #if TK_X86
-        if (level == 2) {
-            void (*one)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
-                five ? x16_q5_k_1 : x16_q4_k_1;
-            void (*two)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
-                five ? x16_q5_k_2 : x16_q4_k_2;
-            for (; b + 2 <= n_act; b += 2) {
-                two(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+            if (level == 2) {
+                void (*one)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
+                    tiled ? (five ? x16_q5_k_tiled_1 : x16_q4_k_tiled_1) : (five ? x16_q5_k_1 : x16_q4_k_1);
+                void (*two)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =
+                    tiled ? (five ? x16_q5_k_tiled_2 : x16_q4_k_tiled_2) : (five ? x16_q5_k_2 : x16_q4_k_2);
+                for (; b + 2 <= e; b += 2)
+                    two(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
+                for (; b < e; b++)
+                    one(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
             }
-            for (; b < n_act; b++) {
-                one(gp, nsb, x + (size_t)b * nsb, nsb, out + (size_t)b * out_stride + first, out_stride, valid);
-            }
-        }
 #endif
-        for (; b < n_act; b++) {
-            float r[16];
-            q45k_group_scalar(gp, nsb, five, x + (size_t)b * nsb, r);
-            for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+            for (; b < e; b++) {
+                float r[16];
+                q45k_group_scalar(gp, nsb, five, tiled, x + (size_t)b * nsb, r);
+                for (int k = 0; k < valid; k++) out[(size_t)b * out_stride + first + k] = r[k];
+            }
         }
     }
     return 0;
+}
+
+int tk_matmul_interleaved_k(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                            const tk_block_q8k *x, int n_act, float *out, int out_stride) {
+    return tk_matmul_interleaved_k_ordered(type, packed, n, group_begin, group_end, rows, x, n_act, 0, out,
+                                           out_stride);
 }
 
 int tk_matmul_interleaved_q4_k_repacked(const void *packed, int n, int group_begin, int group_end, int rows,

@@ -696,21 +696,68 @@ int tk_matmul_k(int type, const void *w, size_t row_bytes, int n, int row_begin,
     return 0;
 }
 
-float tk_dot_q6_k_tiled(const void *w, const tk_block_q8k *x, int n) {
-#if TK_X86
-    if (tk_simd_level() >= 1) return dot_q6_k_tiled_avx2(w, x, n / 256);
-#endif
-    return dot_q6_k_tiled_scalar(w, x, n / 256);
+// Q4_K and Q5_K in llama.cpp's tiled order (ggml-cpu/tiled, with mins): per block s1 = Σ_s sc_s·Σ q·y and
+// s2 = Σ_s m_s·(bsum_2s + bsum_2s+1), both exact; then f = fma(−dmin_w, float(s2), float(s1)·d_w) and
+// acc = fma(f, d_x, acc).
+static float dot_q45_k_tiled_scalar(const uint8_t *w, const tk_block_q8k *x, int nb, int five) {
+    float acc = 0;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * (five ? Q5_K_BYTES : Q4_K_BYTES);
+        uint8_t sc[8], m[8];
+        tk_q4k_scales(b + 4, sc, m);
+        uint16_t dh, mh;
+        memcpy(&dh, b, 2);
+        memcpy(&mh, b + 2, 2);
+        const uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16);
+        int s1 = 0, s2 = 0;
+        for (int s = 0; s < 8; s++) {
+            int raw = 0;
+            for (int l = 0; l < 32; l++) {
+                const uint8_t packed = qs[32 * (s / 2) + l];
+                const int high = five ? ((qh[l] >> s) & 1) << 4 : 0;
+                raw += (((s & 1) ? packed >> 4 : packed & 0x0F) | high) * x[i].qs[32 * s + l];
+            }
+            s1 += sc[s] * raw;
+            s2 += m[s] * (x[i].bsums[2 * s] + x[i].bsums[2 * s + 1]);
+        }
+        const float f = fmaf(-tk_half_to_float(mh), (float)s2, (float)s1 * tk_half_to_float(dh));
+        acc = fmaf(f, x[i].d, acc);
+    }
+    return acc;
 }
 
-int tk_matmul_q6_k_ordered(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
-                           int n_act, const uint8_t *orders, float *out, int out_stride) {
-    const int nb = n / 256;
-    float (*tiled)(const uint8_t *, const tk_block_q8k *, int) = dot_q6_k_tiled_scalar;
+static float dot_q4_k_tiled_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    return dot_q45_k_tiled_scalar(w, x, nb, 0);
+}
+
+static float dot_q5_k_tiled_scalar(const uint8_t *w, const tk_block_q8k *x, int nb) {
+    return dot_q45_k_tiled_scalar(w, x, nb, 1);
+}
+
+static tk_dot_k_fn tk_pick_k_tiled(int type) {
+    switch (type) {
+    case 12: return dot_q4_k_tiled_scalar;
+    case 13: return dot_q5_k_tiled_scalar;
+    case 14:
 #if TK_X86
-    if (tk_simd_level() >= 1) tiled = dot_q6_k_tiled_avx2;
+        if (tk_simd_level() >= 1) return dot_q6_k_tiled_avx2;
 #endif
-    // Runs of rows in tk_dot_k's order go through tk_matmul_k (with its four-row kernel); the others one by one.
+        return dot_q6_k_tiled_scalar;
+    default: return 0;
+    }
+}
+
+float tk_dot_k_tiled(int type, const void *w, const tk_block_q8k *x, int n) {
+    tk_dot_k_fn dot = tk_pick_k_tiled(type);
+    return dot ? dot(w, x, n / 256) : NAN;
+}
+
+int tk_matmul_k_ordered(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
+                        const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out, int out_stride) {
+    tk_dot_k_fn tiled = tk_pick_k_tiled(type);
+    if (!tiled) return -1;
+    const int nb = n / 256;
+    // Runs of rows in tk_dot_k's order go through tk_matmul_k (with its four-row kernels); the others one by one.
     int b = 0;
     while (b < n_act) {
         int e = b;
@@ -722,7 +769,7 @@ int tk_matmul_q6_k_ordered(const void *w, size_t row_bytes, int n, int row_begin
                 for (int a = b; a < e; a++) out[(size_t)a * out_stride + r] = tiled(row, x + (size_t)a * nb, nb);
             }
         } else {
-            tk_matmul_k(14, w, row_bytes, n, row_begin, row_end, x + (size_t)b * nb, e - b,
+            tk_matmul_k(type, w, row_bytes, n, row_begin, row_end, x + (size_t)b * nb, e - b,
                         out + (size_t)b * out_stride, out_stride);
         }
         b = e;

@@ -5,16 +5,16 @@ import Foundation
 /// - Q4_K: on AVX2 machines llama.cpp repacks every Q4_K matrix whose row count is a multiple of 8 (`q4_K_8x8`) and
 ///   multiplies it by its GEMM for a micro-batch's rows in fours (one FMA per 64 values) and by its GEMV for the rows
 ///   left over and for every generated token (one FMA per 256 values).
-/// - Q6_K (not repacked on x86): a micro-batch of 8 rows or more goes through its tiled K-quant matmul
-///   (`ggml-cpu/tiled`: one exact integer sum and one FMA per 256 values); fewer rows, and every generated token,
-///   through `vec_dot` (eight lanes).
+/// - Q6_K and Q5_K (not repacked on x86), and Q4_K matrices it does not repack: a micro-batch of 8 rows or more goes
+///   through its tiled K-quant matmul (`ggml-cpu/tiled`: exact integer sums and one FMA per 256 values); fewer rows,
+///   and every generated token, through `vec_dot` (eight lanes).
 ///
 /// As with `AttentionKernelChoice`, the choice depends only on the row's position and its prompt's length (through the
 /// micro-batch `PromptBatching` puts it in), so outputs stay batch-invariant.
 public enum KQuantOrderChoice {
     /// The Q4_K GEMM's order (`TK_ORDER_Q4K_GEMM`).
     public static let q4KGEMM: UInt8 = 1
-    /// The tiled matmul's order for Q6_K (`TK_ORDER_TILED`).
+    /// The tiled matmul's order (`TK_ORDER_TILED`).
     public static let tiled: UInt8 = 2
 
     /// Whether the row at `position` of a request whose prompt has `promptLength` tokens takes the Q4_K GEMM's order.
@@ -23,7 +23,7 @@ public enum KQuantOrderChoice {
         return batch.rows > 3 && position - batch.start < batch.rows - batch.rows % 4
     }
 
-    /// Whether the row takes the tiled matmul's order for Q6_K.
+    /// Whether the row takes the tiled matmul's order (Q6_K, Q5_K, and Q4_K that llama.cpp does not repack).
     public static func usesTiled(position: Int, promptLength: Int, batching: PromptBatching = .plain) -> Bool {
         guard let batch = batching.microBatch(position: position, promptLength: promptLength) else { return false }
         return batch.rows >= 8

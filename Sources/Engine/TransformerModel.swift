@@ -128,7 +128,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             WeightMatrix.multiply(
                 [layer.wq, layer.wk, layer.wv], ws.xn, batch: rowCount, into: [ws.q, ws.k, ws.v], pool: pool,
-                scratch: &activations)
+                scratch: &activations, kQuantOrders: kQuantOrders)
             if let b = layer.bq { Ops.addBias(ws.q, b, rows: rowCount) }
             if let b = layer.bk { Ops.addBias(ws.k, b, rows: rowCount) }
             if let b = layer.bv { Ops.addBias(ws.v, b, rows: rowCount) }
@@ -174,9 +174,11 @@ public final class TransformerModel: @unchecked Sendable {
                 Ops.rmsNorm(
                     ws.x + lo * e, layer.ffnNorm, into: ws.xn + lo * e, rows: hi - lo, width: e, eps: c.rmsNormEps)
             }
+            // The last layer's FFN runs in llama.cpp on the output rows only (after its attention, `inp_out_ids`).
+            let ffnOrders = layerIndex == weights.layers.count - 1 ? lastLayerOrders : kQuantOrders
             WeightMatrix.multiply(
                 [layer.gate, layer.up], ws.xn, batch: rowCount, into: [ws.gate, ws.up], pool: pool,
-                scratch: &activations)
+                scratch: &activations, kQuantOrders: ffnOrders)
             let f = c.feedForwardLength
             inParallel(rowCount) { lo, hi in
                 if c.isGemma {
@@ -187,7 +189,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             layer.down.multiply(
                 ws.gate, batch: rowCount, into: ws.tmp, pool: pool, scratch: &activations,
-                kQuantOrders: layerIndex == weights.layers.count - 1 ? lastLayerOrders : kQuantOrders)
+                kQuantOrders: ffnOrders)
             inParallel(rowCount) { lo, hi in
                 if let n = layer.postFFNNorm {
                     Ops.rmsNorm(ws.tmp + lo * e, n, into: ws.tmp + lo * e, rows: hi - lo, width: e, eps: c.rmsNormEps)

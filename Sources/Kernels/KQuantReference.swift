@@ -148,6 +148,35 @@ public enum KQuantReference {
         return (sc, m)
     }
 
+    /// A K-quant row · Q8_K activations in the order of llama.cpp's tiled K-quant matmul (batches of 8 rows or
+    /// more): Q6_K as `dotQ6_KTiled`; Q4_K and Q5_K with per block s1 = Σ_s sc_s·Σ q·y and s2 = Σ_s m_s·Σ y (exact),
+    /// then acc = fma(fma(−dmin_w, Float(s2), Float(s1)·d_w), d_x, acc).
+    public static func dotKTiled(_ type: GGMLType, row: UnsafeRawPointer, blocks: [Block]) -> Float {
+        if type == .q6_K { return dotQ6_KTiled(row: row, blocks: blocks) }
+        precondition(type == .q4_K || type == .q5_K)
+        let five = type == .q5_K
+        var acc: Float = 0
+        for (i, x) in blocks.enumerated() {
+            let b = row + i * (five ? 176 : 144)
+            let (sc, m) = scalesAndMins(b + 4)
+            var s1 = 0
+            var s2 = 0
+            for s in 0..<8 {
+                var raw = 0
+                for l in 0..<32 {
+                    let packed = Int(b.load(fromByteOffset: (five ? 48 : 16) + 32 * (s / 2) + l, as: UInt8.self))
+                    let high = five ? (Int(b.load(fromByteOffset: 16 + l, as: UInt8.self)) >> s & 1) << 4 : 0
+                    raw += ((s & 1 == 1 ? packed >> 4 : packed & 0x0F) | high) * Int(x.qs[32 * s + l])
+                }
+                s1 += sc[s] * raw
+                s2 += m[s] * (Int(x.bsums[2 * s]) + Int(x.bsums[2 * s + 1]))
+            }
+            let f = (Float(s1) * half(b, 0)).addingProduct(-half(b, 2), Float(s2))
+            acc = acc.addingProduct(f, x.d)
+        }
+        return acc
+    }
+
     /// Q5_K row · Q8_K activations: Q4_K's lanes with a fifth bit per quant (bit s of qh[l] for value l of
     /// sub-block s); the mins summed in integers per block and accumulated with one FMA (ggml's AVX2 order).
     public static func dotQ5_K(row: UnsafeRawPointer, blocks: [Block]) -> Float {

@@ -102,24 +102,26 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Whether a K-quant kernel over Q8_K activations exists for this type.
     public var hasKQuantKernel: Bool { [.q4_K, .q5_K, .q6_K].contains(type) && columns % 256 == 0 }
 
-    typealias OrderedInterleaved =
-        @convention(c) (
-            UnsafeRawPointer?, Int32, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
-            UnsafeMutablePointer<Float>?, Int32
-        ) -> Int32
-    typealias OrderedRows =
-        @convention(c) (
-            UnsafeRawPointer?, Int, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
-            UnsafeMutablePointer<Float>?, Int32
-        ) -> Int32
+    typealias OrderedInterleaved = (
+        UnsafeRawPointer?, Int32, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
+        UnsafeMutablePointer<Float>?, Int32
+    ) -> Int32
+    typealias OrderedRows = (
+        UnsafeRawPointer?, Int, Int32, Int32, Int32, UnsafePointer<tk_block_q8k>?, Int32, UnsafePointer<UInt8>?,
+        UnsafeMutablePointer<Float>?, Int32
+    ) -> Int32
 
-    /// The kernels that take per-row `TK_ORDER_*` flags for this matrix: Q6_K (tiled or vec_dot), and Q4_K with a
-    /// row count that is a multiple of 8 (what llama.cpp repacks: its GEMM or GEMV); nil for any other matrix.
+    /// The kernels that take per-row `TK_ORDER_*` flags for this matrix: a Q4_K matrix with a row count that is a
+    /// multiple of 8 (what llama.cpp repacks: its GEMM or GEMV), and the K-quants llama.cpp multiplies by its tiled
+    /// matmul or `vec_dot` (Q6_K, Q5_K, the other Q4_K); nil for any other matrix.
     var orderedKernels: (interleaved: OrderedInterleaved, rows: OrderedRows)? {
-        guard columns % 256 == 0 else { return nil }
-        if type == .q6_K { return (tk_matmul_interleaved_q6_k_ordered, tk_matmul_q6_k_ordered) }
+        guard hasKQuantKernel else { return nil }
         if type == .q4_K, rows % 8 == 0 { return (tk_matmul_interleaved_q4_k_repacked, tk_matmul_q4_k_repacked) }
-        return nil
+        let id = Int32(type.rawValue)
+        return (
+            { tk_matmul_interleaved_k_ordered(id, $0, $1, $2, $3, $4, $5, $6, $7, $8, $9) },
+            { tk_matmul_k_ordered(id, $0, $1, $2, $3, $4, $5, $6, $7, $8, $9) }
+        )
     }
 
     /// Pointer to row `r`'s bytes.
@@ -131,8 +133,8 @@ public struct WeightMatrix: @unchecked Sendable {
     /// threads, so results are batch-invariant.
     ///
     /// `kQuantOrders` (one per input row, `TK_ORDER_*` flags: `KQuantOrderChoice`) puts a Q4_K matrix whose row count
-    /// is a multiple of 8 in llama.cpp's repacked orders and a Q6_K matrix in its tiled or vec_dot order; other
-    /// matrices ignore it.
+    /// is a multiple of 8 in llama.cpp's repacked orders and the other K-quant matrices in its tiled or vec_dot
+    /// order; other matrices ignore it.
     public func multiply(
         _ x: UnsafePointer<Float>, batch: Int, into out: UnsafeMutablePointer<Float>, pool: ThreadPool,
         scratch: inout ActivationBuffer, kQuantOrders: [UInt8]? = nil
@@ -218,12 +220,12 @@ extension WeightMatrix {
     /// synchronization instead of one per matrix). Each output element gets the same arithmetic as `multiply`.
     public static func multiply(
         _ matrices: [WeightMatrix], _ x: UnsafePointer<Float>, batch: Int, into outputs: [UnsafeMutablePointer<Float>],
-        pool: ThreadPool, scratch: inout ActivationBuffer
+        pool: ThreadPool, scratch: inout ActivationBuffer, kQuantOrders: [UInt8]? = nil
     ) {
         let columns = matrices[0].columns
         guard matrices.allSatisfy({ $0.interleaved != nil && !$0.hasKQuantKernel && $0.columns == columns }) else {
             for (m, out) in zip(matrices, outputs) {
-                m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch)
+                m.multiply(x, batch: batch, into: out, pool: pool, scratch: &scratch, kQuantOrders: kQuantOrders)
             }
             return
         }

@@ -234,38 +234,40 @@ import Testing
             })
     }
 
-    /// Q6_K in llama.cpp's tiled order (batches of 8 rows or more) and in vec_dot's, each activation row in its own:
-    /// the interleaved kernel at every level (1, 2 and 4 rows per pass), the row kernel and `tk_dot_q6_k_tiled` give
-    /// bitwise the Swift reference's dot product; and the two orders do differ.
-    @Test func tiledQ6KOrderEqualsTheReferenceBitwise() {
+    /// Q6_K, Q5_K and Q4_K (of a matrix llama.cpp does not repack: 37 rows) in llama.cpp's tiled order (batches of 8
+    /// rows or more) and in vec_dot's, each activation row in its own: the interleaved kernel at every level (Q6_K:
+    /// 1, 2 and 4 rows per pass; Q4_K and Q5_K: 1 and 2), the row kernel and `tk_dot_k_tiled` give bitwise the Swift
+    /// reference's dot product; and the two orders do differ.
+    @Test(arguments: [GGMLType.q6_K, .q5_K, .q4_K])
+    func tiledKQuantOrderEqualsTheReferenceBitwise(type: GGMLType) {
         var rng = Rng(state: 47)
         let tiled = UInt8(TK_ORDER_TILED)
-        // Runs of 7, 1, 2 and 1 tiled rows between vec_dot ones, with the Q4_K flag (ignored by Q6_K) on some.
+        let id = Int32(type.rawValue)
+        // Runs of 7, 1, 2 and 1 tiled rows between vec_dot ones, with the Q4_K GEMM flag (ignored here) on some.
         let orders: [UInt8] = [
             tiled, tiled | 1, tiled, tiled, tiled, tiled, tiled, 0, tiled, 1, 0, tiled, tiled, 0, tiled,
         ]
         let (weights, x) = expectOrderedKernelsMatchTheReference(
-            .q6_K, rows: 37, columns: 1024, orders: orders, rng: &rng,
+            type, rows: 37, columns: 1024, orders: orders, rng: &rng,
             reference: { row, blocks, order in
                 order & tiled != 0
-                    ? KQuantReference.dotQ6_KTiled(row: row, blocks: blocks)
-                    : KQuantReference.dotQ6_K(row: row, blocks: blocks)
+                    ? KQuantReference.dotKTiled(type, row: row, blocks: blocks)
+                    : KQuantReference.dotK(type, row: row, blocks: blocks)
             },
             otherOrder: { $0 ^ tiled },
             interleaved: { packed, groups, columns, rows, q, batch, orders, out in
-                tk_matmul_interleaved_q6_k_ordered(packed, columns, 0, groups, rows, q, batch, orders, out, rows)
+                tk_matmul_interleaved_k_ordered(id, packed, columns, 0, groups, rows, q, batch, orders, out, rows)
             },
             byRows: { weights, rowBytes, columns, rows, q, batch, orders, out in
-                tk_matmul_q6_k_ordered(weights, rowBytes, columns, 0, rows, q, batch, orders, out, rows)
+                tk_matmul_k_ordered(id, weights, rowBytes, columns, 0, rows, q, batch, orders, out, rows)
             })
         let blocks = KQuantReference.quantize(Array(x[0..<1024]))
         var q = [tk_block_q8k](repeating: tk_block_q8k(), count: 4)
         tk_quantize_q8k(x, &q, 1024)
-        let want = weights.withUnsafeBytes { KQuantReference.dotQ6_KTiled(row: $0.baseAddress!, blocks: blocks) }
+        let want = weights.withUnsafeBytes { KQuantReference.dotKTiled(type, row: $0.baseAddress!, blocks: blocks) }
         for level in 0...2 {
             let used = tk_set_simd_level(Int32(level))
-            #expect(
-                tk_dot_q6_k_tiled(weights, q, 1024).bitPattern == want.bitPattern, "tk_dot_q6_k_tiled, level \(used)")
+            #expect(tk_dot_k_tiled(id, weights, q, 1024).bitPattern == want.bitPattern, "tk_dot_k_tiled, level \(used)")
         }
         tk_set_simd_level(99)
     }

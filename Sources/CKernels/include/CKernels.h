@@ -36,19 +36,21 @@ float tk_dot_q5_0(const void *w, const tk_block_q8 *x, int n);
 /// type.
 float tk_dot_k(int type, const void *w, const tk_block_q8k *x, int n);
 /// Per-activation-row order flags of the K-quant matrix kernels (`orders`, `per64`): TK_ORDER_Q4K_GEMM puts a Q4_K
-/// row in the order of llama.cpp's repacked GEMM; TK_ORDER_TILED puts a Q6_K row in the order of its tiled K-quant
-/// matmul (ggml-cpu/tiled, which llama.cpp takes for batches of 8 rows or more).
+/// row of a repacked matrix in the order of llama.cpp's repacked GEMM; TK_ORDER_TILED puts a Q6_K or Q5_K row (or
+/// Q4_K of a matrix llama.cpp does not repack) in the order of its tiled K-quant matmul (ggml-cpu/tiled, which
+/// llama.cpp takes for batches of 8 rows or more).
 enum { TK_ORDER_Q4K_GEMM = 1, TK_ORDER_TILED = 2 };
-/// A Q6_K row's dot product in llama.cpp's tiled order: per super-block the exact integer sum, then
-/// acc = fma(float(sum)·d_w, d_x, acc).
-float tk_dot_q6_k_tiled(const void *w, const tk_block_q8k *x, int n);
-/// tk_matmul_k for Q6_K, activation row b in the tiled order when orders[b] has TK_ORDER_TILED (else tk_dot_k's).
-int tk_matmul_q6_k_ordered(const void *w, size_t row_bytes, int n, int row_begin, int row_end, const tk_block_q8k *x,
-                           int n_act, const uint8_t *orders, float *out, int out_stride);
-/// tk_matmul_interleaved_k for Q6_K (type 14 packed), activation row b's order as orders[b].
-int tk_matmul_interleaved_q6_k_ordered(const void *packed, int n, int group_begin, int group_end, int rows,
-                                       const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
-                                       int out_stride);
+/// A K-quant row's dot product (type 12 Q4_K, 13 Q5_K, 14 Q6_K) in llama.cpp's tiled order: per super-block the
+/// exact integer sums, then acc = fma(float(sum)·d_w, d_x, acc) (Q4_K and Q5_K: fma(fma(−dmin_w, float(min sum),
+/// float(sum)·d_w), d_x, acc)). NaN for another type.
+float tk_dot_k_tiled(int type, const void *w, const tk_block_q8k *x, int n);
+/// tk_matmul_k with activation row b in the tiled order when orders[b] has TK_ORDER_TILED (else tk_dot_k's).
+int tk_matmul_k_ordered(int type, const void *w, size_t row_bytes, int n, int row_begin, int row_end,
+                        const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out, int out_stride);
+/// tk_matmul_interleaved_k with activation row b's order as orders[b] (NULL: all in tk_dot_k's).
+int tk_matmul_interleaved_k_ordered(int type, const void *packed, int n, int group_begin, int group_end, int rows,
+                                    const tk_block_q8k *x, int n_act, const uint8_t *orders, float *out,
+                                    int out_stride);
 /// A Q4_K row's dot product in the order of llama.cpp's repacked Q4_K kernels: `per64` its GEMM's (one FMA per 64
 /// values), else its GEMV's (one per 256); out = acc − acc_min (kquants.c).
 float tk_dot_q4_k_repacked(const void *w, const tk_block_q8k *x, int n, int per64);
