@@ -1,5 +1,3 @@
-import Foundation
-
 /// Which of llama.cpp's K-quant orders computes a row, as flags for the matrix kernels (`TK_ORDER_*`).
 ///
 /// - Q4_K: on AVX2 machines llama.cpp repacks every Q4_K matrix whose row count is a multiple of 8 (`q4_K_8x8`) and
