@@ -614,9 +614,7 @@ static int matmul_q6_k(const uint8_t *packed, int nsb, int group_begin, int grou
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
         for (int b = 0; b < n_act;) {
-            const int tiled = orders && (orders[b] & TK_ORDER_TILED);
-            int e = b + 1;
-            while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == tiled) e++;
+            const int tiled = tk_row_tiled(orders, b), e = tk_tiled_run_end(orders, b, n_act);
             q6k_group_run(gp, nsb, x, b, e, tiled, out, out_stride, first, valid, level);
             b = e;
         }
@@ -638,9 +636,7 @@ int tk_matmul_interleaved_k_ordered(int type, const void *packed, int n, int gro
         const int first = g * 16;
         const int valid = rows - first < 16 ? rows - first : 16;
         for (int b = 0; b < n_act;) {
-            const int tiled = orders && (orders[b] & TK_ORDER_TILED);
-            int e = b + 1;
-            while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == tiled) e++;
+            const int tiled = tk_row_tiled(orders, b), e = tk_tiled_run_end(orders, b, n_act);
 #if TK_X86
             if (level == 2) {
                 void (*one)(const uint8_t *, int, const tk_block_q8k *, size_t, float *, size_t, int) =

@@ -2,6 +2,8 @@
 #ifndef TANDEM_CKERNELS_INTERNAL_H
 #define TANDEM_CKERNELS_INTERNAL_H
 
+#include "CKernels.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
@@ -63,6 +65,17 @@ static inline void tk_q4k_repacked_end(tk_q4k_repacked_state *st, int per64, flo
         st->acc_min = fmaf((float)st->total_min, dmin, st->acc_min);
     }
     st->total = st->total_min = 0;
+}
+
+// Whether activation row b is in llama.cpp's tiled order (TK_ORDER_TILED in orders[b]; none when orders is NULL).
+static inline int tk_row_tiled(const uint8_t *orders, int b) { return orders && (orders[b] & TK_ORDER_TILED); }
+
+// The end of the run of activation rows from b that share row b's tiled flag (at most n).
+static inline int tk_tiled_run_end(const uint8_t *orders, int b, int n) {
+    const int tiled = tk_row_tiled(orders, b);
+    int e = b + 1;
+    while (e < n && tk_row_tiled(orders, e) == tiled) e++;
+    return e;
 }
 
 // A thread's reusable scratch buffer `slot` (0..3), 64-byte aligned, of at least `bytes`; valid until the thread's

@@ -760,9 +760,7 @@ int tk_matmul_k_ordered(int type, const void *w, size_t row_bytes, int n, int ro
     // Runs of rows in tk_dot_k's order go through tk_matmul_k (with its four-row kernels); the others one by one.
     int b = 0;
     while (b < n_act) {
-        int e = b;
-        const int is_tiled = orders && (orders[b] & TK_ORDER_TILED);
-        while (e < n_act && (orders && (orders[e] & TK_ORDER_TILED)) == is_tiled) e++;
+        const int is_tiled = tk_row_tiled(orders, b), e = tk_tiled_run_end(orders, b, n_act);
         if (is_tiled) {
             for (int r = row_begin; r < row_end; r++) {
                 const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;

@@ -148,6 +148,14 @@ public enum KQuantReference {
         return (sc, m)
     }
 
+    /// The unsigned quant of value `l` of sub-block `s` of the Q4_K (or, `five`, Q5_K) block at `b`: its nibble, and
+    /// for Q5_K the fifth bit (bit s of qh[l]).
+    static func q45KQuant(_ b: UnsafeRawPointer, _ s: Int, _ l: Int, five: Bool) -> Int {
+        let packed = Int(b.load(fromByteOffset: (five ? 48 : 16) + 32 * (s / 2) + l, as: UInt8.self))
+        let high = five ? (Int(b.load(fromByteOffset: 16 + l, as: UInt8.self)) >> s & 1) << 4 : 0
+        return (s & 1 == 1 ? packed >> 4 : packed & 0x0F) | high
+    }
+
     /// A K-quant row · Q8_K activations in the order of llama.cpp's tiled K-quant matmul (batches of 8 rows or
     /// more): Q6_K as `dotQ6_KTiled`; Q4_K and Q5_K with per block s1 = Σ_s sc_s·Σ q·y and s2 = Σ_s m_s·Σ y (exact),
     /// then acc = fma(fma(−dmin_w, Float(s2), Float(s1)·d_w), d_x, acc).
@@ -163,11 +171,7 @@ public enum KQuantReference {
             var s2 = 0
             for s in 0..<8 {
                 var raw = 0
-                for l in 0..<32 {
-                    let packed = Int(b.load(fromByteOffset: (five ? 48 : 16) + 32 * (s / 2) + l, as: UInt8.self))
-                    let high = five ? (Int(b.load(fromByteOffset: 16 + l, as: UInt8.self)) >> s & 1) << 4 : 0
-                    raw += ((s & 1 == 1 ? packed >> 4 : packed & 0x0F) | high) * Int(x.qs[32 * s + l])
-                }
+                for l in 0..<32 { raw += q45KQuant(b, s, l, five: five) * Int(x.qs[32 * s + l]) }
                 s1 += sc[s] * raw
                 s2 += m[s] * (Int(x.bsums[2 * s]) + Int(x.bsums[2 * s + 1]))
             }
@@ -188,10 +192,7 @@ public enum KQuantReference {
             var lanes = [Int](repeating: 0, count: 8)
             for s in 0..<8 {
                 for l in 0..<32 {
-                    let packed = Int(b.load(fromByteOffset: 48 + 32 * (s / 2) + l, as: UInt8.self))
-                    let high = Int(b.load(fromByteOffset: 16 + l, as: UInt8.self)) >> s & 1
-                    let q = (s % 2 == 0 ? packed & 0x0F : packed >> 4) | high << 4
-                    lanes[l / 4] += sc[s] * (q * Int(x.qs[32 * s + l]))
+                    lanes[l / 4] += sc[s] * (q45KQuant(b, s, l, five: true) * Int(x.qs[32 * s + l]))
                 }
             }
             var minSum = 0
